@@ -1,0 +1,339 @@
+//! Who is connected where, and the limits that must hold across every replica.
+//!
+//! # Semantics every backend gives
+//!
+//! - A [`PresenceRecord`] is **live** (`grace_until == None`, owned by one connection id) or
+//!   in **grace** (its socket closed; it waits `LEASE_GRACE_MS` for a reattach).
+//! - Ownership is compare-and-set: [`Presence::release`] and [`Presence::update`] only act
+//!   when the caller's connection still owns the record, so a socket that was replaced by a
+//!   reattach (on any replica) can never push the presence back into grace.
+//! - **TTL:** a record in grace whose deadline passed is removed by whoever calls
+//!   [`Presence::expire`] first (exactly one caller gets it back, so `peer_left` is sent once).
+//! - **Limits:** [`Presence::remember_signature`] and [`Presence::take_send_token`] are
+//!   atomic in the backend, so the replay guard and the send rate limit hold cluster-wide.
+//! - Records are ephemeral: nothing here survives a restart of the backend, and nothing
+//!   here is durable state.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use serde_json::{Map, Value};
+
+use crate::protocol::{Group, Status};
+
+/// `control-plane` for `hello` connections, `session` for `session_hello`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerRole {
+    ControlPlane,
+    Session,
+}
+
+impl PeerRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PeerRole::ControlPlane => "control-plane",
+            PeerRole::Session => "session",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct PresenceRecord {
+    pub presence_id: String,
+    pub mesh_id: String,
+    pub member_id: String,
+    pub member_pubkey: String,
+    pub session_pubkey: Option<String>,
+    pub display_name: String,
+    pub session_id: String,
+    pub peer_role: PeerRole,
+    /// The replica holding the socket.
+    pub node_id: String,
+    /// The connection that owns the record (unique across the cluster).
+    pub conn_id: String,
+    /// `None` while the socket is open; the grace deadline (ms epoch) after it closed.
+    pub grace_until: Option<i64>,
+    pub status: Status,
+    pub summary: Option<String>,
+    pub visible: bool,
+    pub groups: Vec<Group>,
+    pub profile: Map<String, Value>,
+    pub stats: Option<Value>,
+    pub pid: Option<i64>,
+    pub cwd: String,
+    pub hostname: Option<String>,
+    pub peer_type: Option<String>,
+    pub channel: Option<String>,
+    pub model: Option<String>,
+    pub connected_at: i64,
+    pub last_pong_at: i64,
+}
+
+impl PresenceRecord {
+    /// The key others address this presence by: its session key, else its member key.
+    pub fn routing_key(&self) -> &str {
+        self.session_pubkey
+            .as_deref()
+            .unwrap_or(&self.member_pubkey)
+    }
+
+    pub fn is_live(&self) -> bool {
+        self.grace_until.is_none()
+    }
+}
+
+/// One change to a live record.
+#[derive(Debug, Clone)]
+pub enum PresencePatch {
+    Status(Status),
+    Summary(String),
+    Visible(bool),
+    Profile(Map<String, Value>),
+    Stats(Value),
+    Groups(Vec<Group>),
+    LastPong(i64),
+}
+
+impl PresencePatch {
+    pub fn apply(self, r: &mut PresenceRecord) {
+        match self {
+            PresencePatch::Status(s) => r.status = s,
+            PresencePatch::Summary(s) => r.summary = Some(s),
+            PresencePatch::Visible(v) => r.visible = v,
+            PresencePatch::Profile(p) => r.profile.extend(p),
+            PresencePatch::Stats(s) => r.stats = Some(s),
+            PresencePatch::Groups(g) => r.groups = g,
+            PresencePatch::LastPong(t) => r.last_pong_at = t,
+        }
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("presence unavailable: {0}")]
+pub struct PresenceError(pub String);
+
+pub type PresenceResult<T> = Result<T, PresenceError>;
+
+#[async_trait]
+pub trait Presence: Send + Sync + 'static {
+    fn kind(&self) -> &'static str;
+    /// Every record of the mesh, live and in grace.
+    async fn list(&self, mesh_id: &str) -> PresenceResult<Vec<PresenceRecord>>;
+    /// Inserts the record, or takes over an existing one with the same id (reattach).
+    /// Returns the record it replaced, if any.
+    async fn attach(&self, record: PresenceRecord) -> PresenceResult<Option<PresenceRecord>>;
+    /// Applies `patch` if `conn_id` still owns the record.
+    async fn update(
+        &self,
+        mesh_id: &str,
+        presence_id: &str,
+        conn_id: &str,
+        patch: PresencePatch,
+    ) -> PresenceResult<bool>;
+    /// Moves the record into grace until `grace_until` if `conn_id` still owns it.
+    async fn release(
+        &self,
+        mesh_id: &str,
+        presence_id: &str,
+        conn_id: &str,
+        grace_until: i64,
+    ) -> PresenceResult<bool>;
+    /// Removes the record if it is in grace and its deadline is `<= now_ms`.
+    async fn expire(
+        &self,
+        mesh_id: &str,
+        presence_id: &str,
+        now_ms: i64,
+    ) -> PresenceResult<Option<PresenceRecord>>;
+    /// Removes the record if `conn_id` owns it (kick, ban, replacement).
+    async fn remove(
+        &self,
+        mesh_id: &str,
+        presence_id: &str,
+        conn_id: &str,
+    ) -> PresenceResult<Option<PresenceRecord>>;
+    /// `true` the first time a signature is seen within `ttl`; `false` for a replay.
+    async fn remember_signature(&self, signature: &str, ttl: Duration) -> PresenceResult<bool>;
+    /// Takes one token of `key`'s bucket (`burst` tokens, refilled `per_min` a minute).
+    async fn take_send_token(&self, key: &str, burst: u32, per_min: u32) -> PresenceResult<bool>;
+    /// Whether the backend answers now (readiness).
+    async fn healthy(&self) -> bool;
+}
+
+/// In-process presence: single node only.
+#[derive(Debug, Default)]
+pub struct MemoryPresence {
+    inner: Mutex<MemoryInner>,
+}
+
+#[derive(Debug, Default)]
+struct MemoryInner {
+    meshes: HashMap<String, HashMap<String, PresenceRecord>>,
+    signatures: HashMap<String, Instant>,
+    buckets: HashMap<String, (f64, Instant)>,
+}
+
+impl MemoryPresence {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, MemoryInner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl MemoryInner {
+    fn owned(
+        &mut self,
+        mesh_id: &str,
+        presence_id: &str,
+        conn_id: &str,
+    ) -> Option<&mut PresenceRecord> {
+        self.meshes
+            .get_mut(mesh_id)?
+            .get_mut(presence_id)
+            .filter(|r| r.conn_id == conn_id)
+    }
+
+    fn take(&mut self, mesh_id: &str, presence_id: &str) -> Option<PresenceRecord> {
+        let mesh = self.meshes.get_mut(mesh_id)?;
+        let record = mesh.remove(presence_id);
+        if mesh.is_empty() {
+            self.meshes.remove(mesh_id);
+        }
+        record
+    }
+}
+
+#[async_trait]
+impl Presence for MemoryPresence {
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+
+    async fn list(&self, mesh_id: &str) -> PresenceResult<Vec<PresenceRecord>> {
+        let mut records: Vec<PresenceRecord> = self
+            .lock()
+            .meshes
+            .get(mesh_id)
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default();
+        records.sort_by(|a, b| {
+            a.connected_at
+                .cmp(&b.connected_at)
+                .then(a.presence_id.cmp(&b.presence_id))
+        });
+        Ok(records)
+    }
+
+    async fn attach(&self, record: PresenceRecord) -> PresenceResult<Option<PresenceRecord>> {
+        let mut inner = self.lock();
+        let mesh = inner.meshes.entry(record.mesh_id.clone()).or_default();
+        Ok(mesh.insert(record.presence_id.clone(), record))
+    }
+
+    async fn update(
+        &self,
+        mesh_id: &str,
+        presence_id: &str,
+        conn_id: &str,
+        patch: PresencePatch,
+    ) -> PresenceResult<bool> {
+        let mut inner = self.lock();
+        match inner.owned(mesh_id, presence_id, conn_id) {
+            Some(r) if r.is_live() => {
+                patch.apply(r);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn release(
+        &self,
+        mesh_id: &str,
+        presence_id: &str,
+        conn_id: &str,
+        grace_until: i64,
+    ) -> PresenceResult<bool> {
+        let mut inner = self.lock();
+        match inner.owned(mesh_id, presence_id, conn_id) {
+            Some(r) if r.is_live() => {
+                r.grace_until = Some(grace_until);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn expire(
+        &self,
+        mesh_id: &str,
+        presence_id: &str,
+        now_ms: i64,
+    ) -> PresenceResult<Option<PresenceRecord>> {
+        let mut inner = self.lock();
+        let due = inner
+            .meshes
+            .get(mesh_id)
+            .and_then(|m| m.get(presence_id))
+            .is_some_and(|r| r.grace_until.is_some_and(|g| g <= now_ms));
+        Ok(if due {
+            inner.take(mesh_id, presence_id)
+        } else {
+            None
+        })
+    }
+
+    async fn remove(
+        &self,
+        mesh_id: &str,
+        presence_id: &str,
+        conn_id: &str,
+    ) -> PresenceResult<Option<PresenceRecord>> {
+        let mut inner = self.lock();
+        if inner.owned(mesh_id, presence_id, conn_id).is_none() {
+            return Ok(None);
+        }
+        Ok(inner.take(mesh_id, presence_id))
+    }
+
+    async fn remember_signature(&self, signature: &str, ttl: Duration) -> PresenceResult<bool> {
+        let mut inner = self.lock();
+        let now = Instant::now();
+        inner.signatures.retain(|_, until| *until > now);
+        if inner.signatures.contains_key(signature) {
+            return Ok(false);
+        }
+        inner.signatures.insert(signature.to_string(), now + ttl);
+        Ok(true)
+    }
+
+    async fn take_send_token(&self, key: &str, burst: u32, per_min: u32) -> PresenceResult<bool> {
+        if burst == 0 || per_min == 0 {
+            return Ok(true);
+        }
+        let mut inner = self.lock();
+        let now = Instant::now();
+        let (tokens, at) = inner
+            .buckets
+            .entry(key.to_string())
+            .or_insert((f64::from(burst), now));
+        let refill = now.duration_since(*at).as_secs_f64() * f64::from(per_min) / 60.0;
+        *tokens = (*tokens + refill).min(f64::from(burst));
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            Ok(true)
+        } else {
+            Ok(false)
+        }
+    }
+
+    async fn healthy(&self) -> bool {
+        true
+    }
+}

@@ -1,0 +1,464 @@
+//! The one typed configuration of a broker replica, and the only reader of the environment.
+//!
+//! Every setting is declared once in [`SETTINGS`] with its name, default, unit and meaning;
+//! `docs/env-vars.md` is generated from that table by a test, so the documentation cannot
+//! drift from the code. Tests build a [`Config`] from a map through [`Config::from_source`]
+//! instead of mutating the process environment.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::time::Duration;
+
+/// One environment variable the broker understands.
+#[derive(Debug, Clone, Copy)]
+pub struct Setting {
+    pub name: &'static str,
+    /// Default as written in the environment; empty when the variable has no default.
+    pub default: &'static str,
+    pub unit: &'static str,
+    pub doc: &'static str,
+}
+
+/// Every variable, in the order `docs/env-vars.md` lists them.
+pub const SETTINGS: &[Setting] = &[
+    Setting {
+        name: "BROKER_HOST",
+        default: "0.0.0.0",
+        unit: "address",
+        doc: "Address the HTTP/WebSocket listener binds.",
+    },
+    Setting {
+        name: "BROKER_PORT",
+        default: "7900",
+        unit: "port",
+        doc: "Port of the listener (HTTP routes and `GET /ws` share it).",
+    },
+    Setting {
+        name: "BROKER_ADMIN_TOKEN",
+        default: "",
+        unit: "string",
+        doc: "Bearer token of the operator API. Dev mode generates one and prints it once when unset.",
+    },
+    Setting {
+        name: "BROKER_NODE_ID",
+        default: "",
+        unit: "string",
+        doc: "Name of this replica in logs and presence records; a random id when unset.",
+    },
+    Setting {
+        name: "DATABASE_URL",
+        default: "",
+        unit: "url",
+        doc: "PostgreSQL. Unset: dev mode (memory store, one node).",
+    },
+    Setting {
+        name: "REDIS_URL",
+        default: "",
+        unit: "url",
+        doc: "Redis. With `DATABASE_URL`: cluster mode.",
+    },
+    Setting {
+        name: "MAX_MESSAGE_BYTES",
+        default: "65536",
+        unit: "bytes",
+        doc: "Largest inbound frame (larger: close 1009) and largest `send` payload.",
+    },
+    Setting {
+        name: "MAX_CONNECTIONS_PER_MESH",
+        default: "100",
+        unit: "sockets",
+        doc: "Open sockets per mesh; presences in lease grace do not count.",
+    },
+    Setting {
+        name: "BROKER_SEND_BURST",
+        default: "10",
+        unit: "messages",
+        doc: "Send rate limit: bucket size per member. `0` disables the limit.",
+    },
+    Setting {
+        name: "BROKER_SEND_PER_MIN",
+        default: "60",
+        unit: "messages/minute",
+        doc: "Send rate limit: refill per member. `0` disables the limit.",
+    },
+    Setting {
+        name: "LEASE_GRACE_MS",
+        default: "90000",
+        unit: "ms",
+        doc: "How long a presence outlives its closed socket, waiting for a reattach.",
+    },
+    Setting {
+        name: "HELLO_TIMEOUT_MS",
+        default: "10000",
+        unit: "ms",
+        doc: "A socket without a completed handshake after this long is closed 1008 `hello_timeout`.",
+    },
+    Setting {
+        name: "TIMESTAMP_SKEW_MS",
+        default: "60000",
+        unit: "ms",
+        doc: "Largest accepted distance between a hello's timestamp and the broker clock; also the replay window.",
+    },
+    Setting {
+        name: "PING_INTERVAL_MS",
+        default: "30000",
+        unit: "ms",
+        doc: "Interval of WebSocket ping frames sent by the broker.",
+    },
+    Setting {
+        name: "PONG_TIMEOUT_MS",
+        default: "75000",
+        unit: "ms",
+        doc: "A socket with no pong for this long is terminated (its presence enters grace).",
+    },
+    Setting {
+        name: "CLAIM_LEASE_MS",
+        default: "30000",
+        unit: "ms",
+        doc: "A pushed direct message not acknowledged by `client_ack` within this lease is pushed again.",
+    },
+    Setting {
+        name: "QUEUE_TTL_MS",
+        default: "604800000",
+        unit: "ms",
+        doc: "Undelivered direct messages older than this are swept (7 days).",
+    },
+    Setting {
+        name: "OUTBOUND_QUEUE_BYTES",
+        default: "4194304",
+        unit: "bytes",
+        doc: "Bound of one socket's outbound queue; a client that lets it overflow is closed 1013 `slow_consumer`.",
+    },
+    Setting {
+        name: "HELD_QUEUE_BYTES",
+        default: "1048576",
+        unit: "bytes",
+        doc: "Bound of the broadcasts held for one busy (`working`/`dnd`) presence; the oldest are dropped beyond it.",
+    },
+    Setting {
+        name: "HOOK_RATE_PER_MIN",
+        default: "30",
+        unit: "requests/minute",
+        doc: "Rate limit of `POST /hook/set-status` per `pid:cwd`.",
+    },
+    Setting {
+        name: "HOOK_PENDING_MS",
+        default: "10000",
+        unit: "ms",
+        doc: "How long a hook status waits for a presence that has not connected yet.",
+    },
+    Setting {
+        name: "SHUTDOWN_DRAIN_MS",
+        default: "5000",
+        unit: "ms",
+        doc: "On SIGTERM, sockets are closed 1001 spread evenly over this window.",
+    },
+    Setting {
+        name: "SHUTDOWN_DEADLINE_MS",
+        default: "15000",
+        unit: "ms",
+        doc: "On SIGTERM, the process exits at the latest after this long.",
+    },
+    Setting {
+        name: "LOG_FORMAT",
+        default: "text",
+        unit: "`text`/`json`",
+        doc: "Log line format.",
+    },
+    Setting {
+        name: "RUST_LOG",
+        default: "info",
+        unit: "filter",
+        doc: "Log level filter (tracing-subscriber `EnvFilter` syntax).",
+    },
+];
+
+/// Where configuration values come from: the process environment in production, a map in tests.
+pub trait Source {
+    fn get(&self, name: &str) -> Option<String>;
+    /// Every variable name the source holds, so that unknown `BROKER_*` names can be refused.
+    fn names(&self) -> Vec<String>;
+}
+
+/// The process environment.
+#[derive(Debug, Default)]
+pub struct Env;
+
+impl Source for Env {
+    fn get(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+    fn names(&self) -> Vec<String> {
+        std::env::vars_os()
+            .filter_map(|(k, _)| k.into_string().ok())
+            .collect()
+    }
+}
+
+impl Source for BTreeMap<String, String> {
+    fn get(&self, name: &str) -> Option<String> {
+        BTreeMap::get(self, name).cloned()
+    }
+    fn names(&self) -> Vec<String> {
+        self.keys().cloned().collect()
+    }
+}
+
+/// A configuration value that cannot be used. Its display is the one line printed before
+/// the broker exits with code 64.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid {name}={value:?}: {why}")]
+    Invalid {
+        name: &'static str,
+        value: String,
+        why: String,
+    },
+    #[error("unknown setting {0} (see docs/env-vars.md for the list)")]
+    Unknown(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Everything a replica needs to know, read once at start-up.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub host: IpAddr,
+    pub port: u16,
+    /// `None` only before dev mode generated one (see [`Config::ensure_admin_token`]).
+    pub admin_token: Option<String>,
+    pub node_id: String,
+    pub database_url: Option<String>,
+    pub redis_url: Option<String>,
+    pub max_message_bytes: usize,
+    pub max_connections_per_mesh: usize,
+    /// 0 disables the limit.
+    pub send_burst: u32,
+    /// 0 disables the limit.
+    pub send_per_min: u32,
+    pub lease_grace: Duration,
+    pub hello_timeout: Duration,
+    pub timestamp_skew: Duration,
+    pub ping_interval: Duration,
+    pub pong_timeout: Duration,
+    pub claim_lease: Duration,
+    pub queue_ttl: Duration,
+    pub outbound_queue_bytes: usize,
+    pub held_queue_bytes: usize,
+    pub hook_rate_per_min: u32,
+    pub hook_pending: Duration,
+    pub shutdown_drain: Duration,
+    pub shutdown_deadline: Duration,
+    pub log_format: LogFormat,
+    pub log_filter: String,
+}
+
+impl Config {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_source(&Env)
+    }
+
+    /// Reads every setting from `src`, applying defaults, and refuses unknown `BROKER_*` names.
+    pub fn from_source(src: &dyn Source) -> Result<Self, ConfigError> {
+        for name in src.names() {
+            if name.starts_with("BROKER_") && !SETTINGS.iter().any(|s| s.name == name) {
+                return Err(ConfigError::Unknown(name));
+            }
+        }
+        let r = Reader { src };
+        let config = Config {
+            host: r.parse("BROKER_HOST")?,
+            port: r.parse("BROKER_PORT")?,
+            admin_token: r.optional("BROKER_ADMIN_TOKEN"),
+            node_id: r
+                .optional("BROKER_NODE_ID")
+                .unwrap_or_else(|| format!("node-{}", crate::ids::random_id(8))),
+            database_url: r.optional("DATABASE_URL"),
+            redis_url: r.optional("REDIS_URL"),
+            max_message_bytes: r.parse_min("MAX_MESSAGE_BYTES", 256)?,
+            max_connections_per_mesh: r.parse_min("MAX_CONNECTIONS_PER_MESH", 1)?,
+            send_burst: r.parse("BROKER_SEND_BURST")?,
+            send_per_min: r.parse("BROKER_SEND_PER_MIN")?,
+            lease_grace: r.millis("LEASE_GRACE_MS")?,
+            hello_timeout: r.millis("HELLO_TIMEOUT_MS")?,
+            timestamp_skew: r.millis("TIMESTAMP_SKEW_MS")?,
+            ping_interval: r.millis("PING_INTERVAL_MS")?,
+            pong_timeout: r.millis("PONG_TIMEOUT_MS")?,
+            claim_lease: r.millis("CLAIM_LEASE_MS")?,
+            queue_ttl: r.millis("QUEUE_TTL_MS")?,
+            outbound_queue_bytes: r.parse_min("OUTBOUND_QUEUE_BYTES", 1024)?,
+            held_queue_bytes: r.parse("HELD_QUEUE_BYTES")?,
+            hook_rate_per_min: r.parse("HOOK_RATE_PER_MIN")?,
+            hook_pending: r.millis("HOOK_PENDING_MS")?,
+            shutdown_drain: r.millis("SHUTDOWN_DRAIN_MS")?,
+            shutdown_deadline: r.millis("SHUTDOWN_DEADLINE_MS")?,
+            log_format: match r.value("LOG_FORMAT").as_str() {
+                "text" => LogFormat::Text,
+                "json" => LogFormat::Json,
+                other => return Err(r.invalid("LOG_FORMAT", other, "expected text or json")),
+            },
+            log_filter: r.value("RUST_LOG"),
+        };
+        if config.redis_url.is_some() && config.database_url.is_none() {
+            return Err(ConfigError::Invalid {
+                name: "REDIS_URL",
+                value: "(set)".into(),
+                why: "cluster mode needs DATABASE_URL as well".into(),
+            });
+        }
+        Ok(config)
+    }
+
+    /// Dev mode: no durable store and no shared bus, so one node with memory backends.
+    pub fn is_dev_mode(&self) -> bool {
+        self.database_url.is_none() && self.redis_url.is_none()
+    }
+
+    /// Generates an admin token when none is configured; returns it when it was generated,
+    /// so that the caller prints it exactly once.
+    pub fn ensure_admin_token(&mut self) -> Option<String> {
+        if self.admin_token.is_some() {
+            return None;
+        }
+        let token = crate::ids::random_id(40);
+        self.admin_token = Some(token.clone());
+        Some(token)
+    }
+
+    /// A configuration for tests: defaults, with `overrides` applied.
+    pub fn for_tests(overrides: &[(&str, &str)]) -> Result<Self, ConfigError> {
+        let map: BTreeMap<String, String> = overrides
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Self::from_source(&map)
+    }
+}
+
+struct Reader<'a> {
+    src: &'a dyn Source,
+}
+
+impl Reader<'_> {
+    fn setting(name: &str) -> &'static Setting {
+        SETTINGS
+            .iter()
+            .find(|s| s.name == name)
+            .unwrap_or_else(|| panic!("setting {name} is not declared in SETTINGS"))
+    }
+
+    fn optional(&self, name: &str) -> Option<String> {
+        self.src.get(name).filter(|v| !v.is_empty())
+    }
+
+    fn value(&self, name: &str) -> String {
+        self.optional(name)
+            .unwrap_or_else(|| Self::setting(name).default.to_string())
+    }
+
+    fn invalid(&self, name: &str, value: &str, why: impl ToString) -> ConfigError {
+        ConfigError::Invalid {
+            name: Self::setting(name).name,
+            value: value.to_string(),
+            why: why.to_string(),
+        }
+    }
+
+    fn parse<T: std::str::FromStr>(&self, name: &str) -> Result<T, ConfigError>
+    where
+        T::Err: std::fmt::Display,
+    {
+        let value = self.value(name);
+        value
+            .trim()
+            .parse()
+            .map_err(|e: T::Err| self.invalid(name, &value, e))
+    }
+
+    fn parse_min<T>(&self, name: &str, min: T) -> Result<T, ConfigError>
+    where
+        T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy,
+        T::Err: std::fmt::Display,
+    {
+        let v: T = self.parse(name)?;
+        if v < min {
+            return Err(self.invalid(name, &v.to_string(), format!("must be at least {min}")));
+        }
+        Ok(v)
+    }
+
+    fn millis(&self, name: &str) -> Result<Duration, ConfigError> {
+        self.parse::<u64>(name).map(Duration::from_millis)
+    }
+}
+
+/// Renders `docs/env-vars.md` from [`SETTINGS`].
+pub fn env_vars_markdown() -> String {
+    let mut out = String::from(
+        "# Environment variables\n\n\
+         Generated from `broker/src/config.rs` by `cargo test -p broker --lib config`; do not edit by hand.\n\
+         An invalid value, or an unknown `BROKER_*` name, stops the broker with one line and exit code 64.\n\n\
+         | variable | default | unit | meaning |\n|---|---|---|---|\n",
+    );
+    for s in SETTINGS {
+        let default = if s.default.is_empty() {
+            "–".to_string()
+        } else {
+            format!("`{}`", s.default)
+        };
+        out.push_str(&format!(
+            "| `{}` | {} | {} | {} |\n",
+            s.name, default, s.unit, s.doc
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_spec() {
+        let c = Config::for_tests(&[]).expect("defaults are valid");
+        assert_eq!(c.port, 7900);
+        assert_eq!(c.max_message_bytes, 65_536);
+        assert_eq!(c.max_connections_per_mesh, 100);
+        assert_eq!((c.send_burst, c.send_per_min), (10, 60));
+        assert_eq!(c.lease_grace, Duration::from_millis(90_000));
+        assert!(c.is_dev_mode());
+        assert!(c.admin_token.is_none());
+    }
+
+    #[test]
+    fn invalid_and_unknown_values_are_refused_with_the_name() {
+        let e = Config::for_tests(&[("BROKER_PORT", "seventy")]).unwrap_err();
+        assert!(e.to_string().contains("BROKER_PORT"), "{e}");
+        let e = Config::for_tests(&[("BROKER_PROT", "1")]).unwrap_err();
+        assert!(e.to_string().contains("unknown setting BROKER_PROT"), "{e}");
+        let e = Config::for_tests(&[("MAX_MESSAGE_BYTES", "3")]).unwrap_err();
+        assert!(e.to_string().contains("at least"), "{e}");
+        let e = Config::for_tests(&[("LOG_FORMAT", "xml")]).unwrap_err();
+        assert!(e.to_string().contains("LOG_FORMAT"), "{e}");
+    }
+
+    #[test]
+    fn env_vars_doc_is_current() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/env-vars.md");
+        let want = env_vars_markdown();
+        let have = std::fs::read_to_string(path).unwrap_or_default();
+        if have != want {
+            if std::env::var_os("UPDATE_DOCS").is_some() {
+                std::fs::write(path, &want).expect("write docs/env-vars.md");
+            } else {
+                panic!(
+                    "docs/env-vars.md is stale: run `UPDATE_DOCS=1 cargo test -p broker --lib config`"
+                );
+            }
+        }
+    }
+}

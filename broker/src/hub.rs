@@ -1,0 +1,220 @@
+//! This replica's sockets: the one in-process index of live connections.
+//!
+//! The hub holds only what belongs to sockets connected here; it is rebuilt by clients
+//! reconnecting and is never consulted for another replica's state.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, RwLock};
+
+use bytes::Bytes;
+use tokio::sync::{Notify, mpsc};
+
+use crate::cluster::bus::{AfterClose, MeshEvent};
+use crate::metrics::Metrics;
+use crate::protocol::{Priority, Status};
+use crate::session::outbound::Outbound;
+
+/// A command to one connection's task.
+#[derive(Debug)]
+pub enum Control {
+    /// Queue a close frame, then end the session.
+    Close {
+        code: u16,
+        reason: String,
+        after: AfterClose,
+    },
+    /// A Claude Code hook reported a status for this session.
+    HookStatus(Status),
+}
+
+/// What the rest of the replica may do with one live connection.
+#[derive(Debug)]
+pub struct SessionHandle {
+    pub conn_id: String,
+    pub mesh_id: String,
+    pub presence_id: String,
+    pub member_id: String,
+    pub session_key: Option<String>,
+    pub pid: Option<i64>,
+    pub cwd: String,
+    pub out: Outbound,
+    pub control: mpsc::UnboundedSender<Control>,
+    /// Rung when queued direct messages may be waiting for this connection.
+    pub drain: Notify,
+    /// The status gating pushes; the session task is its only writer.
+    pub status: Mutex<Status>,
+    /// Broadcasts held back while the status is busy, flushed on return to `idle`.
+    pub held: Mutex<Held>,
+}
+
+/// Frames held for a busy presence, bounded in bytes (the oldest are dropped first).
+#[derive(Debug, Default)]
+pub struct Held {
+    frames: VecDeque<Bytes>,
+    bytes: usize,
+}
+
+impl Held {
+    pub fn push(&mut self, frame: Bytes, limit: usize) {
+        self.bytes += frame.len();
+        self.frames.push_back(frame);
+        while self.bytes > limit {
+            match self.frames.pop_front() {
+                Some(f) => self.bytes -= f.len(),
+                None => break,
+            }
+        }
+    }
+
+    pub fn take(&mut self) -> Vec<Bytes> {
+        self.bytes = 0;
+        self.frames.drain(..).collect()
+    }
+}
+
+impl SessionHandle {
+    pub fn status(&self) -> Status {
+        *self.status.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Pushes a frame now, or holds it when the status does not admit its priority.
+    fn deliver(&self, frame: &Bytes, priority: Option<Priority>, held_limit: usize) -> bool {
+        if let Some(p) = priority {
+            let status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+            if !status.admits(p) {
+                self.held
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(frame.clone(), held_limit);
+                return false;
+            }
+        }
+        self.out.text(frame.clone())
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Hub {
+    /// mesh id → connection id → handle.
+    meshes: RwLock<HashMap<String, HashMap<String, Arc<SessionHandle>>>>,
+}
+
+impl Hub {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a connection; `true` when it is the first of its mesh here (subscribe the mesh).
+    pub fn insert(&self, handle: Arc<SessionHandle>) -> bool {
+        let mut meshes = self.meshes.write().unwrap_or_else(|p| p.into_inner());
+        let mesh = meshes.entry(handle.mesh_id.clone()).or_default();
+        let first = mesh.is_empty();
+        mesh.insert(handle.conn_id.clone(), handle);
+        first
+    }
+
+    /// Removes a connection; `true` when it was the last of its mesh here (unsubscribe).
+    pub fn remove(&self, mesh_id: &str, conn_id: &str) -> bool {
+        let mut meshes = self.meshes.write().unwrap_or_else(|p| p.into_inner());
+        let Some(mesh) = meshes.get_mut(mesh_id) else {
+            return false;
+        };
+        mesh.remove(conn_id);
+        if mesh.is_empty() {
+            meshes.remove(mesh_id);
+            return true;
+        }
+        false
+    }
+
+    pub fn all(&self) -> Vec<Arc<SessionHandle>> {
+        let meshes = self.meshes.read().unwrap_or_else(|p| p.into_inner());
+        meshes.values().flat_map(|m| m.values().cloned()).collect()
+    }
+
+    pub fn len(&self) -> usize {
+        let meshes = self.meshes.read().unwrap_or_else(|p| p.into_inner());
+        meshes.values().map(HashMap::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The live local connection of a Claude Code session, found by `pid` and `cwd`.
+    pub fn find_by_process(&self, pid: Option<i64>, cwd: &str) -> Vec<Arc<SessionHandle>> {
+        let meshes = self.meshes.read().unwrap_or_else(|p| p.into_inner());
+        meshes
+            .values()
+            .flat_map(|m| m.values())
+            .filter(|h| h.cwd == cwd && (pid.is_none() || h.pid == pid))
+            .cloned()
+            .collect()
+    }
+
+    fn mesh_handles(&self, mesh_id: &str) -> Vec<Arc<SessionHandle>> {
+        let meshes = self.meshes.read().unwrap_or_else(|p| p.into_inner());
+        meshes
+            .get(mesh_id)
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Applies one bus event to the local connections it concerns.
+    pub fn dispatch(&self, mesh_id: &str, event: MeshEvent, metrics: &Metrics, held_limit: usize) {
+        let handles = self.mesh_handles(mesh_id);
+        match event {
+            MeshEvent::Deliver {
+                presence_ids,
+                priority,
+                frame,
+            } => {
+                let wanted: HashSet<&str> = presence_ids.iter().map(String::as_str).collect();
+                for h in handles
+                    .iter()
+                    .filter(|h| wanted.contains(h.presence_id.as_str()))
+                {
+                    if h.deliver(&frame, priority, held_limit) && priority.is_some() {
+                        metrics.pushes_total.inc();
+                    }
+                }
+            }
+            MeshEvent::Doorbell { member_id } => {
+                for h in handles.iter().filter(|h| h.member_id == member_id) {
+                    h.drain.notify_one();
+                }
+            }
+            MeshEvent::Close {
+                conn_ids,
+                code,
+                reason,
+                after,
+            } => {
+                for h in handles.iter().filter(|h| conn_ids.contains(&h.conn_id)) {
+                    let _ = h.control.send(Control::Close {
+                        code,
+                        reason: reason.clone(),
+                        after,
+                    });
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn held_frames_stay_within_their_byte_bound() {
+        let mut held = Held::default();
+        for i in 0..10u8 {
+            held.push(Bytes::from(vec![i; 10]), 35);
+        }
+        let frames = held.take();
+        assert_eq!(frames.len(), 3);
+        assert_eq!(frames[0][0], 7, "the oldest frames are dropped first");
+        assert!(held.take().is_empty());
+    }
+}

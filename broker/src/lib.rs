@@ -1,0 +1,147 @@
+//! A stateless broker for the claudemesh peer-mesh protocol.
+//!
+//! The binary is thin: it reads [`config::Config`], starts logging, binds, and calls
+//! [`run`], which is also what the tests call. See `ARCHITECTURE.md` for the map.
+
+pub mod auth;
+pub mod cluster;
+pub mod config;
+pub mod hub;
+pub mod ids;
+pub mod metrics;
+pub mod node;
+pub mod protocol;
+pub mod routing;
+pub mod server;
+pub mod session;
+pub mod store;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tracing::info;
+
+use crate::cluster::bus::{AfterClose, MemoryBus};
+use crate::cluster::presence::MemoryPresence;
+use crate::config::Config;
+use crate::hub::Control;
+use crate::metrics::Metrics;
+use crate::node::Node;
+use crate::store::memory::MemoryStore;
+
+/// Why the broker could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The configuration asks for something this build cannot do.
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+/// How often undelivered messages past the queue TTL are swept.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Serves `listener` until `shutdown` resolves, then shuts down in phases: readiness 503,
+/// listener closed, sockets closed 1001 spread over `SHUTDOWN_DRAIN_MS`, in-flight work
+/// awaited, and everything dropped at `SHUTDOWN_DEADLINE_MS` at the latest.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RunError> {
+    if !config.is_dev_mode() {
+        return Err(RunError::Unsupported(
+            "DATABASE_URL/REDIS_URL are set, but this build has only the memory backends (dev mode): unset them".into(),
+        ));
+    }
+    let (sink, mut events) = mpsc::unbounded_channel();
+    let node = Arc::new(Node::new(
+        config,
+        Arc::new(MemoryStore::new()),
+        Arc::new(MemoryPresence::new()),
+        Arc::new(MemoryBus::new(sink)),
+        Metrics::new(),
+    ));
+
+    // Bus events reach local sockets through one dispatcher, which keeps publish order.
+    let dispatcher = {
+        let node = node.clone();
+        tokio::spawn(async move {
+            let held_limit = node.config.held_queue_bytes;
+            loop {
+                tokio::select! {
+                    _ = node.kill.cancelled() => break,
+                    ev = events.recv() => match ev {
+                        Some((mesh_id, event)) => node.hub.dispatch(&mesh_id, event, &node.metrics, held_limit),
+                        None => break,
+                    },
+                }
+            }
+        })
+    };
+    node.tracker.spawn(sweep_loop(node.clone()));
+    node.tracker
+        .spawn(server::accept_loop(node.clone(), listener));
+
+    shutdown.await;
+    drain(&node).await;
+    dispatcher.abort();
+    Ok(())
+}
+
+async fn sweep_loop(node: Arc<Node>) {
+    let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = node.stopping.cancelled() => break,
+            _ = tick.tick() => {
+                let before = ids::now_ms() - node.config.queue_ttl.as_millis() as i64;
+                match node.store.sweep_expired(before).await {
+                    Ok(0) => {}
+                    Ok(n) => info!(swept = n, "expired queued messages removed"),
+                    Err(e) => tracing::warn!(error = %e, "queue sweep failed"),
+                }
+                if let Ok(depth) = node.store.queue_depth().await {
+                    node.metrics.queue_depth.set(depth as i64);
+                }
+            }
+        }
+    }
+}
+
+async fn drain(node: &Arc<Node>) {
+    let start = tokio::time::Instant::now();
+    let deadline = start + node.config.shutdown_deadline;
+    node.accepting.store(false, Ordering::Relaxed);
+    node.stopping.cancel();
+    let handles = node.hub.all();
+    info!(sockets = handles.len(), "shutting down: closing sockets");
+    let window = node
+        .config
+        .shutdown_drain
+        .min(node.config.shutdown_deadline);
+    let n = handles.len().max(1) as u32;
+    let spread = async {
+        for (i, h) in handles.iter().enumerate() {
+            tokio::time::sleep_until(start + window * i as u32 / n).await;
+            let _ = h.control.send(Control::Close {
+                code: 1001,
+                reason: "going_away".into(),
+                after: AfterClose::Grace,
+            });
+        }
+    };
+    node.tracker.close();
+    let all_done = async {
+        spread.await;
+        node.tracker.wait().await;
+    };
+    if tokio::time::timeout_at(deadline, all_done).await.is_err() {
+        info!("shutdown deadline reached: dropping what is left");
+    }
+    node.kill.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(1), node.tracker.wait()).await;
+}

@@ -1,0 +1,273 @@
+//! Every metric the broker exports, declared in one place.
+//!
+//! Names follow `broker_<noun>_<unit>[_total]`; label values come from closed sets (reasons,
+//! priorities, capabilities), never from a mesh id or a key.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PriorityLabel {
+    pub priority: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CapLabel {
+    pub cap: &'static str,
+}
+
+/// The broker's metrics; cloning shares them.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub connections_total: Counter,
+    pub connections_active: Gauge,
+    pub connections_rejected: Family<ReasonLabel, Counter>,
+    pub messages_routed: Family<PriorityLabel, Counter>,
+    pub messages_rejected: Family<ReasonLabel, Counter>,
+    pub messages_dropped_by_grant: Family<CapLabel, Counter>,
+    pub pushes_total: Counter,
+    pub queue_depth: Gauge,
+    pub handshake_seconds: Histogram,
+    pub delivery_seconds: Histogram,
+    pub slow_consumer_closes: Counter,
+    pub outbound_queue_bytes: Gauge,
+    pub presences_expired: Counter,
+    pub audit_write_failures: Counter,
+}
+
+/// `(name, help)` of every metric, as the registry exposes them (docs and tests read it).
+pub const CATALOGUE: &[(&str, &str, &str)] = &[
+    (
+        "broker_connections_total",
+        "counter",
+        "WebSocket connections accepted (upgrades).",
+    ),
+    (
+        "broker_connections_active",
+        "gauge",
+        "WebSocket connections open on this replica.",
+    ),
+    (
+        "broker_connections_rejected_total",
+        "counter",
+        "Handshakes refused, by error code (`reason`).",
+    ),
+    (
+        "broker_messages_routed_total",
+        "counter",
+        "Accepted sends, by `priority`.",
+    ),
+    (
+        "broker_messages_rejected_total",
+        "counter",
+        "Sends refused, by `reason` (rate_limit, too_large, no_target, grant, invalid, store).",
+    ),
+    (
+        "broker_messages_dropped_by_grant_total",
+        "counter",
+        "Recipients skipped or sends refused by a grant, by capability (`cap`).",
+    ),
+    (
+        "broker_pushes_total",
+        "counter",
+        "Message pushes written to local sockets (direct and fan-out).",
+    ),
+    (
+        "broker_queue_depth",
+        "gauge",
+        "Undelivered direct messages in the store.",
+    ),
+    (
+        "broker_handshake_seconds",
+        "histogram",
+        "From socket open to hello_ack.",
+    ),
+    (
+        "broker_delivery_seconds",
+        "histogram",
+        "From a direct send's acceptance to its push on a socket of this replica.",
+    ),
+    (
+        "broker_slow_consumer_closes_total",
+        "counter",
+        "Sockets closed 1013 because their outbound queue overflowed.",
+    ),
+    (
+        "broker_outbound_queue_bytes",
+        "gauge",
+        "Bytes waiting in the outbound queues of this replica's sockets.",
+    ),
+    (
+        "broker_presences_expired_total",
+        "counter",
+        "Presences removed after their lease grace ended.",
+    ),
+    (
+        "broker_audit_write_failures_total",
+        "counter",
+        "Audit chain appends that failed (each is also logged).",
+    ),
+];
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let m = Metrics {
+            connections_total: Counter::default(),
+            connections_active: Gauge::default(),
+            connections_rejected: Family::default(),
+            messages_routed: Family::default(),
+            messages_rejected: Family::default(),
+            messages_dropped_by_grant: Family::default(),
+            pushes_total: Counter::default(),
+            queue_depth: Gauge::default(),
+            handshake_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            delivery_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 20)),
+            slow_consumer_closes: Counter::default(),
+            outbound_queue_bytes: Gauge::default(),
+            presences_expired: Counter::default(),
+            audit_write_failures: Counter::default(),
+            registry: Registry::default(),
+        };
+        // prometheus-client appends `_total` to counters itself, so counters are registered
+        // under their name without it.
+        let help = |name: &str| {
+            CATALOGUE
+                .iter()
+                .find(|c| c.0 == name)
+                .map(|c| c.2)
+                .unwrap_or("")
+        };
+        let sub = registry.sub_registry_with_prefix("broker");
+        macro_rules! register {
+            ($name:literal, $metric:expr) => {{
+                let base = $name.strip_prefix("broker_").unwrap_or($name);
+                let base = base.strip_suffix("_total").unwrap_or(base);
+                sub.register(base, help($name), $metric.clone());
+            }};
+        }
+        register!("broker_connections_total", m.connections_total);
+        register!("broker_connections_active", m.connections_active);
+        register!("broker_connections_rejected_total", m.connections_rejected);
+        register!("broker_messages_routed_total", m.messages_routed);
+        register!("broker_messages_rejected_total", m.messages_rejected);
+        register!(
+            "broker_messages_dropped_by_grant_total",
+            m.messages_dropped_by_grant
+        );
+        register!("broker_pushes_total", m.pushes_total);
+        register!("broker_queue_depth", m.queue_depth);
+        register!("broker_handshake_seconds", m.handshake_seconds);
+        register!("broker_delivery_seconds", m.delivery_seconds);
+        register!("broker_slow_consumer_closes_total", m.slow_consumer_closes);
+        register!("broker_outbound_queue_bytes", m.outbound_queue_bytes);
+        register!("broker_presences_expired_total", m.presences_expired);
+        register!("broker_audit_write_failures_total", m.audit_write_failures);
+        Metrics { registry, ..m }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    pub fn reject_connection(&self, reason: &'static str) {
+        self.connections_rejected
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
+    pub fn reject_message(&self, reason: &'static str) {
+        self.messages_rejected
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
+    pub fn drop_by_grant(&self, cap: &'static str) {
+        self.messages_dropped_by_grant
+            .get_or_create(&CapLabel { cap })
+            .inc();
+    }
+
+    pub fn routed(&self, priority: crate::protocol::Priority) {
+        self.messages_routed
+            .get_or_create(&PriorityLabel {
+                priority: priority.as_str(),
+            })
+            .inc();
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Renders `docs/metrics.md` from [`CATALOGUE`].
+pub fn metrics_markdown() -> String {
+    let mut out = String::from(
+        "# Metrics\n\nGenerated from `broker/src/metrics.rs` by `cargo test -p broker --lib metrics`; do not edit by hand.\n\
+         Scrape `GET /metrics` on every replica (Prometheus text format).\n\n| metric | type | meaning |\n|---|---|---|\n",
+    );
+    for (name, kind, help) in CATALOGUE {
+        out.push_str(&format!("| `{name}` | {kind} | {help} |\n"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_catalogued_metric_is_exported() {
+        let m = Metrics::new();
+        m.reject_connection("capacity");
+        m.reject_message("rate_limit");
+        m.drop_by_grant("dm");
+        m.routed(crate::protocol::Priority::Now);
+        let text = m.render();
+        for (name, kind, _) in CATALOGUE {
+            let probe = if *kind == "histogram" {
+                format!("{name}_bucket")
+            } else {
+                name.to_string()
+            };
+            assert!(text.contains(&probe), "{name} missing from:\n{text}");
+        }
+        assert!(
+            text.contains(r#"broker_connections_rejected_total{reason="capacity"} 1"#),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn metrics_doc_is_current() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/metrics.md");
+        let want = metrics_markdown();
+        let have = std::fs::read_to_string(path).unwrap_or_default();
+        if have != want {
+            if std::env::var_os("UPDATE_DOCS").is_some() {
+                std::fs::write(path, &want).expect("write docs/metrics.md");
+            } else {
+                panic!(
+                    "docs/metrics.md is stale: run `UPDATE_DOCS=1 cargo test -p broker --lib metrics`"
+                );
+            }
+        }
+    }
+}

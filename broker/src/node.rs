@@ -1,0 +1,128 @@
+//! One replica's shared state: its configuration, its backends and its local sockets.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::cluster::bus::Bus;
+use crate::cluster::presence::Presence;
+use crate::config::Config;
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::protocol::Status;
+use crate::store::Store;
+
+/// Everything the tasks of one replica share. Each field says why it exists.
+pub struct Node {
+    pub config: Config,
+    /// Durable truth (meshes, members, queue).
+    pub store: Arc<dyn Store>,
+    /// Who is connected where, and the cluster-wide limits.
+    pub presence: Arc<dyn Presence>,
+    /// Fan-out to the replicas holding a mesh's sockets.
+    pub bus: Arc<dyn Bus>,
+    /// This replica's own sockets.
+    pub hub: Hub,
+    pub metrics: Metrics,
+    /// Every task this replica spawns, so shutdown can wait for them.
+    pub tracker: TaskTracker,
+    /// Cancelled when shutdown begins: timers and background loops stop.
+    pub stopping: CancellationToken,
+    /// Cancelled at the shutdown deadline: every socket is dropped at once.
+    pub kill: CancellationToken,
+    /// False while draining (readiness answers 503).
+    pub accepting: AtomicBool,
+    pub started: Instant,
+    conn_seq: AtomicU64,
+    /// Hook statuses waiting (at most `HOOK_PENDING_MS`) for a presence to connect, by
+    /// `pid:cwd`. Lost if the replica dies; a hook reports again on the next change.
+    pub hook_pending: Mutex<HashMap<String, (Status, Instant)>>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("node_id", &self.config.node_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Node {
+    pub fn new(
+        config: Config,
+        store: Arc<dyn Store>,
+        presence: Arc<dyn Presence>,
+        bus: Arc<dyn Bus>,
+        metrics: Metrics,
+    ) -> Self {
+        Node {
+            config,
+            store,
+            presence,
+            bus,
+            hub: Hub::new(),
+            metrics,
+            tracker: TaskTracker::new(),
+            stopping: CancellationToken::new(),
+            kill: CancellationToken::new(),
+            accepting: AtomicBool::new(true),
+            started: Instant::now(),
+            conn_seq: AtomicU64::new(0),
+            hook_pending: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A connection id unique across the cluster: this node's id and a sequence number.
+    pub fn next_conn_id(&self) -> String {
+        let n = self.conn_seq.fetch_add(1, Ordering::Relaxed) + 1;
+        format!("{}/{n}", self.config.node_id)
+    }
+
+    pub fn is_accepting(&self) -> bool {
+        self.accepting.load(Ordering::Relaxed)
+    }
+
+    /// Appends to the mesh's audit chain off the caller's path. A failed write is never
+    /// silent: it is logged and counted.
+    pub fn audit(
+        self: &Arc<Self>,
+        mesh_id: &str,
+        event_type: &'static str,
+        actor: Option<&str>,
+        payload: serde_json::Value,
+    ) {
+        let node = self.clone();
+        let (mesh_id, actor) = (mesh_id.to_string(), actor.map(str::to_string));
+        self.tracker.spawn(async move {
+            let at = crate::ids::now_ms();
+            if let Err(e) = node
+                .store
+                .append_audit(&mesh_id, event_type, actor.as_deref(), payload, at)
+                .await
+            {
+                node.metrics.audit_write_failures.inc();
+                tracing::warn!(mesh_id = %mesh_id, event_type, error = %e, "audit write failed");
+            }
+        });
+    }
+
+    /// The key of the hook rate limit and pending statuses.
+    pub fn hook_key(pid: Option<i64>, cwd: &str) -> String {
+        format!("{}:{cwd}", pid.map(|p| p.to_string()).unwrap_or_default())
+    }
+
+    /// Takes a pending hook status for a presence that just connected.
+    pub fn take_pending_hook(&self, pid: Option<i64>, cwd: &str) -> Option<Status> {
+        let mut pending = self.hook_pending.lock().unwrap_or_else(|p| p.into_inner());
+        let ttl = self.config.hook_pending;
+        pending.retain(|_, (_, at)| at.elapsed() < ttl);
+        pending
+            .remove(&Self::hook_key(pid, cwd))
+            .or_else(|| pending.remove(&Self::hook_key(None, cwd)))
+            .map(|(s, _)| s)
+    }
+}

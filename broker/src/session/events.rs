@@ -1,0 +1,366 @@
+//! Presence lifecycle: attach after a handshake (new presence, reattach or replacement),
+//! detach when the socket ends, lease grace and its expiry, and the join/leave events.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tokio::sync::{Notify, mpsc};
+use tracing::{debug, warn};
+
+use super::{Attached, Session};
+use crate::auth::{HandshakeError, Verified};
+use crate::cluster::bus::{AfterClose, MeshEvent};
+use crate::cluster::presence::{PeerRole, PresenceRecord};
+use crate::hub::{Control, Held, SessionHandle};
+use crate::ids::{self, now_ms};
+use crate::node::Node;
+use crate::protocol::{self, Status};
+use crate::store::PeerState;
+
+fn unavailable(e: impl std::fmt::Display) -> HandshakeError {
+    HandshakeError {
+        code: "internal",
+        message: format!("broker backend unavailable: {e}"),
+    }
+}
+
+/// Who hears that `subject` joined or left: every other live presence of the mesh, except
+/// other presences of the same member when the subject is a control-plane (`hello`) one.
+pub(crate) fn join_leave_recipients(
+    records: &[PresenceRecord],
+    subject: &PresenceRecord,
+) -> Vec<String> {
+    records
+        .iter()
+        .filter(|r| r.is_live() && r.presence_id != subject.presence_id)
+        .filter(|r| subject.peer_role == PeerRole::Session || r.member_id != subject.member_id)
+        .map(|r| r.presence_id.clone())
+        .collect()
+}
+
+/// Publishes a system event to `presence_ids`.
+pub(crate) async fn announce(
+    node: &Node,
+    mesh_id: &str,
+    presence_ids: Vec<String>,
+    event: &str,
+    data: Value,
+) {
+    if presence_ids.is_empty() {
+        return;
+    }
+    let frame = protocol::system_push(mesh_id, event, data, now_ms());
+    let event = MeshEvent::Deliver {
+        presence_ids: presence_ids.into(),
+        priority: None,
+        frame,
+    };
+    if let Err(e) = node.bus.publish(mesh_id, event).await {
+        warn!(error = %e, "system event not published");
+    }
+}
+
+/// A presence is gone for good: save what its member will get back, tell the others.
+pub(crate) async fn end_presence(node: &Arc<Node>, record: PresenceRecord) {
+    let state = PeerState {
+        groups: record.groups.clone(),
+        summary: record.summary.clone(),
+        profile: record.profile.clone(),
+        stats: record.stats.clone(),
+        last_seen_at: now_ms(),
+    };
+    if let Err(e) = node
+        .store
+        .save_peer_state(&record.mesh_id, &record.member_id, state)
+        .await
+    {
+        warn!(error = %e, "peer state not saved");
+    }
+    let records = node
+        .presence
+        .list(&record.mesh_id)
+        .await
+        .unwrap_or_default();
+    let to = join_leave_recipients(&records, &record);
+    let data = json!({"name": record.display_name, "pubkey": record.routing_key()});
+    announce(node, &record.mesh_id, to, "peer_left", data).await;
+    node.audit(
+        &record.mesh_id,
+        "peer_left",
+        Some(&record.member_id),
+        json!({"pubkey": record.routing_key()}),
+    );
+}
+
+/// Waits out a presence's lease grace and ends it unless a reattach took it over.
+fn spawn_grace_timer(node: Arc<Node>, mesh_id: String, presence_id: String) {
+    let grace = node.config.lease_grace;
+    let tracker = node.tracker.clone();
+    tracker.spawn(async move {
+        tokio::select! {
+            _ = tokio::time::sleep(grace + Duration::from_millis(5)) => {}
+            // The presence stays in grace in the shared backend; in a cluster another
+            // replica's reaper ends it. In dev mode the process is going away anyway.
+            _ = node.stopping.cancelled() => return,
+        }
+        match node.presence.expire(&mesh_id, &presence_id, now_ms()).await {
+            Ok(Some(record)) => {
+                node.metrics.presences_expired.inc();
+                end_presence(&node, record).await;
+            }
+            Ok(None) => {}
+            Err(e) => warn!(error = %e, "presence expiry failed"),
+        }
+    });
+}
+
+pub(super) async fn attach(
+    s: &mut Session,
+    v: Verified,
+    req_id: Option<&str>,
+    ctl_tx: mpsc::UnboundedSender<Control>,
+) -> Result<(), HandshakeError> {
+    let node = s.node.clone();
+    let now = now_ms();
+    let mesh_id = v.mesh.id.clone();
+    tracing::Span::current().record("mesh_id", mesh_id.as_str());
+    let records = node.presence.list(&mesh_id).await.map_err(unavailable)?;
+    let session_id = v.meta.session_id.clone().unwrap_or_default();
+
+    // Reattach: same session key, or without session keys the same member and sessionId.
+    let previous = records.iter().find(|r| {
+        r.member_id == v.member.id
+            && match &v.session_key {
+                Some(k) => r.session_pubkey.as_deref() == Some(k.as_str()),
+                None => {
+                    r.session_pubkey.is_none()
+                        && !session_id.is_empty()
+                        && r.session_id == session_id
+                }
+            }
+    });
+    // Replacement: another live presence of the mesh with the same sessionId.
+    let replaced: Vec<&PresenceRecord> = records
+        .iter()
+        .filter(|r| r.is_live() && !session_id.is_empty() && r.session_id == session_id)
+        .filter(|r| previous.is_none_or(|p| p.presence_id != r.presence_id))
+        .collect();
+
+    let restored = if previous.is_none() {
+        node.store
+            .peer_state(&mesh_id, &v.member.id)
+            .await
+            .map_err(unavailable)?
+    } else {
+        None
+    };
+    let groups = v
+        .meta
+        .groups
+        .clone()
+        .or_else(|| previous.map(|p| p.groups.clone()))
+        .or_else(|| {
+            restored
+                .as_ref()
+                .map(|r| r.groups.clone())
+                .filter(|g| !g.is_empty())
+        })
+        .unwrap_or_else(|| v.member.default_groups.clone());
+    let cwd = v.meta.cwd.clone().unwrap_or_default();
+    let status = node
+        .take_pending_hook(v.meta.pid, &cwd)
+        .or_else(|| previous.map(|p| p.status))
+        .unwrap_or(Status::Idle);
+    let display_name = v
+        .meta
+        .display_name
+        .clone()
+        .unwrap_or_else(|| v.member.display_name.clone());
+    let record = PresenceRecord {
+        presence_id: previous
+            .map(|p| p.presence_id.clone())
+            .unwrap_or_else(|| ids::random_id(24)),
+        mesh_id: mesh_id.clone(),
+        member_id: v.member.id.clone(),
+        member_pubkey: v.member.pubkey.clone(),
+        session_pubkey: v.session_key.clone(),
+        display_name,
+        session_id,
+        peer_role: v.peer_role,
+        node_id: node.config.node_id.clone(),
+        conn_id: s.conn_id.clone(),
+        grace_until: None,
+        status,
+        summary: previous.and_then(|p| p.summary.clone()),
+        visible: previous.is_none_or(|p| p.visible),
+        groups,
+        profile: previous.map(|p| p.profile.clone()).unwrap_or_default(),
+        stats: previous.and_then(|p| p.stats.clone()),
+        pid: v.meta.pid,
+        cwd: cwd.clone(),
+        hostname: v.meta.hostname.clone(),
+        peer_type: v.meta.peer_type.clone(),
+        channel: v.meta.channel.clone(),
+        model: v.meta.model.clone(),
+        connected_at: previous.map(|p| p.connected_at).unwrap_or(now),
+        last_pong_at: now,
+    };
+
+    let prior = node
+        .presence
+        .attach(record.clone())
+        .await
+        .map_err(unavailable)?;
+    let mut to_close: Vec<String> = replaced.iter().map(|r| r.conn_id.clone()).collect();
+    if let Some(p) = prior.filter(|p| p.is_live() && p.conn_id != s.conn_id) {
+        to_close.push(p.conn_id);
+    }
+    if !to_close.is_empty() {
+        // The replaced sockets end their presences (replacement) or find their presence
+        // already taken over (reattach), so they never move it into grace.
+        let after = if replaced.is_empty() {
+            AfterClose::Grace
+        } else {
+            AfterClose::End
+        };
+        let event = MeshEvent::Close {
+            conn_ids: to_close,
+            code: 1000,
+            reason: "session_replaced".into(),
+            after,
+        };
+        if let Err(e) = node.bus.publish(&mesh_id, event).await {
+            warn!(error = %e, "session replacement not published");
+        }
+    }
+
+    let mut ack = json!({
+        "type": "hello_ack",
+        "presenceId": record.presence_id,
+        "memberDisplayName": v.member.display_name,
+        "memberProfile": {
+            "roleTag": v.member.role_tag,
+            "groups": v.member.default_groups,
+            "messageMode": v.member.message_mode.clone().unwrap_or_else(|| "push".into()),
+        },
+    });
+    if let Some(r) = &restored {
+        ack["restored"] = json!(true);
+        if let Some(summary) = &r.summary {
+            ack["lastSummary"] = json!(summary);
+        }
+        ack["lastSeenAt"] = json!(ids::iso8601_ms(r.last_seen_at));
+        ack["restoredGroups"] = json!(r.groups);
+        if let Some(stats) = &r.stats {
+            ack["restoredStats"] = stats.clone();
+        }
+    }
+    s.reply(protocol::encode(&protocol::with_req_id(ack, req_id)));
+    node.metrics
+        .handshake_seconds
+        .observe(s.opened.elapsed().as_secs_f64());
+
+    let handle = Arc::new(SessionHandle {
+        conn_id: s.conn_id.clone(),
+        mesh_id: mesh_id.clone(),
+        presence_id: record.presence_id.clone(),
+        member_id: v.member.id.clone(),
+        session_key: v.session_key.clone(),
+        pid: v.meta.pid,
+        cwd,
+        out: s.out.clone(),
+        control: ctl_tx,
+        drain: Notify::new(),
+        status: Mutex::new(record.status),
+        held: Mutex::new(Held::default()),
+    });
+    if node.hub.insert(handle.clone())
+        && let Err(e) = node.bus.subscribe(&mesh_id).await
+    {
+        warn!(error = %e, "mesh subscription failed");
+    }
+
+    if previous.is_none() {
+        let to = join_leave_recipients(&records, &record);
+        let pubkey = record.routing_key().to_string();
+        match &restored {
+            Some(r) => {
+                let data = json!({"name": record.display_name, "pubkey": pubkey, "groups": record.groups,
+                    "lastSeenAt": ids::iso8601_ms(r.last_seen_at), "summary": r.summary});
+                announce(&node, &mesh_id, to, "peer_returned", data).await;
+            }
+            None => {
+                let data =
+                    json!({"name": record.display_name, "pubkey": pubkey, "groups": record.groups});
+                announce(&node, &mesh_id, to, "peer_joined", data).await;
+            }
+        }
+        node.audit(
+            &mesh_id,
+            "peer_joined",
+            Some(&v.member.id),
+            json!({"pubkey": pubkey, "groups": record.groups, "restored": restored.is_some(), "role": record.peer_role.as_str()}),
+        );
+    } else {
+        debug!(presence_id = %record.presence_id, "reattached");
+    }
+
+    s.attached = Some(Attached {
+        handle,
+        mesh: v.mesh,
+        member: v.member,
+        record,
+        unacked: HashMap::new(),
+    });
+    // A new connection takes over whatever its member's earlier connections had claimed.
+    s.drain(true).await;
+    Ok(())
+}
+
+pub(super) async fn detach(s: &mut Session, after: AfterClose) {
+    let Some(a) = s.attached.take() else { return };
+    let node = s.node.clone();
+    let mesh_id = a.mesh.id.clone();
+    if node.hub.remove(&mesh_id, &s.conn_id)
+        && let Err(e) = node.bus.unsubscribe(&mesh_id).await
+    {
+        warn!(error = %e, "mesh unsubscription failed");
+    }
+    let presence_id = a.record.presence_id.clone();
+    match after {
+        AfterClose::Grace => {
+            let until = now_ms() + node.config.lease_grace.as_millis() as i64;
+            match node
+                .presence
+                .release(&mesh_id, &presence_id, &s.conn_id, until)
+                .await
+            {
+                Ok(true) => spawn_grace_timer(node, mesh_id, presence_id),
+                Ok(false) => debug!("presence was taken over by another connection"),
+                Err(e) => warn!(error = %e, "presence release failed"),
+            }
+        }
+        AfterClose::End => match node
+            .presence
+            .remove(&mesh_id, &presence_id, &s.conn_id)
+            .await
+        {
+            Ok(Some(record)) => end_presence(&node, record).await,
+            Ok(None) => {}
+            Err(e) => warn!(error = %e, "presence removal failed"),
+        },
+    }
+}
+
+/// Held-frame flush and drain bookkeeping used by status changes.
+pub(super) fn take_held(handle: &SessionHandle) -> Vec<bytes::Bytes> {
+    handle.held.lock().unwrap_or_else(|p| p.into_inner()).take()
+}
+
+/// When a hook status arrives for a presence that is not connected yet, it waits here.
+pub(crate) fn remember_pending_hook(node: &Node, pid: Option<i64>, cwd: &str, status: Status) {
+    let mut pending = node.hook_pending.lock().unwrap_or_else(|p| p.into_inner());
+    pending.insert(Node::hook_key(pid, cwd), (status, Instant::now()));
+}

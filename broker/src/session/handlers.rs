@@ -1,0 +1,475 @@
+//! Handlers of the frames a handshaked connection sends (spec §4), one at a time.
+
+use std::collections::HashMap;
+
+use serde_json::{Value, json};
+use tracing::warn;
+
+use super::{Incoming, Session};
+use crate::cluster::bus::{AfterClose, MeshEvent};
+use crate::cluster::presence::PresencePatch;
+use crate::ids::{self, now_ms};
+use crate::protocol::target::{self, Target};
+use crate::protocol::{self, Ack, ClientMessage, Group, Inbound, Push, Status};
+use crate::routing::{self, Sender};
+use crate::store::{Claim, Member, MessageRef, QueuedMessage};
+
+impl Session {
+    /// Handles one frame; `Some` ends the session with that presence outcome.
+    pub(super) async fn handle(&mut self, msg: Incoming) -> Option<AfterClose> {
+        let text = match msg {
+            Incoming::TooLarge => {
+                self.out.close(1009, "frame too large");
+                return Some(AfterClose::Grace);
+            }
+            Incoming::Binary => {
+                self.reply_error(
+                    "malformed",
+                    "binary frames are not part of the protocol",
+                    None,
+                );
+                return None;
+            }
+            Incoming::Text(t) => t,
+        };
+        let Inbound { req_id, message } = match Inbound::decode(&text) {
+            Ok(i) => i,
+            Err(e) => {
+                self.reply_error("malformed", &e.message, e.req_id.as_deref());
+                return None;
+            }
+        };
+        let req_id = req_id.as_deref();
+        match message {
+            ClientMessage::Hello(_) | ClientMessage::SessionHello(_) => {
+                self.reply_error(
+                    "invalid",
+                    "this connection has already completed its handshake",
+                    req_id,
+                );
+            }
+            ClientMessage::Send(send) => self.send(&send, req_id).await,
+            ClientMessage::ClientAck(a) => {
+                let reference = match (&a.broker_message_id, &a.client_message_id) {
+                    (Some(id), _) => MessageRef::Broker(id),
+                    (None, Some(id)) => MessageRef::Client(id),
+                    (None, None) => return None,
+                };
+                self.client_ack(reference).await;
+            }
+            ClientMessage::ListPeers => self.list_peers(req_id).await,
+            ClientMessage::SetStatus(status) => self.set_status(status).await,
+            ClientMessage::SetSummary(summary) => {
+                self.with_record(|r| r.summary = Some(summary.clone()));
+                self.update_presence(PresencePatch::Summary(summary)).await;
+            }
+            ClientMessage::SetVisible(visible) => {
+                self.set_visible(visible).await;
+                self.reply_empty_ack(req_id);
+            }
+            ClientMessage::SetProfile(profile) => {
+                self.with_record(|r| r.profile.extend(profile.clone()));
+                self.update_presence(PresencePatch::Profile(profile)).await;
+                self.reply_empty_ack(req_id);
+            }
+            ClientMessage::SetStats(stats) => {
+                self.with_record(|r| r.stats = Some(stats.clone()));
+                self.update_presence(PresencePatch::Stats(stats)).await;
+            }
+            ClientMessage::JoinGroup(group) => {
+                let groups = self.with_record(|r| {
+                    r.groups.retain(|g| g.name != group.name);
+                    r.groups.push(group.clone());
+                    r.groups.clone()
+                });
+                self.update_presence(PresencePatch::Groups(groups)).await;
+            }
+            ClientMessage::LeaveGroup(name) => {
+                let groups = self.with_record(|r| {
+                    r.groups.retain(|g: &Group| g.name != name);
+                    r.groups.clone()
+                });
+                self.update_presence(PresencePatch::Groups(groups)).await;
+            }
+            ClientMessage::Disconnect(sel) => self.disconnect_or_kick(false, &sel, req_id).await,
+            ClientMessage::Kick(sel) => self.disconnect_or_kick(true, &sel, req_id).await,
+            ClientMessage::Ban(b) => self.ban(&b.target, b.reason.as_deref(), req_id).await,
+            ClientMessage::Unban(b) => self.unban(&b.target, req_id).await,
+            ClientMessage::ListBans => self.list_bans(req_id).await,
+            ClientMessage::Unknown(kind) => {
+                self.reply_error(
+                    "unknown_message_type",
+                    &format!("unknown message type {kind:?}"),
+                    req_id,
+                );
+            }
+        }
+        None
+    }
+
+    /// Applies `f` to this connection's copy of its presence record.
+    fn with_record<T>(
+        &mut self,
+        f: impl FnOnce(&mut crate::cluster::presence::PresenceRecord) -> T,
+    ) -> T {
+        let a = self
+            .attached
+            .as_mut()
+            .expect("handlers run only on attached sessions");
+        f(&mut a.record)
+    }
+
+    fn reply_empty_ack(&self, req_id: Option<&str>) {
+        let ack = Ack {
+            kind: "ack",
+            id: req_id.unwrap_or(""),
+            message_id: "",
+            queued: false,
+            error: None,
+            req_id,
+        };
+        self.reply(protocol::encode(&ack));
+    }
+
+    fn reply_ack(&self, id: &str, message_id: &str, error: Option<&str>, req_id: Option<&str>) {
+        let ack = Ack {
+            kind: "ack",
+            id,
+            message_id,
+            queued: error.is_none(),
+            error,
+            req_id,
+        };
+        self.reply(protocol::encode(&ack));
+    }
+
+    async fn send(&mut self, send: &protocol::Send, req_id: Option<&str>) {
+        let node = self.node.clone();
+        let a = self.attached.as_ref().expect("attached");
+        let ack_id = send
+            .id
+            .as_deref()
+            .or(send.client_message_id.as_deref())
+            .unwrap_or("");
+        let reject = |s: &Session, reason: &'static str, error: &str| {
+            s.node.metrics.reject_message(reason);
+            s.reply_ack(ack_id, "", Some(error), req_id);
+        };
+
+        let bucket = format!("{}:{}", a.mesh.id, a.member.id);
+        match node
+            .presence
+            .take_send_token(&bucket, node.config.send_burst, node.config.send_per_min)
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => {
+                let per_min = node.config.send_per_min;
+                return reject(
+                    self,
+                    "rate_limit",
+                    &format!("rate_limit: more than {per_min} messages per minute, slow down"),
+                );
+            }
+            Err(e) => return reject(self, "store", &e.to_string()),
+        }
+        let size = send.ciphertext.len() + send.nonce.len() + send.target_spec.len();
+        if size > node.config.max_message_bytes {
+            return reject(self, "too_large", "payload too large");
+        }
+        let target = match target::classify(&send.target_spec) {
+            Ok(t) => t,
+            Err(e) => return reject(self, "invalid", &e.to_string()),
+        };
+        let records = match node.presence.list(&a.mesh.id).await {
+            Ok(r) => r,
+            Err(e) => return reject(self, "store", &e.to_string()),
+        };
+        let sender = Sender {
+            member_id: &a.member.id,
+            member_key: &a.member.pubkey,
+            session_key: a.handle.session_key.as_deref(),
+        };
+        let message_id = ids::random_id(24);
+        let now = now_ms();
+
+        match target {
+            Target::Direct(key) => {
+                let matches = routing::direct_matches(&records, key);
+                let recipient = match matches.first() {
+                    Some(r) => node.store.member(&a.mesh.id, &r.member_id).await,
+                    None => node.store.member_by_pubkey(&a.mesh.id, key).await,
+                };
+                let recipient = match recipient {
+                    Ok(Some(m)) if m.revoked_at.is_none() => m,
+                    Ok(_) => return reject(self, "no_target", "no connected peer for target"),
+                    Err(e) => return reject(self, "store", &e.to_string()),
+                };
+                if !routing::grants_allow(&recipient, sender.member_key, sender.session_key, "dm") {
+                    node.metrics.drop_by_grant("dm");
+                    return reject(
+                        self,
+                        "grant",
+                        "blocked by recipient grants (sender lacks dm capability)",
+                    );
+                }
+                let session_target = (key != recipient.pubkey).then(|| key.to_string());
+                let queued = QueuedMessage {
+                    id: message_id.clone(),
+                    mesh_id: a.mesh.id.clone(),
+                    sender_member_id: a.member.id.clone(),
+                    sender_pubkey: a.record.routing_key().to_string(),
+                    sender_member_pubkey: a.member.pubkey.clone(),
+                    sender_name: a.record.display_name.clone(),
+                    target_member_id: recipient.id.clone(),
+                    target_session_key: session_target,
+                    priority: send.priority,
+                    nonce: send.nonce.clone(),
+                    ciphertext: send.ciphertext.clone(),
+                    client_message_id: send.client_message_id.clone(),
+                    created_at: now,
+                };
+                if let Err(e) = node.store.enqueue(queued).await {
+                    return reject(self, "store", &e.to_string());
+                }
+                self.reply_ack(ack_id, &message_id, None, req_id);
+                node.metrics.routed(send.priority);
+                let ring = MeshEvent::Doorbell {
+                    member_id: recipient.id.clone(),
+                };
+                if let Err(e) = node.bus.publish(&a.mesh.id, ring).await {
+                    // The message is durable; the recipient gets it on its next drain.
+                    warn!(error = %e, "doorbell not published");
+                }
+            }
+            Target::Broadcast | Target::Group(_) => {
+                let group = match target {
+                    Target::Group(g) => Some(g),
+                    _ => None,
+                };
+                let members = match node.store.members(&a.mesh.id).await {
+                    Ok(m) => m,
+                    Err(e) => return reject(self, "store", &e.to_string()),
+                };
+                let by_id: HashMap<&str, &Member> =
+                    members.iter().map(|m| (m.id.as_str(), m)).collect();
+                let fanout = routing::fanout(&records, &by_id, sender, group);
+                for _ in 0..fanout.blocked {
+                    node.metrics.drop_by_grant("broadcast");
+                }
+                let frame = protocol::encode(&Push {
+                    kind: "push",
+                    message_id: &message_id,
+                    mesh_id: &a.mesh.id,
+                    sender_pubkey: a.record.routing_key(),
+                    sender_member_pubkey: &a.member.pubkey,
+                    sender_name: &a.record.display_name,
+                    priority: send.priority,
+                    nonce: &send.nonce,
+                    ciphertext: &send.ciphertext,
+                    created_at: ids::iso8601_ms(now),
+                    client_message_id: send.client_message_id.as_deref(),
+                });
+                let event = MeshEvent::Deliver {
+                    presence_ids: fanout.presence_ids.into(),
+                    priority: Some(send.priority),
+                    frame,
+                };
+                if let Err(e) = node.bus.publish(&a.mesh.id, event).await {
+                    return reject(self, "store", &e.to_string());
+                }
+                self.reply_ack(ack_id, &message_id, None, req_id);
+                node.metrics.routed(send.priority);
+            }
+        }
+        node.audit(
+            &a.mesh.id,
+            "message_sent",
+            Some(&a.member.id),
+            json!({"targetSpec": send.target_spec, "priority": send.priority.as_str()}),
+        );
+    }
+
+    /// Claims and pushes this connection's queued direct messages, in queue order.
+    /// `steal` takes messages still leased to the member's earlier connections.
+    pub(super) async fn drain(&mut self, steal: bool) {
+        let node = self.node.clone();
+        let Some(a) = self.attached.as_mut() else {
+            return;
+        };
+        let now = now_ms();
+        let lease_ms = node.config.claim_lease.as_millis() as i64;
+        let claim = Claim {
+            mesh_id: &a.mesh.id,
+            member_id: &a.member.id,
+            session_key: a.handle.session_key.as_deref(),
+            all_priorities: a.handle.status() == Status::Idle,
+            steal,
+            lease_ms,
+            now_ms: now,
+            limit: CLAIM_BATCH_LIMIT,
+        };
+        let claimed = match node.store.claim(claim).await {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(error = %e, "queue drain failed");
+                return;
+            }
+        };
+        let full = claimed.len() == CLAIM_BATCH_LIMIT;
+        for m in claimed {
+            let frame = protocol::encode(&Push {
+                kind: "push",
+                message_id: &m.id,
+                mesh_id: &m.mesh_id,
+                sender_pubkey: &m.sender_pubkey,
+                sender_member_pubkey: &m.sender_member_pubkey,
+                sender_name: &m.sender_name,
+                priority: m.priority,
+                nonce: &m.nonce,
+                ciphertext: &m.ciphertext,
+                created_at: ids::iso8601_ms(m.created_at),
+                client_message_id: m.client_message_id.as_deref(),
+            });
+            if !self.out.text(frame) {
+                // The socket is closing; the lease runs out and another connection retakes it.
+                break;
+            }
+            node.metrics.pushes_total.inc();
+            node.metrics
+                .delivery_seconds
+                .observe((now_ms() - m.created_at).max(0) as f64 / 1000.0);
+            a.unacked.insert(m.id, now + lease_ms);
+        }
+        if full {
+            a.handle.drain.notify_one();
+        }
+    }
+
+    async fn client_ack(&mut self, reference: MessageRef<'_>) {
+        let node = self.node.clone();
+        let Some(a) = self.attached.as_mut() else {
+            return;
+        };
+        if let MessageRef::Broker(id) = reference {
+            a.unacked.remove(id);
+        }
+        if let Err(e) = node
+            .store
+            .mark_delivered(&a.mesh.id, &a.member.id, reference)
+            .await
+        {
+            warn!(error = %e, "client_ack not recorded; the message will be pushed again");
+        }
+    }
+
+    async fn list_peers(&self, req_id: Option<&str>) {
+        let a = self.attached.as_ref().expect("attached");
+        let records = match self.node.presence.list(&a.mesh.id).await {
+            Ok(r) => r,
+            Err(e) => return self.reply_error("internal", &e.to_string(), req_id),
+        };
+        let peers: Vec<Value> = records
+            .iter()
+            .filter(|r| r.is_live() && (r.visible || r.presence_id == a.record.presence_id))
+            .map(|r| {
+                let mut p = json!({
+                    "pubkey": r.routing_key(),
+                    "memberPubkey": r.member_pubkey,
+                    "displayName": r.display_name,
+                    "status": r.status.as_str(),
+                    "summary": r.summary,
+                    "groups": r.groups,
+                    "sessionId": r.session_id,
+                    "connectedAt": ids::iso8601_ms(r.connected_at),
+                    "cwd": r.cwd,
+                    "peerRole": r.peer_role.as_str(),
+                    "visible": r.visible,
+                });
+                let optional = [
+                    ("hostname", r.hostname.clone().map(Value::from)),
+                    ("peerType", r.peer_type.clone().map(Value::from)),
+                    ("channel", r.channel.clone().map(Value::from)),
+                    ("model", r.model.clone().map(Value::from)),
+                    ("stats", r.stats.clone()),
+                    (
+                        "profile",
+                        (!r.profile.is_empty()).then(|| Value::Object(r.profile.clone())),
+                    ),
+                ];
+                for (k, v) in optional {
+                    if let Some(v) = v {
+                        p[k] = v;
+                    }
+                }
+                p
+            })
+            .collect();
+        let frame = protocol::with_req_id(json!({"type": "peers_list", "peers": peers}), req_id);
+        self.reply(protocol::encode(&frame));
+    }
+
+    pub(super) async fn set_status(&mut self, status: Status) {
+        let Some(a) = self.attached.as_mut() else {
+            return;
+        };
+        {
+            let mut current = a.handle.status.lock().unwrap_or_else(|p| p.into_inner());
+            if *current == status {
+                return;
+            }
+            *current = status;
+        }
+        a.record.status = status;
+        self.update_presence(PresencePatch::Status(status)).await;
+        if status == Status::Idle {
+            let a = self.attached.as_ref().expect("attached");
+            for frame in super::events::take_held(&a.handle) {
+                if self.out.text(frame) {
+                    self.node.metrics.pushes_total.inc();
+                }
+            }
+            self.drain(false).await;
+        }
+    }
+
+    /// A hook's status: a low-trust signal that can never clear `dnd`.
+    pub(super) async fn apply_hook_status(&mut self, status: Status) {
+        let current = self.attached.as_ref().map(|a| a.handle.status());
+        if current == Some(Status::Dnd) && status != Status::Dnd {
+            return;
+        }
+        self.set_status(status).await;
+    }
+
+    async fn set_visible(&mut self, visible: bool) {
+        let (changed, me) = self.with_record(|r| {
+            let changed = r.visible != visible;
+            r.visible = visible;
+            (changed, r.clone())
+        });
+        self.update_presence(PresencePatch::Visible(visible)).await;
+        if changed {
+            let records = self
+                .node
+                .presence
+                .list(&me.mesh_id)
+                .await
+                .unwrap_or_default();
+            let to = records
+                .iter()
+                .filter(|r| r.is_live() && r.presence_id != me.presence_id)
+                .map(|r| r.presence_id.clone())
+                .collect();
+            let event = if visible {
+                "peer_visible"
+            } else {
+                "peer_hidden"
+            };
+            let data = json!({"name": me.display_name, "pubkey": me.routing_key()});
+            super::events::announce(&self.node, &me.mesh_id, to, event, data).await;
+        }
+    }
+}
+
+const CLAIM_BATCH_LIMIT: usize = super::CLAIM_BATCH;

@@ -1,0 +1,259 @@
+//! `disconnect`, `kick`, `ban`, `unban`, `list_bans` (spec §4.6). Effects travel as bus
+//! events, so they reach the target on whichever replica holds its socket.
+
+use serde_json::{Value, json};
+use tracing::warn;
+
+use super::Session;
+use crate::cluster::bus::{AfterClose, MeshEvent};
+use crate::cluster::presence::{PeerRole, PresenceRecord};
+use crate::ids::{self, now_ms};
+use crate::protocol::{self, Selection};
+use crate::store::{Member, Role};
+
+/// Whether `target` names this presence: display name, exact key, or key prefix.
+fn presence_matches(r: &PresenceRecord, target: &str) -> bool {
+    r.display_name == target
+        || r.member_pubkey.starts_with(target)
+        || r.session_pubkey
+            .as_deref()
+            .is_some_and(|k| k.starts_with(target))
+}
+
+/// Whether `target` names this member: display name, exact key, or key prefix.
+fn member_matches(m: &Member, target: &str) -> bool {
+    !target.is_empty() && (m.display_name == target || m.pubkey.starts_with(target))
+}
+
+impl Session {
+    /// The caller's member row as the store has it now, if the caller may moderate.
+    async fn authorize(&self, verb: &str, req_id: Option<&str>) -> bool {
+        let a = self.attached.as_ref().expect("attached");
+        let member = self
+            .node
+            .store
+            .member(&a.mesh.id, &a.member.id)
+            .await
+            .ok()
+            .flatten();
+        let allowed = member.is_some_and(|m| {
+            m.role == Role::Admin
+                || (a.mesh.owner_user_id.is_some() && m.user_id == a.mesh.owner_user_id)
+        });
+        if !allowed {
+            self.reply_error(
+                "forbidden",
+                &format!("only owner or admin can {verb}"),
+                req_id,
+            );
+        }
+        allowed
+    }
+
+    fn reply_frame(&self, frame: Value, req_id: Option<&str>) {
+        self.reply(protocol::encode(&protocol::with_req_id(frame, req_id)));
+    }
+
+    async fn close_conns(&self, conn_ids: Vec<String>, code: u16, reason: &str, after: AfterClose) {
+        if conn_ids.is_empty() {
+            return;
+        }
+        let a = self.attached.as_ref().expect("attached");
+        let event = MeshEvent::Close {
+            conn_ids,
+            code,
+            reason: reason.into(),
+            after,
+        };
+        if let Err(e) = self.node.bus.publish(&a.mesh.id, event).await {
+            warn!(error = %e, "moderation close not published");
+        }
+    }
+
+    pub(super) async fn disconnect_or_kick(
+        &mut self,
+        kick: bool,
+        sel: &Selection,
+        req_id: Option<&str>,
+    ) {
+        let verb = if kick { "kick" } else { "disconnect" };
+        if !self.authorize(verb, req_id).await {
+            return;
+        }
+        let a = self.attached.as_ref().expect("attached");
+        let records = self
+            .node
+            .presence
+            .list(&a.mesh.id)
+            .await
+            .unwrap_or_default();
+        let now = now_ms();
+        let selected: Vec<&PresenceRecord> = records
+            .iter()
+            .filter(|r| r.is_live())
+            .filter(|r| {
+                if sel.all == Some(true) {
+                    r.member_id != a.member.id
+                } else if let Some(stale) = sel.stale {
+                    r.presence_id != a.record.presence_id && now - r.last_pong_at > stale as i64
+                } else {
+                    sel.target
+                        .as_deref()
+                        .is_some_and(|t| !t.is_empty() && presence_matches(r, t))
+                }
+            })
+            .collect();
+        let (skipped, hit): (Vec<&PresenceRecord>, Vec<&PresenceRecord>) = selected
+            .into_iter()
+            .partition(|r| kick && r.peer_role == PeerRole::ControlPlane);
+        let names: Vec<&str> = hit.iter().map(|r| r.display_name.as_str()).collect();
+        let mut frame = json!({"type": format!("{verb}_ack"), "kicked": names, "affected": names});
+        if kick {
+            frame["skipped_control_plane"] = json!(
+                skipped
+                    .iter()
+                    .map(|r| r.display_name.as_str())
+                    .collect::<Vec<_>>()
+            );
+        }
+        let conn_ids = hit.iter().map(|r| r.conn_id.clone()).collect();
+        self.reply_frame(frame, req_id);
+        if kick {
+            self.close_conns(conn_ids, 4001, "kicked", AfterClose::End)
+                .await;
+        } else {
+            self.close_conns(conn_ids, 1000, "disconnected", AfterClose::Grace)
+                .await;
+        }
+    }
+
+    pub(super) async fn ban(&mut self, target: &str, reason: Option<&str>, req_id: Option<&str>) {
+        if !self.authorize("ban", req_id).await {
+            return;
+        }
+        let a = self.attached.as_ref().expect("attached");
+        let members = self
+            .node
+            .store
+            .members(&a.mesh.id)
+            .await
+            .unwrap_or_default();
+        let Some(victim) = members
+            .iter()
+            .find(|m| m.revoked_at.is_none() && member_matches(m, target))
+        else {
+            return self.reply_error(
+                "not_found",
+                &format!("no member matches {target:?}"),
+                req_id,
+            );
+        };
+        if victim.id == a.member.id {
+            return self.reply_error("invalid", "you cannot ban yourself", req_id);
+        }
+        if let Err(e) = self
+            .node
+            .store
+            .set_revoked(&a.mesh.id, &victim.id, Some(now_ms()))
+            .await
+        {
+            return self.reply_error("internal", &e.to_string(), req_id);
+        }
+        self.reply_frame(
+            json!({"type": "ban_ack", "banned": victim.display_name}),
+            req_id,
+        );
+        let records = self
+            .node
+            .presence
+            .list(&a.mesh.id)
+            .await
+            .unwrap_or_default();
+        let (live, grace): (Vec<&PresenceRecord>, Vec<&PresenceRecord>) = records
+            .iter()
+            .filter(|r| r.member_id == victim.id)
+            .partition(|r| r.is_live());
+        self.close_conns(
+            live.iter().map(|r| r.conn_id.clone()).collect(),
+            4002,
+            "banned",
+            AfterClose::End,
+        )
+        .await;
+        for r in grace {
+            if let Ok(Some(record)) = self
+                .node
+                .presence
+                .remove(&a.mesh.id, &r.presence_id, &r.conn_id)
+                .await
+            {
+                super::events::end_presence(&self.node, record).await;
+            }
+        }
+        let mut payload = json!({"target": target, "targetPubkey": victim.pubkey});
+        if let Some(reason) = reason {
+            payload["reason"] = json!(reason);
+        }
+        self.node
+            .audit(&a.mesh.id, "member_banned", Some(&a.member.id), payload);
+    }
+
+    pub(super) async fn unban(&mut self, target: &str, req_id: Option<&str>) {
+        if !self.authorize("unban", req_id).await {
+            return;
+        }
+        let a = self.attached.as_ref().expect("attached");
+        let members = self
+            .node
+            .store
+            .members(&a.mesh.id)
+            .await
+            .unwrap_or_default();
+        let Some(member) = members
+            .iter()
+            .find(|m| m.revoked_at.is_some() && member_matches(m, target))
+        else {
+            return self.reply_error(
+                "not_found",
+                &format!("no banned member matches {target:?}"),
+                req_id,
+            );
+        };
+        if let Err(e) = self
+            .node
+            .store
+            .set_revoked(&a.mesh.id, &member.id, None)
+            .await
+        {
+            return self.reply_error("internal", &e.to_string(), req_id);
+        }
+        self.reply_frame(
+            json!({"type": "unban_ack", "unbanned": member.display_name}),
+            req_id,
+        );
+        let payload = json!({"target": target, "targetPubkey": member.pubkey});
+        self.node
+            .audit(&a.mesh.id, "member_unbanned", Some(&a.member.id), payload);
+    }
+
+    pub(super) async fn list_bans(&mut self, req_id: Option<&str>) {
+        if !self.authorize("list_bans", req_id).await {
+            return;
+        }
+        let a = self.attached.as_ref().expect("attached");
+        let members = self
+            .node
+            .store
+            .members(&a.mesh.id)
+            .await
+            .unwrap_or_default();
+        let bans: Vec<Value> = members
+            .iter()
+            .filter_map(|m| {
+                let at = m.revoked_at?;
+                Some(json!({"name": m.display_name, "pubkey": m.pubkey, "revokedAt": ids::iso8601_ms(at)}))
+            })
+            .collect();
+        self.reply_frame(json!({"type": "list_bans_result", "bans": bans}), req_id);
+    }
+}

@@ -1,0 +1,188 @@
+//! One socket's outbound side: a queue bounded in bytes, and the writer task that owns the
+//! write half of the WebSocket.
+//!
+//! Data frames count against the bound; control frames (ping, pong, close) do not, so a
+//! close can always be queued. When the bound would be exceeded the queue is marked
+//! overflowed: the writer drops what is still queued and closes the socket 1013
+//! `slow_consumer` as soon as its current write completes.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use fastwebsockets::{Frame, OpCode, Payload, WebSocketWrite};
+use prometheus_client::metrics::gauge::Gauge;
+use tokio::io::AsyncWrite;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Close code and reason of a slow consumer.
+pub const SLOW_CONSUMER: (u16, &str) = (1013, "slow_consumer");
+
+#[derive(Debug)]
+pub enum OutFrame {
+    Text(Bytes),
+    Ping,
+    Pong(Vec<u8>),
+    /// A close frame with code and reason; the writer stops after it.
+    Close(u16, String),
+    /// The echo of a client's close frame (raw payload); the writer stops after it.
+    CloseEcho(Vec<u8>),
+}
+
+#[derive(Debug)]
+struct OutState {
+    queued: AtomicUsize,
+    limit: usize,
+    overflowed: AtomicBool,
+    /// This replica's total of queued bytes (`broker_outbound_queue_bytes`).
+    gauge: Gauge,
+}
+
+/// The sending side of a socket's outbound queue; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Outbound {
+    tx: mpsc::UnboundedSender<OutFrame>,
+    state: Arc<OutState>,
+}
+
+impl Outbound {
+    pub fn new(limit: usize, gauge: Gauge) -> (Outbound, mpsc::UnboundedReceiver<OutFrame>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let state = Arc::new(OutState {
+            queued: AtomicUsize::new(0),
+            limit,
+            overflowed: AtomicBool::new(false),
+            gauge,
+        });
+        (Outbound { tx, state }, rx)
+    }
+
+    /// Queues a text frame. Returns `false` when the frame was not queued because the queue
+    /// overflowed (now or before) or the socket is gone.
+    pub fn text(&self, frame: Bytes) -> bool {
+        if self.state.overflowed.load(Ordering::Relaxed) {
+            return false;
+        }
+        let len = frame.len();
+        let before = self.state.queued.fetch_add(len, Ordering::Relaxed);
+        if before + len > self.state.limit {
+            self.state.queued.fetch_sub(len, Ordering::Relaxed);
+            self.state.overflowed.store(true, Ordering::Relaxed);
+            // Wake the writer even when it is idle, so the 1013 goes out promptly.
+            let _ = self.tx.send(OutFrame::Ping);
+            return false;
+        }
+        self.state.gauge.inc_by(len as i64);
+        if self.tx.send(OutFrame::Text(frame)).is_err() {
+            self.state.queued.fetch_sub(len, Ordering::Relaxed);
+            self.state.gauge.dec_by(len as i64);
+            return false;
+        }
+        true
+    }
+
+    pub fn control(&self, frame: OutFrame) {
+        let _ = self.tx.send(frame);
+    }
+
+    pub fn close(&self, code: u16, reason: &str) {
+        self.control(OutFrame::Close(code, reason.to_string()));
+    }
+
+    pub fn overflowed(&self) -> bool {
+        self.state.overflowed.load(Ordering::Relaxed)
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+
+    fn dequeued(&self, len: usize) {
+        self.state.queued.fetch_sub(len, Ordering::Relaxed);
+        self.state.gauge.dec_by(len as i64);
+    }
+}
+
+/// How the writer ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriterEnd {
+    /// It wrote a close frame (ours or the echo of the client's).
+    Closed,
+    /// The queue overflowed and it closed the socket 1013.
+    SlowConsumer,
+    /// The socket failed, stalled past the stall timeout, or was killed.
+    Broken,
+}
+
+/// Writes queued frames until a close, an overflow, a write failure or `kill`.
+/// A single write that does not complete within `stall` ends the connection.
+pub async fn write_loop<S>(
+    mut ws: WebSocketWrite<S>,
+    mut rx: mpsc::UnboundedReceiver<OutFrame>,
+    out: Outbound,
+    kill: CancellationToken,
+    stall: Duration,
+) -> WriterEnd
+where
+    S: AsyncWrite + Unpin,
+{
+    let end = loop {
+        let item = tokio::select! {
+            biased;
+            _ = kill.cancelled() => break WriterEnd::Broken,
+            item = rx.recv() => item,
+        };
+        let Some(item) = item else {
+            break WriterEnd::Broken;
+        };
+        if let OutFrame::Text(ref b) = item {
+            out.dequeued(b.len());
+        }
+        if out.overflowed() {
+            break WriterEnd::SlowConsumer;
+        }
+        let (frame, last) = match &item {
+            OutFrame::Text(b) => (Frame::text(Payload::Borrowed(b)), false),
+            OutFrame::Ping => (
+                Frame::new(true, OpCode::Ping, None, Payload::Borrowed(&[])),
+                false,
+            ),
+            OutFrame::Pong(p) => (Frame::pong(Payload::Borrowed(p)), false),
+            OutFrame::Close(code, reason) => (Frame::close(*code, reason.as_bytes()), true),
+            OutFrame::CloseEcho(raw) => (Frame::close_raw(Payload::Borrowed(raw)), true),
+        };
+        if !write(&mut ws, frame, &kill, stall).await {
+            break WriterEnd::Broken;
+        }
+        if last {
+            break WriterEnd::Closed;
+        }
+    };
+    if end == WriterEnd::SlowConsumer {
+        let (code, reason) = SLOW_CONSUMER;
+        write(&mut ws, Frame::close(code, reason.as_bytes()), &kill, stall).await;
+    }
+    // Drop the accounting of whatever is left in the queue.
+    rx.close();
+    while let Ok(item) = rx.try_recv() {
+        if let OutFrame::Text(b) = item {
+            out.dequeued(b.len());
+        }
+    }
+    end
+}
+
+async fn write<S: AsyncWrite + Unpin>(
+    ws: &mut WebSocketWrite<S>,
+    frame: Frame<'_>,
+    kill: &CancellationToken,
+    stall: Duration,
+) -> bool {
+    tokio::select! {
+        biased;
+        _ = kill.cancelled() => false,
+        r = tokio::time::timeout(stall, ws.write_frame(frame)) => matches!(r, Ok(Ok(()))),
+    }
+}

@@ -1,0 +1,358 @@
+//! In-memory [`Store`]: single node only. Everything is lost when the process exits; it
+//! exists for dev mode and fast tests, and gives the same ordering and claim semantics as
+//! the durable backend.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+
+use super::{
+    AuditEntry, Claim, Enrolment, Invite, Member, Mesh, MessageRef, NewMember, PeerState,
+    QueuedMessage, Store, StoreError, StoreResult,
+};
+use crate::ids;
+
+/// Single node only: see the module documentation.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    meshes: HashMap<String, Mesh>,
+    /// mesh id → member id → member.
+    members: HashMap<String, BTreeMap<String, Member>>,
+    invites: HashMap<String, Invite>,
+    /// Queue in sequence order; the sequence is the commit order.
+    queue: BTreeMap<u64, Row>,
+    next_seq: u64,
+    peer_state: HashMap<(String, String), PeerState>,
+    audit: HashMap<String, Vec<AuditEntry>>,
+}
+
+#[derive(Debug)]
+struct Row {
+    message: QueuedMessage,
+    /// End of the current claim lease (ms epoch); 0 when unclaimed.
+    claimed_until: i64,
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves plain data behind, still consistent enough
+        // to serve: recover it instead of poisoning every later call.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn new_member(mesh_id: &str, m: NewMember) -> Member {
+    Member {
+        id: ids::random_id(24),
+        mesh_id: mesh_id.to_string(),
+        pubkey: m.pubkey,
+        display_name: m.display_name,
+        role: m.role,
+        user_id: m.user_id,
+        revoked_at: None,
+        peer_grants: BTreeMap::new(),
+        default_groups: m.default_groups,
+        role_tag: m.role_tag,
+        message_mode: None,
+        created_at: ids::now_ms(),
+    }
+}
+
+impl Inner {
+    fn insert_member(&mut self, mesh_id: &str, m: NewMember) -> StoreResult<Member> {
+        if !self.meshes.contains_key(mesh_id) {
+            return Err(StoreError::NotFound);
+        }
+        let members = self.members.entry(mesh_id.to_string()).or_default();
+        if members.values().any(|x| x.pubkey == m.pubkey) {
+            return Err(StoreError::Conflict(
+                "pubkey is already a member of this mesh".into(),
+            ));
+        }
+        let member = new_member(mesh_id, m);
+        members.insert(member.id.clone(), member.clone());
+        Ok(member)
+    }
+
+    fn member_mut(&mut self, mesh_id: &str, member_id: &str) -> StoreResult<&mut Member> {
+        self.members
+            .get_mut(mesh_id)
+            .and_then(|m| m.get_mut(member_id))
+            .ok_or(StoreError::NotFound)
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+
+    async fn healthy(&self) -> bool {
+        true
+    }
+
+    async fn create_mesh(&self, mesh: Mesh) -> StoreResult<Mesh> {
+        let mut inner = self.lock();
+        if inner.meshes.values().any(|m| m.slug == mesh.slug) {
+            return Err(StoreError::Conflict(format!(
+                "slug {:?} is taken",
+                mesh.slug
+            )));
+        }
+        inner.meshes.insert(mesh.id.clone(), mesh.clone());
+        Ok(mesh)
+    }
+
+    async fn mesh(&self, mesh_id: &str) -> StoreResult<Option<Mesh>> {
+        Ok(self.lock().meshes.get(mesh_id).cloned())
+    }
+
+    async fn add_member(&self, mesh_id: &str, member: NewMember) -> StoreResult<Member> {
+        self.lock().insert_member(mesh_id, member)
+    }
+
+    async fn members(&self, mesh_id: &str) -> StoreResult<Vec<Member>> {
+        let inner = self.lock();
+        let mut members: Vec<Member> = inner
+            .members
+            .get(mesh_id)
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default();
+        members.sort_by_key(|m| m.created_at);
+        Ok(members)
+    }
+
+    async fn member_by_pubkey(&self, mesh_id: &str, pubkey: &str) -> StoreResult<Option<Member>> {
+        Ok(self
+            .lock()
+            .members
+            .get(mesh_id)
+            .and_then(|m| m.values().find(|x| x.pubkey == pubkey).cloned()))
+    }
+
+    async fn member(&self, mesh_id: &str, member_id: &str) -> StoreResult<Option<Member>> {
+        Ok(self
+            .lock()
+            .members
+            .get(mesh_id)
+            .and_then(|m| m.get(member_id).cloned()))
+    }
+
+    async fn update_grants(
+        &self,
+        mesh_id: &str,
+        member_id: &str,
+        patch: BTreeMap<String, Option<Vec<String>>>,
+    ) -> StoreResult<BTreeMap<String, Vec<String>>> {
+        let mut inner = self.lock();
+        let member = inner.member_mut(mesh_id, member_id)?;
+        for (sender, caps) in patch {
+            match caps {
+                Some(caps) => member.peer_grants.insert(sender, caps),
+                None => member.peer_grants.remove(&sender),
+            };
+        }
+        Ok(member.peer_grants.clone())
+    }
+
+    async fn set_revoked(
+        &self,
+        mesh_id: &str,
+        member_id: &str,
+        at: Option<i64>,
+    ) -> StoreResult<()> {
+        self.lock().member_mut(mesh_id, member_id)?.revoked_at = at;
+        Ok(())
+    }
+
+    async fn create_invite(&self, invite: Invite) -> StoreResult<()> {
+        self.lock().invites.insert(invite.code.clone(), invite);
+        Ok(())
+    }
+
+    async fn invite_by_token(&self, token: &str) -> StoreResult<Option<Invite>> {
+        Ok(self
+            .lock()
+            .invites
+            .values()
+            .find(|i| i.token == token || i.code == token)
+            .cloned())
+    }
+
+    async fn redeem_invite(
+        &self,
+        code: &str,
+        member: NewMember,
+        now_s: i64,
+    ) -> StoreResult<Enrolment> {
+        let mut inner = self.lock();
+        let invite = inner
+            .invites
+            .get(code)
+            .cloned()
+            .ok_or(StoreError::NotFound)?;
+        if let Some(existing) = inner
+            .members
+            .get(&invite.mesh_id)
+            .and_then(|m| m.values().find(|x| x.pubkey == member.pubkey))
+        {
+            return Ok(Enrolment {
+                member: existing.clone(),
+                already_member: true,
+            });
+        }
+        if invite.expires_at <= now_s {
+            return Err(StoreError::Invalid("invite has expired".into()));
+        }
+        if invite.max_uses.is_some_and(|max| invite.uses >= max) {
+            return Err(StoreError::Invalid("invite has no uses left".into()));
+        }
+        let member = inner.insert_member(&invite.mesh_id, member)?;
+        if let Some(i) = inner.invites.get_mut(code) {
+            i.uses += 1;
+        }
+        Ok(Enrolment {
+            member,
+            already_member: false,
+        })
+    }
+
+    async fn enqueue(&self, message: QueuedMessage) -> StoreResult<()> {
+        let mut inner = self.lock();
+        inner.next_seq += 1;
+        let seq = inner.next_seq;
+        inner.queue.insert(
+            seq,
+            Row {
+                message,
+                claimed_until: 0,
+            },
+        );
+        Ok(())
+    }
+
+    async fn claim(&self, c: Claim<'_>) -> StoreResult<Vec<QueuedMessage>> {
+        let mut inner = self.lock();
+        let mut out = Vec::new();
+        for row in inner.queue.values_mut() {
+            if out.len() >= c.limit {
+                break;
+            }
+            let m = &row.message;
+            let takeable = m.mesh_id == c.mesh_id
+                && m.target_member_id == c.member_id
+                && m.target_session_key
+                    .as_deref()
+                    .is_none_or(|k| Some(k) == c.session_key)
+                && (c.all_priorities || m.priority == crate::protocol::Priority::Now)
+                && (c.steal || row.claimed_until <= c.now_ms);
+            if takeable {
+                row.claimed_until = c.now_ms + c.lease_ms;
+                out.push(m.clone());
+            }
+        }
+        Ok(out)
+    }
+
+    async fn mark_delivered(
+        &self,
+        mesh_id: &str,
+        member_id: &str,
+        message: MessageRef<'_>,
+    ) -> StoreResult<bool> {
+        let mut inner = self.lock();
+        let seq = inner.queue.iter().find_map(|(seq, row)| {
+            let m = &row.message;
+            let named = match message {
+                MessageRef::Broker(id) => m.id == id,
+                MessageRef::Client(id) => m.client_message_id.as_deref() == Some(id),
+            };
+            (named && m.mesh_id == mesh_id && m.target_member_id == member_id).then_some(*seq)
+        });
+        Ok(seq.and_then(|s| inner.queue.remove(&s)).is_some())
+    }
+
+    async fn sweep_expired(&self, before_ms: i64) -> StoreResult<u64> {
+        let mut inner = self.lock();
+        let before = inner.queue.len();
+        inner
+            .queue
+            .retain(|_, row| row.message.created_at >= before_ms);
+        Ok((before - inner.queue.len()) as u64)
+    }
+
+    async fn queue_depth(&self) -> StoreResult<u64> {
+        Ok(self.lock().queue.len() as u64)
+    }
+
+    async fn append_audit(
+        &self,
+        mesh_id: &str,
+        event_type: &str,
+        actor_member_id: Option<&str>,
+        payload: serde_json::Value,
+        created_at: i64,
+    ) -> StoreResult<()> {
+        let mut inner = self.lock();
+        let chain = inner.audit.entry(mesh_id.to_string()).or_default();
+        let prev_hash = chain
+            .last()
+            .map(|e| e.hash.clone())
+            .unwrap_or_else(|| crate::protocol::audit::GENESIS.to_string());
+        let hash = crate::protocol::audit::entry_hash(
+            &prev_hash,
+            mesh_id,
+            event_type,
+            actor_member_id,
+            &payload,
+            &ids::iso8601_ms(created_at),
+        );
+        let seq = chain.len() as i64 + 1;
+        chain.push(AuditEntry {
+            seq,
+            mesh_id: mesh_id.to_string(),
+            event_type: event_type.to_string(),
+            actor_member_id: actor_member_id.map(str::to_string),
+            payload,
+            created_at,
+            prev_hash,
+            hash,
+        });
+        Ok(())
+    }
+
+    async fn audit_entries(&self, mesh_id: &str) -> StoreResult<Vec<AuditEntry>> {
+        Ok(self.lock().audit.get(mesh_id).cloned().unwrap_or_default())
+    }
+
+    async fn save_peer_state(
+        &self,
+        mesh_id: &str,
+        member_id: &str,
+        state: PeerState,
+    ) -> StoreResult<()> {
+        self.lock()
+            .peer_state
+            .insert((mesh_id.to_string(), member_id.to_string()), state);
+        Ok(())
+    }
+
+    async fn peer_state(&self, mesh_id: &str, member_id: &str) -> StoreResult<Option<PeerState>> {
+        Ok(self
+            .lock()
+            .peer_state
+            .get(&(mesh_id.to_string(), member_id.to_string()))
+            .cloned())
+    }
+}

@@ -1,0 +1,311 @@
+//! Durable state: meshes, members, grants, bans, invites, the direct-message queue and the
+//! per-member peer state kept for restore.
+//!
+//! # Guarantees every backend gives
+//!
+//! - **Durability:** when a write method returns `Ok`, the write is as durable as the
+//!   backend can make it (committed in PostgreSQL; in memory for [`memory::MemoryStore`],
+//!   which is single node only and loses everything when the process exits).
+//! - **Queue order:** [`Store::enqueue`] assigns each message a sequence number in commit
+//!   order; [`Store::claim`] returns messages in that order, so two messages from one
+//!   sender to one recipient are claimed (and pushed) in send order.
+//! - **Claims are leases:** a claimed message is hidden from other non-stealing claims
+//!   until its lease ends or it is marked delivered; a stealing claim (a member's new
+//!   connection) takes it at once. A message is at-least-once: it is claimed again until
+//!   [`Store::mark_delivered`] names it.
+//! - **Expiry:** undelivered messages older than the queue TTL are removed by
+//!   [`Store::sweep_expired`], which the broker calls on a timer.
+//! - **No sockets:** a store knows nothing of connections; the broker rings the doorbell.
+
+pub mod memory;
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use serde_json::{Map, Value};
+
+use crate::protocol::{Group, Priority};
+
+/// A member's role in its mesh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Admin,
+    Member,
+}
+
+impl Role {
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "admin" => Some(Role::Admin),
+            "member" => Some(Role::Member),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Member => "member",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Mesh {
+    pub id: String,
+    pub slug: String,
+    pub name: String,
+    pub owner_user_id: Option<String>,
+    /// The 32-byte seed of the owner signing key, in hex: the broker signs invites with it.
+    pub owner_seed_hex: String,
+    pub owner_pubkey: String,
+    /// The mesh's root key (base64url, 32 bytes), carried by invites to new members.
+    pub root_key: String,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Member {
+    pub id: String,
+    pub mesh_id: String,
+    pub pubkey: String,
+    pub display_name: String,
+    pub role: Role,
+    pub user_id: Option<String>,
+    /// Set: banned.
+    pub revoked_at: Option<i64>,
+    /// `{sender pubkey: [capabilities]}` (spec §4.5).
+    pub peer_grants: BTreeMap<String, Vec<String>>,
+    pub default_groups: Vec<Group>,
+    pub role_tag: Option<String>,
+    pub message_mode: Option<String>,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewMember {
+    pub pubkey: String,
+    pub display_name: String,
+    pub role: Role,
+    pub user_id: Option<String>,
+    pub default_groups: Vec<Group>,
+    pub role_tag: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Invite {
+    /// Short id of the invite.
+    pub code: String,
+    /// What a client presents to `POST /join` (the base64url payload of the link).
+    pub token: String,
+    pub mesh_id: String,
+    pub role: Role,
+    /// Unix seconds.
+    pub expires_at: i64,
+    pub max_uses: Option<u32>,
+    pub uses: u32,
+    pub payload: Value,
+}
+
+/// A direct message waiting for, or being delivered to, its recipient.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueuedMessage {
+    pub id: String,
+    pub mesh_id: String,
+    pub sender_member_id: String,
+    /// The sender's routing key (session key if it had one).
+    pub sender_pubkey: String,
+    pub sender_member_pubkey: String,
+    pub sender_name: String,
+    pub target_member_id: String,
+    /// Set when the message was addressed to a session key: only that session may take it.
+    pub target_session_key: Option<String>,
+    pub priority: Priority,
+    pub nonce: String,
+    pub ciphertext: String,
+    pub client_message_id: Option<String>,
+    pub created_at: i64,
+}
+
+/// Which queued messages a connection takes.
+#[derive(Debug, Clone)]
+pub struct Claim<'a> {
+    pub mesh_id: &'a str,
+    pub member_id: &'a str,
+    /// The claiming connection's session key; messages addressed to another session key are
+    /// not taken.
+    pub session_key: Option<&'a str>,
+    /// `false` while the presence is busy: only `now` messages are taken.
+    pub all_priorities: bool,
+    /// Take messages whose lease has not ended yet (a member's new connection does).
+    pub steal: bool,
+    pub lease_ms: i64,
+    pub now_ms: i64,
+    pub limit: usize,
+}
+
+/// How a `client_ack` names a message.
+#[derive(Debug, Clone, Copy)]
+pub enum MessageRef<'a> {
+    Broker(&'a str),
+    Client(&'a str),
+}
+
+/// What a member leaves behind for its next connection (spec §3.4).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PeerState {
+    pub groups: Vec<Group>,
+    pub summary: Option<String>,
+    pub profile: Map<String, Value>,
+    pub stats: Option<Value>,
+    pub last_seen_at: i64,
+}
+
+/// One entry of a mesh's tamper-evident audit chain (spec §7).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditEntry {
+    /// Position in the mesh's chain, from 1.
+    pub seq: i64,
+    pub mesh_id: String,
+    pub event_type: String,
+    pub actor_member_id: Option<String>,
+    pub payload: Value,
+    pub created_at: i64,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+/// The result of walking a chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditVerdict {
+    pub valid: bool,
+    pub entries: usize,
+    /// `seq` of the first entry whose link or hash does not hold.
+    pub broken_at: Option<i64>,
+}
+
+/// Walks `entries` (in chain order) and reports the first broken link or hash.
+pub fn verify_audit(entries: &[AuditEntry]) -> AuditVerdict {
+    let mut prev = crate::protocol::audit::GENESIS.to_string();
+    for e in entries {
+        let hash = crate::protocol::audit::entry_hash(
+            &prev,
+            &e.mesh_id,
+            &e.event_type,
+            e.actor_member_id.as_deref(),
+            &e.payload,
+            &crate::ids::iso8601_ms(e.created_at),
+        );
+        if e.prev_hash != prev || e.hash != hash {
+            return AuditVerdict {
+                valid: false,
+                entries: entries.len(),
+                broken_at: Some(e.seq),
+            };
+        }
+        prev = hash;
+    }
+    AuditVerdict {
+        valid: true,
+        entries: entries.len(),
+        broken_at: None,
+    }
+}
+
+/// Outcome of `POST /join`.
+#[derive(Debug, Clone)]
+pub struct Enrolment {
+    pub member: Member,
+    pub already_member: bool,
+}
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+pub enum StoreError {
+    #[error("not found")]
+    NotFound,
+    #[error("conflict: {0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// The durable-state seam. See the module documentation for the guarantees.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// A short name for `/health` (`memory`, `postgres`).
+    fn kind(&self) -> &'static str;
+
+    /// Whether the backend answers now (readiness).
+    async fn healthy(&self) -> bool;
+
+    async fn create_mesh(&self, mesh: Mesh) -> StoreResult<Mesh>;
+    async fn mesh(&self, mesh_id: &str) -> StoreResult<Option<Mesh>>;
+
+    /// Adds a member; [`StoreError::Conflict`] when the pubkey is already a member.
+    async fn add_member(&self, mesh_id: &str, member: NewMember) -> StoreResult<Member>;
+    async fn members(&self, mesh_id: &str) -> StoreResult<Vec<Member>>;
+    /// The member with this pubkey, revoked or not.
+    async fn member_by_pubkey(&self, mesh_id: &str, pubkey: &str) -> StoreResult<Option<Member>>;
+    async fn member(&self, mesh_id: &str, member_id: &str) -> StoreResult<Option<Member>>;
+    /// Merges `patch` into the member's grants (`None` removes an entry); returns the result.
+    async fn update_grants(
+        &self,
+        mesh_id: &str,
+        member_id: &str,
+        patch: BTreeMap<String, Option<Vec<String>>>,
+    ) -> StoreResult<BTreeMap<String, Vec<String>>>;
+    /// Sets or clears `revoked_at`.
+    async fn set_revoked(&self, mesh_id: &str, member_id: &str, at: Option<i64>)
+    -> StoreResult<()>;
+
+    async fn create_invite(&self, invite: Invite) -> StoreResult<()>;
+    async fn invite_by_token(&self, token: &str) -> StoreResult<Option<Invite>>;
+    /// Atomically checks the invite's uses, counts one and adds the member; an existing
+    /// member of that pubkey is returned as `already_member` without using the invite.
+    async fn redeem_invite(
+        &self,
+        code: &str,
+        member: NewMember,
+        now_s: i64,
+    ) -> StoreResult<Enrolment>;
+
+    /// Durably queues a direct message.
+    async fn enqueue(&self, message: QueuedMessage) -> StoreResult<()>;
+    /// Claims deliverable messages for one connection, in queue order.
+    async fn claim(&self, claim: Claim<'_>) -> StoreResult<Vec<QueuedMessage>>;
+    /// Marks a message of this recipient delivered; `false` when there was none to mark.
+    async fn mark_delivered(
+        &self,
+        mesh_id: &str,
+        member_id: &str,
+        message: MessageRef<'_>,
+    ) -> StoreResult<bool>;
+    /// Removes undelivered messages created before `before_ms`; returns how many.
+    async fn sweep_expired(&self, before_ms: i64) -> StoreResult<u64>;
+    /// Undelivered messages across all meshes (the `broker_queue_depth` gauge).
+    async fn queue_depth(&self) -> StoreResult<u64>;
+
+    /// Appends an event to the mesh's audit chain; concurrent appends never fork it.
+    async fn append_audit(
+        &self,
+        mesh_id: &str,
+        event_type: &str,
+        actor_member_id: Option<&str>,
+        payload: Value,
+        created_at: i64,
+    ) -> StoreResult<()>;
+    /// The mesh's chain in order.
+    async fn audit_entries(&self, mesh_id: &str) -> StoreResult<Vec<AuditEntry>>;
+
+    async fn save_peer_state(
+        &self,
+        mesh_id: &str,
+        member_id: &str,
+        state: PeerState,
+    ) -> StoreResult<()>;
+    async fn peer_state(&self, mesh_id: &str, member_id: &str) -> StoreResult<Option<PeerState>>;
+}
