@@ -35,7 +35,7 @@ use crate::ids::now_ms;
 use crate::node::Node;
 use crate::protocol::{self, ClientMessage, Inbound};
 use crate::store::Mesh;
-use outbound::{OutFrame, Outbound, WriterEnd};
+use outbound::{OutFrame, Outbound};
 
 /// How long a closing socket gets to deliver its close frame before it is dropped.
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
@@ -67,6 +67,7 @@ where
     let (out, out_rx) = Outbound::new(
         node.config.outbound_queue_bytes,
         node.metrics.outbound_queue_bytes.clone(),
+        node.metrics.slow_consumer_closes.clone(),
     );
     let kill = node.kill.child_token();
     let closing = CancellationToken::new();
@@ -87,9 +88,7 @@ where
                 node.config.ping_interval.max(Duration::from_secs(5)),
             )
             .await;
-            if end == WriterEnd::SlowConsumer {
-                node.metrics.slow_consumer_closes.inc();
-            }
+            debug!(?end, "writer finished");
             closing.cancel();
         });
     }
@@ -236,6 +235,7 @@ impl Session {
                 biased;
                 _ = self.kill.cancelled() => break AfterClose::Grace,
                 _ = self.closing.cancelled() => break AfterClose::Grace,
+                _ = self.out.overflow() => break AfterClose::Grace,
                 ctl = ctl_rx.recv() => match ctl {
                     Some(Control::Close { code, reason, after }) => {
                         self.out.close(code, &reason);

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use fastwebsockets::{Frame, OpCode, Payload, WebSocketWrite};
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::io::AsyncWrite;
 use tokio::sync::mpsc;
@@ -36,6 +37,11 @@ struct OutState {
     queued: AtomicUsize,
     limit: usize,
     overflowed: AtomicBool,
+    /// Cancelled at the overflow, so the session ends at once even while the writer is
+    /// still blocked on the slow client.
+    overflow: CancellationToken,
+    /// `broker_slow_consumer_closes_total`, counted once per socket at the overflow.
+    slow_closes: Counter,
     /// This replica's total of queued bytes (`broker_outbound_queue_bytes`).
     gauge: Gauge,
 }
@@ -48,12 +54,18 @@ pub struct Outbound {
 }
 
 impl Outbound {
-    pub fn new(limit: usize, gauge: Gauge) -> (Outbound, mpsc::UnboundedReceiver<OutFrame>) {
+    pub fn new(
+        limit: usize,
+        gauge: Gauge,
+        slow_closes: Counter,
+    ) -> (Outbound, mpsc::UnboundedReceiver<OutFrame>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let state = Arc::new(OutState {
             queued: AtomicUsize::new(0),
             limit,
             overflowed: AtomicBool::new(false),
+            overflow: CancellationToken::new(),
+            slow_closes,
             gauge,
         });
         (Outbound { tx, state }, rx)
@@ -69,9 +81,12 @@ impl Outbound {
         let before = self.state.queued.fetch_add(len, Ordering::Relaxed);
         if before + len > self.state.limit {
             self.state.queued.fetch_sub(len, Ordering::Relaxed);
-            self.state.overflowed.store(true, Ordering::Relaxed);
-            // Wake the writer even when it is idle, so the 1013 goes out promptly.
-            let _ = self.tx.send(OutFrame::Ping);
+            if !self.state.overflowed.swap(true, Ordering::Relaxed) {
+                self.state.slow_closes.inc();
+                self.state.overflow.cancel();
+                // Wake the writer even when it is idle, so the 1013 goes out promptly.
+                let _ = self.tx.send(OutFrame::Ping);
+            }
             return false;
         }
         self.state.gauge.inc_by(len as i64);
@@ -93,6 +108,11 @@ impl Outbound {
 
     pub fn overflowed(&self) -> bool {
         self.state.overflowed.load(Ordering::Relaxed)
+    }
+
+    /// Resolves when the queue overflows.
+    pub async fn overflow(&self) {
+        self.state.overflow.cancelled().await;
     }
 
     pub fn is_closed(&self) -> bool {
