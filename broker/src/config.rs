@@ -58,6 +58,24 @@ pub const SETTINGS: &[Setting] = &[
         doc: "Redis. With `DATABASE_URL`: cluster mode.",
     },
     Setting {
+        name: "DATABASE_POOL_SIZE",
+        default: "16",
+        unit: "connections",
+        doc: "Largest PostgreSQL connection pool of this replica.",
+    },
+    Setting {
+        name: "DATABASE_CONNECT_TIMEOUT_MS",
+        default: "30000",
+        unit: "ms",
+        doc: "At start-up, how long to wait for PostgreSQL (and the schema check) before giving up.",
+    },
+    Setting {
+        name: "EXPECTED_MIGRATION",
+        default: "",
+        unit: "version",
+        doc: "Readiness pin: `/health/ready` answers 503 while the schema is older than this migration.",
+    },
+    Setting {
         name: "MAX_MESSAGE_BYTES",
         default: "65536",
         unit: "bytes",
@@ -234,6 +252,9 @@ pub struct Config {
     pub node_id: String,
     pub database_url: Option<String>,
     pub redis_url: Option<String>,
+    pub database_pool_size: usize,
+    pub database_connect_timeout: Duration,
+    pub expected_migration: Option<i64>,
     pub max_message_bytes: usize,
     pub max_connections_per_mesh: usize,
     /// 0 disables the limit.
@@ -279,6 +300,12 @@ impl Config {
                 .unwrap_or_else(|| format!("node-{}", crate::ids::random_id(8))),
             database_url: r.optional("DATABASE_URL"),
             redis_url: r.optional("REDIS_URL"),
+            database_pool_size: r.parse_min("DATABASE_POOL_SIZE", 1)?,
+            database_connect_timeout: r.millis("DATABASE_CONNECT_TIMEOUT_MS")?,
+            expected_migration: match r.optional("EXPECTED_MIGRATION") {
+                Some(_) => Some(r.parse("EXPECTED_MIGRATION")?),
+                None => None,
+            },
             max_message_bytes: r.parse_min("MAX_MESSAGE_BYTES", 256)?,
             max_connections_per_mesh: r.parse_min("MAX_CONNECTIONS_PER_MESH", 1)?,
             send_burst: r.parse("BROKER_SEND_BURST")?,

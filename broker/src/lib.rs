@@ -31,7 +31,9 @@ use crate::config::Config;
 use crate::hub::Control;
 use crate::metrics::Metrics;
 use crate::node::Node;
+use crate::store::Store;
 use crate::store::memory::MemoryStore;
+use crate::store::postgres::{PgStore, SCHEMA_VERSION};
 
 /// Why the broker could not run.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +41,40 @@ pub enum RunError {
     /// The configuration asks for something this build cannot do.
     #[error("{0}")]
     Unsupported(String),
+    /// PostgreSQL is unreachable or its schema is not the one this broker needs.
+    #[error("{0}")]
+    Database(String),
+}
+
+/// Opens the configured store; with PostgreSQL, waits for it and checks the schema.
+async fn open_store(config: &Config) -> Result<Arc<dyn Store>, RunError> {
+    let Some(url) = &config.database_url else {
+        return Ok(Arc::new(MemoryStore::new()));
+    };
+    let pg = PgStore::new(url, config.database_pool_size)
+        .map_err(|e| RunError::Unsupported(e.to_string()))?;
+    let deadline = tokio::time::Instant::now() + config.database_connect_timeout;
+    loop {
+        match pg.schema_version().await {
+            Ok(Some(v)) if v >= SCHEMA_VERSION => return Ok(Arc::new(pg)),
+            Ok(v) => {
+                return Err(RunError::Database(format!(
+                    "the database schema is at migration {} but this broker needs {SCHEMA_VERSION}: \
+                     run the migrator (`migrator run` with the same DATABASE_URL) before starting the broker",
+                    v.unwrap_or(0)
+                )));
+            }
+            Err(e) if tokio::time::Instant::now() >= deadline => {
+                return Err(RunError::Database(format!(
+                    "PostgreSQL is unreachable: {e}"
+                )));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "waiting for PostgreSQL");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
 }
 
 /// How often undelivered messages past the queue TTL are swept.
@@ -52,15 +88,17 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
-    if !config.is_dev_mode() {
+    if config.redis_url.is_some() {
         return Err(RunError::Unsupported(
-            "DATABASE_URL/REDIS_URL are set, but this build has only the memory backends (dev mode): unset them".into(),
+            "REDIS_URL is set, but this build has no Redis backend yet: run one replica without it"
+                .into(),
         ));
     }
+    let store = open_store(&config).await?;
     let (sink, mut events) = mpsc::unbounded_channel();
     let node = Arc::new(Node::new(
         config,
-        Arc::new(MemoryStore::new()),
+        store,
         Arc::new(MemoryPresence::new()),
         Arc::new(MemoryBus::new(sink)),
         Metrics::new(),

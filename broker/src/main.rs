@@ -7,6 +7,8 @@ use tracing_subscriber::EnvFilter;
 
 /// `EX_CONFIG` from sysexits: the configuration is unusable.
 const EXIT_CONFIG: u8 = 64;
+/// `EX_UNAVAILABLE`: a service the broker needs is missing or not ready.
+const EXIT_UNAVAILABLE: u8 = 69;
 
 fn main() -> ExitCode {
     let mut config = match Config::from_env() {
@@ -47,9 +49,13 @@ fn main() -> ExitCode {
         println!("listening on http://{local} (node {})", config.node_id);
         match broker::run(config, listener, shutdown_signal()).await {
             Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
+            Err(e @ broker::RunError::Unsupported(_)) => {
                 eprintln!("broker: {e}");
                 ExitCode::from(EXIT_CONFIG)
+            }
+            Err(e) => {
+                eprintln!("broker: {e}");
+                ExitCode::from(EXIT_UNAVAILABLE)
             }
         }
     })

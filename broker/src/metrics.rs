@@ -43,6 +43,7 @@ pub struct Metrics {
     pub outbound_queue_bytes: Gauge,
     pub presences_expired: Counter,
     pub audit_write_failures: Counter,
+    pub db_healthy: Gauge,
 }
 
 /// `(name, help)` of every metric, as the registry exposes them (docs and tests read it).
@@ -137,6 +138,7 @@ impl Metrics {
             outbound_queue_bytes: Gauge::default(),
             presences_expired: Counter::default(),
             audit_write_failures: Counter::default(),
+            db_healthy: Gauge::default(),
             registry: Registry::default(),
         };
         // prometheus-client appends `_total` to counters itself, so counters are registered
@@ -173,6 +175,8 @@ impl Metrics {
         register!("broker_outbound_queue_bytes", m.outbound_queue_bytes);
         register!("broker_presences_expired_total", m.presences_expired);
         register!("broker_audit_write_failures_total", m.audit_write_failures);
+        register!("broker_db_healthy", m.db_healthy);
+        m.db_healthy.set(1);
         Metrics { registry, ..m }
     }
 

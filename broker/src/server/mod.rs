@@ -159,8 +159,10 @@ async fn health(node: &Node) -> HttpResponse {
     let db = if node.store.kind() == "memory" {
         "memory"
     } else if node.store.healthy().await {
+        node.metrics.db_healthy.set(1);
         "ok"
     } else {
+        node.metrics.db_healthy.set(0);
         "down"
     };
     let redis = if node.bus.kind() == "memory" {
@@ -185,11 +187,21 @@ async fn health(node: &Node) -> HttpResponse {
     )
 }
 
+/// Whether the schema is at least `EXPECTED_MIGRATION` (always, when it is unset).
+async fn schema_is_expected(node: &Node) -> bool {
+    let Some(expected) = node.config.expected_migration else {
+        return true;
+    };
+    matches!(node.store.schema_version().await, Ok(Some(v)) if v >= expected)
+}
+
 async fn ready(node: &Node) -> HttpResponse {
     let reason = if !node.is_accepting() {
         Some("draining")
     } else if !node.store.healthy().await {
         Some("database unreachable")
+    } else if !schema_is_expected(node).await {
+        Some("schema older than EXPECTED_MIGRATION")
     } else if !node.presence.healthy().await || !node.bus.healthy().await {
         Some("pubsub unavailable")
     } else {

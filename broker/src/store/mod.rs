@@ -18,6 +18,7 @@
 //! - **No sockets:** a store knows nothing of connections; the broker rings the doorbell.
 
 pub mod memory;
+pub mod postgres;
 
 use std::collections::BTreeMap;
 
@@ -241,6 +242,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// Whether the backend answers now (readiness).
     async fn healthy(&self) -> bool;
+
+    /// The applied schema migration, for backends that have a schema (`None` in memory).
+    async fn schema_version(&self) -> StoreResult<Option<i64>> {
+        Ok(None)
+    }
 
     async fn create_mesh(&self, mesh: Mesh) -> StoreResult<Mesh>;
     async fn mesh(&self, mesh_id: &str) -> StoreResult<Option<Mesh>>;

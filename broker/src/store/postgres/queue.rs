@@ -1,0 +1,223 @@
+//! The direct-message queue on PostgreSQL: group commit of sends, batched `client_ack`s,
+//! lease claims and the TTL sweep.
+
+use std::collections::HashSet;
+use std::future::Future;
+
+use deadpool_postgres::Pool;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{PgStore, db_error, pg_error};
+use crate::protocol::Priority;
+use crate::store::{Claim, QueuedMessage, StoreError, StoreResult};
+
+/// Most rows one batch writes.
+const MAX_BATCH: usize = 512;
+/// Submissions waiting for a batch; beyond it callers wait (backpressure).
+const QUEUE_BOUND: usize = 8192;
+/// Delivered rows are kept this long (for delivery-status lookups), then swept.
+const DELIVERED_RETENTION_MS: i64 = 60 * 60 * 1000;
+
+type Pending<T, R> = (T, oneshot::Sender<StoreResult<R>>);
+
+/// Gathers concurrent submissions into batches: a task takes everything that arrived
+/// while the previous batch was being written and writes it with one statement.
+pub(super) struct Batcher<T, R> {
+    tx: mpsc::Sender<Pending<T, R>>,
+}
+
+impl<T, R> Clone for Batcher<T, R> {
+    fn clone(&self) -> Self {
+        Self {
+            tx: self.tx.clone(),
+        }
+    }
+}
+
+impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
+    /// `write` gets the batch and returns one result per item, in order, or one error for
+    /// the whole batch.
+    pub(super) fn spawn<F, Fut>(pool: Pool, write: F) -> Self
+    where
+        F: Fn(Pool, Vec<T>) -> Fut + Send + 'static,
+        Fut: Future<Output = StoreResult<Vec<R>>> + Send,
+    {
+        let (tx, mut rx) = mpsc::channel::<Pending<T, R>>(QUEUE_BOUND);
+        tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut batch = vec![first];
+                while batch.len() < MAX_BATCH {
+                    match rx.try_recv() {
+                        Ok(p) => batch.push(p),
+                        Err(_) => break,
+                    }
+                }
+                let (items, replies): (Vec<T>, Vec<_>) = batch.into_iter().unzip();
+                match write(pool.clone(), items).await {
+                    Ok(results) => {
+                        for (reply, r) in replies.into_iter().zip(results) {
+                            let _ = reply.send(Ok(r));
+                        }
+                    }
+                    Err(e) => {
+                        for reply in replies {
+                            let _ = reply.send(Err(e.clone()));
+                        }
+                    }
+                }
+            }
+        });
+        Batcher { tx }
+    }
+
+    pub(super) async fn submit(&self, item: T) -> StoreResult<R> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send((item, reply))
+            .await
+            .map_err(|_| StoreError::Unavailable("store writer has stopped".into()))?;
+        rx.await
+            .map_err(|_| StoreError::Unavailable("store writer has stopped".into()))?
+    }
+}
+
+pub(super) async fn insert_batch(pool: Pool, batch: Vec<QueuedMessage>) -> StoreResult<Vec<()>> {
+    let c = pool.get().await.map_err(db_error)?;
+    let stmt = c
+        .prepare_cached(include_str!("sql/enqueue.sql"))
+        .await
+        .map_err(pg_error)?;
+    let col = |f: fn(&QueuedMessage) -> String| batch.iter().map(f).collect::<Vec<String>>();
+    let opt = |f: fn(&QueuedMessage) -> Option<String>| {
+        batch.iter().map(f).collect::<Vec<Option<String>>>()
+    };
+    let created: Vec<i64> = batch.iter().map(|m| m.created_at).collect();
+    c.execute(
+        &stmt,
+        &[
+            &col(|m| m.id.clone()),
+            &col(|m| m.mesh_id.clone()),
+            &col(|m| m.sender_member_id.clone()),
+            &col(|m| m.sender_pubkey.clone()),
+            &col(|m| m.sender_member_pubkey.clone()),
+            &col(|m| m.sender_name.clone()),
+            &col(|m| m.target_member_id.clone()),
+            &opt(|m| m.target_session_key.clone()),
+            &col(|m| m.priority.as_str().to_string()),
+            &col(|m| m.nonce.clone()),
+            &col(|m| m.ciphertext.clone()),
+            &opt(|m| m.client_message_id.clone()),
+            &created,
+        ],
+    )
+    .await
+    .map_err(pg_error)?;
+    Ok(vec![(); batch.len()])
+}
+
+/// One `client_ack`.
+pub(super) struct AckItem {
+    pub member_id: String,
+    pub id: String,
+    pub by_client_id: bool,
+}
+
+pub(super) async fn ack_batch(pool: Pool, batch: Vec<AckItem>) -> StoreResult<Vec<bool>> {
+    let c = pool.get().await.map_err(db_error)?;
+    let now = crate::ids::now_ms();
+    let mut marked: [HashSet<(String, String)>; 2] = Default::default();
+    for (by_client, sql) in [
+        (false, include_str!("sql/ack_by_id.sql")),
+        (true, include_str!("sql/ack_by_client_id.sql")),
+    ] {
+        let (ids, members): (Vec<String>, Vec<String>) = batch
+            .iter()
+            .filter(|a| a.by_client_id == by_client)
+            .map(|a| (a.id.clone(), a.member_id.clone()))
+            .unzip();
+        if ids.is_empty() {
+            continue;
+        }
+        let stmt = c.prepare_cached(sql).await.map_err(pg_error)?;
+        let rows = c
+            .query(&stmt, &[&now, &ids, &members])
+            .await
+            .map_err(pg_error)?;
+        let found: HashSet<String> = rows.iter().map(|r| r.get::<_, String>(0)).collect();
+        for (id, member) in ids.into_iter().zip(members) {
+            if found.contains(&id) {
+                marked[usize::from(by_client)].insert((id, member));
+            }
+        }
+    }
+    Ok(batch
+        .iter()
+        .map(|a| marked[usize::from(a.by_client_id)].contains(&(a.id.clone(), a.member_id.clone())))
+        .collect())
+}
+
+pub(super) async fn claim(store: &PgStore, c: Claim<'_>) -> StoreResult<Vec<QueuedMessage>> {
+    let limit = c.limit as i64;
+    let lease_end = c.now_ms + c.lease_ms;
+    let rows = store
+        .query(
+            include_str!("sql/claim.sql"),
+            &[
+                &c.mesh_id,
+                &c.member_id,
+                &c.session_key,
+                &c.all_priorities,
+                &c.steal,
+                &c.now_ms,
+                &lease_end,
+                &limit,
+            ],
+        )
+        .await?;
+    let mut claimed: Vec<(i64, QueuedMessage)> = rows
+        .iter()
+        .map(|r| {
+            let priority = match r.get::<_, &str>("priority") {
+                "now" => Priority::Now,
+                "low" => Priority::Low,
+                _ => Priority::Next,
+            };
+            let message = QueuedMessage {
+                id: r.get("id"),
+                mesh_id: r.get("mesh_id"),
+                sender_member_id: r.get("sender_member_id"),
+                sender_pubkey: r.get("sender_pubkey"),
+                sender_member_pubkey: r.get("sender_member_pubkey"),
+                sender_name: r.get("sender_name"),
+                target_member_id: r.get("target_member_id"),
+                target_session_key: r.get("target_session_key"),
+                priority,
+                nonce: r.get("nonce"),
+                ciphertext: r.get("ciphertext"),
+                client_message_id: r.get("client_message_id"),
+                created_at: r.get("created_at"),
+            };
+            (r.get::<_, i64>("seq"), message)
+        })
+        .collect();
+    // RETURNING has no order of its own.
+    claimed.sort_by_key(|(seq, _)| *seq);
+    Ok(claimed.into_iter().map(|(_, m)| m).collect())
+}
+
+pub(super) async fn sweep(store: &PgStore, before_ms: i64) -> StoreResult<u64> {
+    let expired = store
+        .execute(
+            "DELETE FROM message_queue WHERE delivered_at IS NULL AND created_at < $1",
+            &[&before_ms],
+        )
+        .await?;
+    let delivered_before = crate::ids::now_ms() - DELIVERED_RETENTION_MS;
+    store
+        .execute(
+            "DELETE FROM message_queue WHERE delivered_at IS NOT NULL AND delivered_at < $1",
+            &[&delivered_before],
+        )
+        .await?;
+    Ok(expired)
+}
