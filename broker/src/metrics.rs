@@ -118,6 +118,11 @@ pub const CATALOGUE: &[(&str, &str, &str)] = &[
         "counter",
         "Audit chain appends that failed (each is also logged).",
     ),
+    (
+        "broker_db_healthy",
+        "gauge",
+        "1 while the store answered its last health check, else 0 (always 1 in dev mode).",
+    ),
 ];
 
 impl Metrics {
@@ -257,6 +262,20 @@ mod tests {
             text.contains(r#"broker_connections_rejected_total{reason="capacity"} 1"#),
             "{text}"
         );
+    }
+
+    #[test]
+    fn every_exported_metric_is_catalogued() {
+        let text = Metrics::new().render();
+        for line in text.lines().filter_map(|l| l.strip_prefix("# HELP ")) {
+            let name = line.split_whitespace().next().unwrap_or_default();
+            assert!(
+                CATALOGUE
+                    .iter()
+                    .any(|(n, _, _)| *n == name || n.strip_suffix("_total") == Some(name)),
+                "{name} is exported but not in CATALOGUE"
+            );
+        }
     }
 
     #[test]
