@@ -81,12 +81,43 @@ pub async fn migrate(
         .execute("SELECT pg_advisory_unlock($1)", &[&LOCK_KEY])
         .await
         .ok();
-    let report = report.map_err(|e| anyhow::anyhow!("migration failed: {e}"))?;
+    let report = report.map_err(|e| anyhow::anyhow!("migration failed: {}", one_line(&e)))?;
     Ok(report
         .applied_migrations()
         .iter()
         .map(|m| (i64::from(m.version()), m.name().to_string()))
         .collect())
+}
+
+/// An error and its causes on one line (PostgreSQL messages may span several).
+fn one_line(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    if let Some(db) = find_db_error(e) {
+        text.push_str(&format!(": {} ({})", db.message(), db.code().code()));
+    }
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn find_db_error<'a>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a tokio_postgres::error::DbError> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cur {
+        if let Some(db) = c.downcast_ref::<tokio_postgres::error::DbError>() {
+            return Some(db);
+        }
+        if let Some(db) = c.downcast_ref::<tokio_postgres::Error>().and_then(|pg| pg.as_db_error()) {
+            return Some(db);
+        }
+        cur = c.source();
+    }
+    None
 }
 
 /// `(version, name, applied)` for every migration of `runner`, plus applied versions the

@@ -9,6 +9,8 @@
     reason = "tests fail loudly on the first surprise"
 )]
 
+pub mod pg;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -178,10 +178,18 @@ impl Store for PgStore {
     }
 
     async fn schema_version(&self) -> StoreResult<Option<i64>> {
+        let exists = self
+            .query(
+                "SELECT to_regclass('refinery_schema_history') IS NOT NULL",
+                &[],
+            )
+            .await?;
+        if !exists.first().is_some_and(|r| r.get::<_, bool>(0)) {
+            return Ok(Some(0));
+        }
         let rows = self
             .query(
-                "SELECT CASE WHEN to_regclass('refinery_schema_history') IS NULL THEN 0 \
-                 ELSE (SELECT coalesce(max(version), 0)::bigint FROM refinery_schema_history) END",
+                "SELECT coalesce(max(version), 0)::bigint FROM refinery_schema_history",
                 &[],
             )
             .await?;

@@ -1,0 +1,515 @@
+//! One contract for the `Store` seam, run against every backend: the memory store and
+//! PostgreSQL (a fresh, migrated database per test).
+#![allow(
+    clippy::unwrap_used,
+    reason = "tests fail loudly on the first surprise"
+)]
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use broker::protocol::{Group, Priority};
+use broker::store::memory::MemoryStore;
+use broker::store::postgres::PgStore;
+use broker::store::{
+    Claim, Invite, Mesh, MessageRef, NewMember, PeerState, QueuedMessage, Role, Store, StoreError,
+    verify_audit,
+};
+use common::pg;
+use serde_json::json;
+
+fn mesh(id: &str) -> Mesh {
+    Mesh {
+        id: id.into(),
+        slug: format!("slug-{id}"),
+        name: format!("Mesh {id}"),
+        owner_user_id: Some("owner".into()),
+        owner_seed_hex: "00".repeat(32),
+        owner_pubkey: "ab".repeat(32),
+        root_key: "root".into(),
+        created_at: 1_700_000_000_000,
+    }
+}
+
+fn new_member(key_byte: &str, name: &str) -> NewMember {
+    NewMember {
+        pubkey: key_byte.repeat(32),
+        display_name: name.into(),
+        role: Role::Member,
+        user_id: None,
+        default_groups: vec![Group {
+            name: "ops".into(),
+            role: Some("lead".into()),
+        }],
+        role_tag: Some("dev".into()),
+    }
+}
+
+fn message(
+    id: &str,
+    mesh_id: &str,
+    to: &str,
+    priority: Priority,
+    session: Option<&str>,
+    created_at: i64,
+) -> QueuedMessage {
+    QueuedMessage {
+        id: id.into(),
+        mesh_id: mesh_id.into(),
+        sender_member_id: "sender".into(),
+        sender_pubkey: "sp".into(),
+        sender_member_pubkey: "smp".into(),
+        sender_name: "alice".into(),
+        target_member_id: to.into(),
+        target_session_key: session.map(str::to_string),
+        priority,
+        nonce: "n".into(),
+        ciphertext: format!("ct-{id}"),
+        client_message_id: Some(format!("c-{id}")),
+        created_at,
+    }
+}
+
+fn claim<'a>(mesh_id: &'a str, member: &'a str, now: i64) -> Claim<'a> {
+    Claim {
+        mesh_id,
+        member_id: member,
+        session_key: None,
+        all_priorities: true,
+        steal: false,
+        lease_ms: 1000,
+        now_ms: now,
+        limit: 100,
+    }
+}
+
+fn ids(v: &[QueuedMessage]) -> Vec<&str> {
+    v.iter().map(|m| m.id.as_str()).collect()
+}
+
+async fn meshes_and_members(s: &dyn Store) {
+    s.create_mesh(mesh("m1")).await.unwrap();
+    assert!(
+        matches!(
+            s.create_mesh(Mesh {
+                id: "m2".into(),
+                ..mesh("m1")
+            })
+            .await,
+            Err(StoreError::Conflict(_))
+        ),
+        "slug is unique"
+    );
+    let got = s.mesh("m1").await.unwrap().unwrap();
+    assert_eq!(
+        (got.name.as_str(), got.owner_user_id.as_deref()),
+        ("Mesh m1", Some("owner"))
+    );
+    assert!(s.mesh("nope").await.unwrap().is_none());
+
+    let a = s.add_member("m1", new_member("a1", "alice")).await.unwrap();
+    assert!(matches!(
+        s.add_member("m1", new_member("a1", "again")).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(
+        s.add_member("nope", new_member("b1", "bob"))
+            .await
+            .unwrap_err(),
+        StoreError::NotFound
+    );
+    let b = s.add_member("m1", new_member("b1", "bob")).await.unwrap();
+    assert_eq!(
+        a.default_groups,
+        vec![Group {
+            name: "ops".into(),
+            role: Some("lead".into())
+        }]
+    );
+    assert_eq!(a.role_tag.as_deref(), Some("dev"));
+    let by_key = s
+        .member_by_pubkey("m1", &"a1".repeat(32))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(by_key.id, a.id);
+    assert_eq!(
+        s.member("m1", &b.id).await.unwrap().unwrap().display_name,
+        "bob"
+    );
+    assert_eq!(s.members("m1").await.unwrap().len(), 2);
+
+    s.set_revoked("m1", &b.id, Some(42)).await.unwrap();
+    assert_eq!(
+        s.member("m1", &b.id).await.unwrap().unwrap().revoked_at,
+        Some(42)
+    );
+    s.set_revoked("m1", &b.id, None).await.unwrap();
+    assert_eq!(
+        s.member("m1", &b.id).await.unwrap().unwrap().revoked_at,
+        None
+    );
+    assert_eq!(
+        s.set_revoked("m1", "ghost", None).await.unwrap_err(),
+        StoreError::NotFound
+    );
+
+    let mut patch = BTreeMap::new();
+    patch.insert("k1".to_string(), Some(vec!["dm".to_string()]));
+    patch.insert("k2".to_string(), Some(vec![]));
+    let merged = s.update_grants("m1", &a.id, patch).await.unwrap();
+    assert_eq!(merged.len(), 2);
+    let mut patch = BTreeMap::new();
+    patch.insert("k2".to_string(), None);
+    patch.insert("k3".to_string(), Some(vec!["read".to_string()]));
+    let merged = s.update_grants("m1", &a.id, patch).await.unwrap();
+    assert_eq!(merged.keys().collect::<Vec<_>>(), vec!["k1", "k3"]);
+    assert_eq!(
+        s.member("m1", &a.id).await.unwrap().unwrap().peer_grants,
+        merged
+    );
+    assert_eq!(
+        s.update_grants("m1", "ghost", BTreeMap::new())
+            .await
+            .unwrap_err(),
+        StoreError::NotFound
+    );
+}
+
+async fn invites(s: &dyn Store) {
+    s.create_mesh(mesh("m1")).await.unwrap();
+    let invite = Invite {
+        code: "code1".into(),
+        token: "token1".into(),
+        mesh_id: "m1".into(),
+        role: Role::Admin,
+        expires_at: 2_000_000_000,
+        max_uses: Some(1),
+        uses: 0,
+        payload: json!({"v": 1}),
+    };
+    s.create_invite(invite).await.unwrap();
+    assert_eq!(
+        s.invite_by_token("token1").await.unwrap().unwrap().code,
+        "code1"
+    );
+    assert_eq!(
+        s.invite_by_token("code1").await.unwrap().unwrap().role,
+        Role::Admin
+    );
+    assert!(s.invite_by_token("nope").await.unwrap().is_none());
+
+    let e = s
+        .redeem_invite("code1", new_member("c1", "carol"), 1_900_000_000)
+        .await
+        .unwrap();
+    assert!(!e.already_member);
+    assert_eq!(e.member.display_name, "carol");
+    let again = s
+        .redeem_invite("code1", new_member("c1", "carol"), 1_900_000_000)
+        .await
+        .unwrap();
+    assert!(
+        again.already_member,
+        "an existing member does not use the invite"
+    );
+    assert_eq!(again.member.id, e.member.id);
+    assert!(
+        matches!(
+            s.redeem_invite("code1", new_member("d1", "dave"), 1_900_000_000)
+                .await,
+            Err(StoreError::Invalid(_))
+        ),
+        "max uses"
+    );
+    s.create_invite(Invite {
+        code: "code2".into(),
+        token: "token2".into(),
+        max_uses: None,
+        ..s.invite_by_token("code1").await.unwrap().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        matches!(
+            s.redeem_invite("code2", new_member("d1", "dave"), 2_100_000_000)
+                .await,
+            Err(StoreError::Invalid(_))
+        ),
+        "expired"
+    );
+    assert_eq!(
+        s.redeem_invite("nope", new_member("d1", "dave"), 0)
+            .await
+            .unwrap_err(),
+        StoreError::NotFound
+    );
+}
+
+async fn queue(s: &dyn Store) {
+    let t = 1_000_000;
+    s.enqueue(message("q1", "m1", "bob", Priority::Next, None, t))
+        .await
+        .unwrap();
+    s.enqueue(message(
+        "q2",
+        "m1",
+        "bob",
+        Priority::Now,
+        Some("sess-b"),
+        t + 1,
+    ))
+    .await
+    .unwrap();
+    s.enqueue(message("q3", "m1", "bob", Priority::Low, None, t + 2))
+        .await
+        .unwrap();
+    s.enqueue(message("q4", "m1", "carol", Priority::Now, None, t + 3))
+        .await
+        .unwrap();
+    s.enqueue(message("q5", "m2", "bob", Priority::Now, None, t + 4))
+        .await
+        .unwrap();
+    assert_eq!(s.queue_depth().await.unwrap(), 5);
+
+    // Busy presence: only `now`, and only its own session's messages.
+    let busy = Claim {
+        all_priorities: false,
+        session_key: Some("sess-b"),
+        ..claim("m1", "bob", t)
+    };
+    let got = s.claim(busy).await.unwrap();
+    assert_eq!(ids(&got), vec!["q2"]);
+    assert_eq!(
+        got[0],
+        message("q2", "m1", "bob", Priority::Now, Some("sess-b"), t + 1),
+        "rows come back whole"
+    );
+    // Another session of bob: not q2 (another session's), in order.
+    let got = s
+        .claim(Claim {
+            session_key: Some("sess-x"),
+            ..claim("m1", "bob", t)
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids(&got), vec!["q1", "q3"]);
+    // Leased: nothing until the lease ends, unless stolen.
+    assert!(
+        s.claim(claim("m1", "bob", t + 500))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        ids(&s
+            .claim(Claim {
+                steal: true,
+                ..claim("m1", "bob", t + 500)
+            })
+            .await
+            .unwrap()),
+        vec!["q1", "q3"]
+    );
+    assert_eq!(
+        ids(&s.claim(claim("m1", "bob", t + 5000)).await.unwrap()),
+        vec!["q1", "q3"]
+    );
+    // Limits hold.
+    assert_eq!(
+        ids(&s
+            .claim(Claim {
+                limit: 1,
+                steal: true,
+                ..claim("m1", "bob", t)
+            })
+            .await
+            .unwrap()),
+        vec!["q1"]
+    );
+
+    // Delivered by broker id or client id, only by the recipient.
+    assert!(
+        !s.mark_delivered("m1", "carol", MessageRef::Broker("q1"))
+            .await
+            .unwrap(),
+        "not carol's"
+    );
+    assert!(
+        s.mark_delivered("m1", "bob", MessageRef::Broker("q1"))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.mark_delivered("m1", "bob", MessageRef::Broker("q1"))
+            .await
+            .unwrap(),
+        "already delivered"
+    );
+    assert!(
+        s.mark_delivered("m1", "bob", MessageRef::Client("c-q3"))
+            .await
+            .unwrap()
+    );
+    let left = s
+        .claim(Claim {
+            steal: true,
+            session_key: Some("sess-b"),
+            ..claim("m1", "bob", t + 9000)
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids(&left), vec!["q2"]);
+    assert_eq!(s.queue_depth().await.unwrap(), 3);
+
+    // The sweep removes what is older than the cut-off.
+    assert_eq!(s.sweep_expired(t + 4).await.unwrap(), 2, "q2 and q4");
+    assert_eq!(s.queue_depth().await.unwrap(), 1);
+}
+
+async fn peer_state_and_audit(s: &dyn Store) {
+    assert!(s.peer_state("m1", "bob").await.unwrap().is_none());
+    let mut profile = serde_json::Map::new();
+    profile.insert("title".into(), json!("Dr"));
+    let state = PeerState {
+        groups: vec![Group {
+            name: "ops".into(),
+            role: None,
+        }],
+        summary: Some("busy".into()),
+        profile,
+        stats: Some(json!({"toolCalls": 3})),
+        last_seen_at: 77,
+    };
+    s.save_peer_state("m1", "bob", state.clone()).await.unwrap();
+    assert_eq!(
+        s.peer_state("m1", "bob").await.unwrap(),
+        Some(state.clone())
+    );
+    let newer = PeerState {
+        summary: None,
+        last_seen_at: 78,
+        ..state
+    };
+    s.save_peer_state("m1", "bob", newer.clone()).await.unwrap();
+    assert_eq!(s.peer_state("m1", "bob").await.unwrap(), Some(newer));
+
+    s.append_audit(
+        "m1",
+        "peer_joined",
+        Some("bob"),
+        json!({"pubkey": "k", "groups": [{"name": "ops"}]}),
+        1000,
+    )
+    .await
+    .unwrap();
+    s.append_audit(
+        "m1",
+        "message_sent",
+        Some("bob"),
+        json!({"targetSpec": "*", "priority": "now"}),
+        1001,
+    )
+    .await
+    .unwrap();
+    s.append_audit(
+        "m1",
+        "member_banned",
+        None,
+        json!({"note": "ünïcode ✓"}),
+        1002,
+    )
+    .await
+    .unwrap();
+    s.append_audit("m2", "peer_joined", None, json!({}), 1003)
+        .await
+        .unwrap();
+    let chain = s.audit_entries("m1").await.unwrap();
+    assert_eq!(
+        chain.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+    assert_eq!(chain[0].prev_hash, "genesis");
+    assert_eq!(chain[1].prev_hash, chain[0].hash);
+    let verdict = verify_audit(&chain);
+    assert!(
+        verdict.valid && verdict.entries == 3 && verdict.broken_at.is_none(),
+        "{verdict:?}"
+    );
+    // A changed payload breaks the chain at that entry.
+    let mut tampered = chain.clone();
+    tampered[1].payload = json!({"targetSpec": "@ops", "priority": "now"});
+    assert_eq!(verify_audit(&tampered).broken_at, Some(2));
+    assert_eq!(s.audit_entries("m2").await.unwrap().len(), 1);
+}
+
+async fn pg_store() -> PgStore {
+    PgStore::new(&pg::fresh_db().await, 4).unwrap()
+}
+
+macro_rules! contract {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $(#[tokio::test] async fn $name() { super::$name(&super::MemoryStore::new()).await; })*
+        }
+        mod postgres {
+            $(#[tokio::test] async fn $name() { super::$name(&super::pg_store().await).await; })*
+        }
+    };
+}
+
+contract!(meshes_and_members, invites, queue, peer_state_and_audit);
+
+#[tokio::test]
+async fn postgres_reports_its_schema_version() {
+    let store = pg_store().await;
+    assert_eq!(
+        store.schema_version().await.unwrap(),
+        Some(broker::store::postgres::SCHEMA_VERSION)
+    );
+    assert!(store.healthy().await);
+    let empty = PgStore::new(&pg::create_db(&pg::admin_url()).await, 2).unwrap();
+    assert_eq!(empty.schema_version().await.unwrap(), Some(0));
+    assert_eq!(MemoryStore::new().schema_version().await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn postgres_group_commit_keeps_submission_order() {
+    let store = pg_store().await;
+    // Many concurrent sends from one task each, in one pair: the order of acknowledgement
+    // (each send awaited before the next) is the order of claim.
+    let senders: Vec<_> = (0..8)
+        .map(|s| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                for i in 0..25 {
+                    let id = format!("s{s}-{i:02}");
+                    store
+                        .enqueue(message(
+                            &id,
+                            "m1",
+                            &format!("to{s}"),
+                            Priority::Now,
+                            None,
+                            1,
+                        ))
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for s in senders {
+        s.await.unwrap();
+    }
+    for s in 0..8 {
+        let to = format!("to{s}");
+        let got = store.claim(claim("m1", &to, 10)).await.unwrap();
+        let want: Vec<String> = (0..25).map(|i| format!("s{s}-{i:02}")).collect();
+        assert_eq!(
+            ids(&got),
+            want.iter().map(String::as_str).collect::<Vec<_>>()
+        );
+    }
+}
