@@ -1,0 +1,266 @@
+//! Durability with PostgreSQL: what the broker acknowledged survives SIGKILL of the broker
+//! and a restart of PostgreSQL, and the audit chain holds with concurrent writers.
+#![allow(
+    clippy::unwrap_used,
+    reason = "tests fail loudly on the first surprise"
+)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::pg::{self, PgCluster};
+use common::*;
+use serde_json::{Value, json};
+
+fn is_push(v: &Value) -> bool {
+    v["type"] == "push" && v["subtype"] != "system"
+}
+
+fn kill9(b: &mut Broker) {
+    let status = std::process::Command::new("kill")
+        .arg("-KILL")
+        .arg(b.pid().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[tokio::test]
+async fn an_acknowledged_message_survives_sigkill_of_the_broker() {
+    let url = pg::fresh_db().await;
+    let env = [("DATABASE_URL", url.as_str())];
+    let mut b = Broker::start(&env);
+    let mesh = b.create_mesh("durable", None);
+    let alice = member(&b, &mesh, "alice", json!({}));
+    let bob = member(&b, &mesh, "bob", json!({}));
+    let (mut a, _) = Client::join(&b.ws_url(), alice.hello(&mesh, json!({}))).await;
+    let ack = a.send_msg(&bob.identity.pubkey, "next", "kept").await;
+    assert_eq!(ack["queued"], true, "{ack}");
+    kill9(&mut b);
+    assert!(
+        a.next_within(WAIT)
+            .await
+            .is_some_and(|e| matches!(e, Event::Closed(_)))
+    );
+
+    let b2 = Broker::start(&env);
+    let (mut bc, _) = Client::join(&b2.ws_url(), bob.hello(&mesh, json!({}))).await;
+    let push = bc.expect_where("push", is_push).await;
+    assert_eq!(push["messageId"], ack["messageId"]);
+    assert_eq!(push["ciphertext"], "kept");
+    assert_eq!(push["senderName"], "alice");
+    drop(b);
+}
+
+#[tokio::test]
+async fn an_unacknowledged_push_survives_sigkill_and_comes_back() {
+    let url = pg::fresh_db().await;
+    let env = [("DATABASE_URL", url.as_str())];
+    let mut b = Broker::start(&env);
+    let mesh = b.create_mesh("unacked", None);
+    let alice = member(&b, &mesh, "alice", json!({}));
+    let bob = member(&b, &mesh, "bob", json!({}));
+    let (mut a, _) = Client::join(&b.ws_url(), alice.hello(&mesh, json!({}))).await;
+    let (mut bc, _) = Client::join(&b.ws_url(), bob.hello(&mesh, json!({}))).await;
+    let ack = a.send_msg(&bob.identity.pubkey, "now", "pushed-once").await;
+    assert_eq!(
+        bc.expect_where("push", is_push).await["messageId"],
+        ack["messageId"]
+    );
+    // Bob never sends client_ack: the broker dies with the message pushed, not confirmed.
+    kill9(&mut b);
+
+    let b2 = Broker::start(&env);
+    let (mut bc, _) = Client::join(&b2.ws_url(), bob.hello(&mesh, json!({}))).await;
+    let push = bc.expect_where("push", is_push).await;
+    assert_eq!(push["messageId"], ack["messageId"]);
+    bc.send(json!({"type": "client_ack", "brokerMessageId": push["messageId"]}))
+        .await;
+    // Confirmed now: the next connection gets nothing.
+    bc.request(json!({"type": "list_peers"})).await;
+    bc.close().await;
+    let (mut bc, _) = Client::join(&b2.ws_url(), bob.hello(&mesh, json!({}))).await;
+    bc.expect_none(Duration::from_millis(400), is_push).await;
+}
+
+#[tokio::test]
+async fn a_postgres_restart_under_a_running_broker_loses_nothing_acknowledged() {
+    let cluster = tokio::task::spawn_blocking(PgCluster::start).await.unwrap();
+    let url = pg::create_db(&cluster.url("postgres")).await;
+    pg::migrate(&url).await;
+    let b = Broker::start(&[("DATABASE_URL", url.as_str())]);
+    let mesh = b.create_mesh("outage", None);
+    let alice = member(&b, &mesh, "alice", json!({}));
+    let bob = member(&b, &mesh, "bob", json!({}));
+    let (mut a, _) = Client::join(&b.ws_url(), alice.hello(&mesh, json!({}))).await;
+    let before = a
+        .send_msg(&bob.identity.pubkey, "next", "before-outage")
+        .await;
+    assert_eq!(before["queued"], true);
+
+    let cluster = tokio::task::spawn_blocking(move || {
+        cluster.stop();
+        cluster
+    })
+    .await
+    .unwrap();
+    eventually("readiness turns 503", async || {
+        matches!(b.try_http("GET", "/health/ready", None, None), Ok((503, _))).then_some(())
+    })
+    .await;
+    let (status, body) = b.try_http("GET", "/health", None, None).unwrap();
+    assert_eq!(status, 200, "liveness survives a database outage");
+    assert!(body.contains("\"db\":\"down\""), "{body}");
+    assert!(b.metrics().contains("broker_db_healthy 0"));
+    // A send during the outage is refused, never falsely acknowledged.
+    let during = a
+        .send_msg(&bob.identity.pubkey, "next", "during-outage")
+        .await;
+    assert_eq!(during["queued"], false, "{during}");
+    assert!(
+        during["error"].as_str().unwrap().contains("unavailable"),
+        "{during}"
+    );
+
+    let _cluster = tokio::task::spawn_blocking(move || {
+        cluster.restart();
+        cluster
+    })
+    .await
+    .unwrap();
+    eventually("readiness recovers", async || {
+        matches!(b.try_http("GET", "/health/ready", None, None), Ok((200, _))).then_some(())
+    })
+    .await;
+    let after = a
+        .send_msg(&bob.identity.pubkey, "next", "after-outage")
+        .await;
+    assert_eq!(after["queued"], true, "{after}");
+
+    let (mut bc, _) = Client::join(&b.ws_url(), bob.hello(&mesh, json!({}))).await;
+    let first = bc.expect_where("push", is_push).await;
+    let second = bc.expect_where("push", is_push).await;
+    assert_eq!(
+        (first["ciphertext"].as_str(), second["ciphertext"].as_str()),
+        (Some("before-outage"), Some("after-outage"))
+    );
+    bc.expect_none(Duration::from_millis(300), is_push).await;
+}
+
+#[tokio::test]
+async fn concurrent_audit_writers_on_two_brokers_keep_one_chain() {
+    let url = pg::fresh_db().await;
+    let env = [("DATABASE_URL", url.as_str()), ("BROKER_SEND_BURST", "0")];
+    let b1 = Broker::start(&env);
+    let b2 = Broker::start(&env);
+    let mesh = b1.create_mesh("audit", None);
+    let mut clients = Vec::new();
+    for i in 0..6 {
+        let m = member(&b1, &mesh, &format!("peer{i}"), json!({}));
+        let broker = if i % 2 == 0 { &b1 } else { &b2 };
+        let (c, _) = Client::join(&broker.ws_url(), m.hello(&mesh, json!({}))).await;
+        clients.push(c);
+    }
+    let sends_each = 15;
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .map(|mut c| {
+            tokio::spawn(async move {
+                for i in 0..sends_each {
+                    let ack = c.send_msg("*", "low", &format!("b{i}")).await;
+                    assert_eq!(ack["queued"], true);
+                }
+                c
+            })
+        })
+        .collect();
+    let mut clients = Vec::new();
+    for t in tasks {
+        clients.push(t.await.unwrap());
+    }
+    // 6 joins and 90 sends, written off the send path by two processes.
+    let want = 6 + 6 * sends_each;
+    let verdict = eventually("every audit entry is written", async || {
+        let (status, v) = b2.api("GET", &format!("/api/v1/meshes/{mesh}/audit/verify"), None);
+        assert_eq!(status, 200, "{v}");
+        (v["entries"] == json!(want)).then_some(v)
+    })
+    .await;
+    assert_eq!(verdict["valid"], true, "{verdict}");
+    assert!(verdict.get("brokenAt").is_none());
+
+    // Altering one row by hand is reported as the break point.
+    let db = pg::connect(&url).await;
+    db.execute(
+        "UPDATE audit_log SET payload = '{\"targetSpec\":\"@x\"}' WHERE mesh_id = $1 AND seq = 40",
+        &[&mesh],
+    )
+    .await
+    .unwrap();
+    let (_, v) = b1.api("GET", &format!("/api/v1/meshes/{mesh}/audit/verify"), None);
+    assert_eq!(v["valid"], false, "{v}");
+    assert_eq!(v["brokenAt"], 40);
+    drop(clients);
+}
+
+#[tokio::test]
+async fn the_broker_refuses_an_unmigrated_database() {
+    let url = pg::create_db(&pg::admin_url()).await;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_broker"))
+        .env_clear()
+        .env("DATABASE_URL", &url)
+        .env("BROKER_PORT", "0")
+        .env("BROKER_HOST", "127.0.0.1")
+        .env("BROKER_ADMIN_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(69), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("run the migrator"), "{stderr}");
+}
+
+#[tokio::test]
+async fn readiness_honours_expected_migration() {
+    let url = pg::fresh_db().await;
+    let b = Broker::start(&[("DATABASE_URL", url.as_str()), ("EXPECTED_MIGRATION", "1")]);
+    assert_eq!(
+        b.try_http("GET", "/health/ready", None, None).unwrap().0,
+        200
+    );
+    drop(b);
+    // A pin newer than the database: the replica runs but is not ready.
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_broker"));
+    cmd.env_clear()
+        .env("DATABASE_URL", &url)
+        .env("EXPECTED_MIGRATION", "2")
+        .env("BROKER_PORT", "0")
+        .env("BROKER_HOST", "127.0.0.1")
+        .env("BROKER_ADMIN_TOKEN", TOKEN)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null());
+    let mut child = cmd.spawn().unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let addr: std::net::SocketAddr = line
+        .trim()
+        .strip_prefix("listening on http://")
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let (status, body) = eventually("the broker answers", async || {
+        http(addr, "GET", "/health/ready", None, None).ok()
+    })
+    .await;
+    assert_eq!(status, 503);
+    assert!(body.contains("EXPECTED_MIGRATION"), "{body}");
+    let _ = child.kill();
+    let _ = child.wait();
+}
