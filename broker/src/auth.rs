@@ -166,6 +166,21 @@ pub async fn verify_hello(node: &Node, h: &Hello, now: i64) -> Result<Verified> 
     let text = |ts| signing::hello_text(&h.mesh_id, &h.member_id, &h.pubkey, ts);
     check_signed(node, &h.timestamp, &h.pubkey, text, &h.signature, now).await?;
     let (mesh, member) = find_member(node, &h.mesh_id, &h.pubkey).await?;
+    if let Some(sk) = &h.session_pubkey
+        && *sk != member.pubkey
+        && node
+            .store
+            .member_by_pubkey(&mesh.id, sk)
+            .await
+            .map_err(unavailable)?
+            .is_some()
+    {
+        // An unproven session key may not impersonate another member's key.
+        return Err(HandshakeError::new(
+            "bad_session_pubkey",
+            "sessionPubkey is another member's key",
+        ));
+    }
     Ok(Verified {
         mesh,
         member,

@@ -45,6 +45,8 @@ pub struct SessionHandle {
     pub status: Mutex<Status>,
     /// Broadcasts held back while the status is busy, flushed on return to `idle`.
     pub held: Mutex<Held>,
+    /// Frames that arrived before the hello_ack was queued (`Some` until then).
+    pub gate: Mutex<Option<Vec<(Bytes, Option<Priority>)>>>,
 }
 
 /// Frames held for a busy presence, bounded in bytes (the oldest are dropped first).
@@ -77,8 +79,27 @@ impl SessionHandle {
         *self.status.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Pushes a frame now, or holds it when the status does not admit its priority.
+    /// Lets frames through after the hello_ack, first those that waited at the gate.
+    pub fn open_gate(&self, held_limit: usize) {
+        let mut gate = self.gate.lock().unwrap_or_else(|p| p.into_inner());
+        for (frame, priority) in gate.take().unwrap_or_default() {
+            self.push_or_hold(&frame, priority, held_limit);
+        }
+    }
+
+    /// Pushes a frame now, holds it when the status does not admit its priority, or keeps
+    /// it at the gate before the hello_ack.
     fn deliver(&self, frame: &Bytes, priority: Option<Priority>, held_limit: usize) -> bool {
+        let mut gate = self.gate.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(waiting) = gate.as_mut() {
+            waiting.push((frame.clone(), priority));
+            return true;
+        }
+        drop(gate);
+        self.push_or_hold(frame, priority, held_limit)
+    }
+
+    fn push_or_hold(&self, frame: &Bytes, priority: Option<Priority>, held_limit: usize) -> bool {
         if let Some(p) = priority {
             let status = self.status.lock().unwrap_or_else(|p| p.into_inner());
             if !status.admits(p) {
@@ -125,6 +146,18 @@ impl Hub {
             return true;
         }
         false
+    }
+
+    /// Whether any local connection belongs to the mesh.
+    pub fn has_mesh(&self, mesh_id: &str) -> bool {
+        let meshes = self.meshes.read().unwrap_or_else(|p| p.into_inner());
+        meshes.contains_key(mesh_id)
+    }
+
+    /// The meshes with local connections.
+    pub fn mesh_ids(&self) -> Vec<String> {
+        let meshes = self.meshes.read().unwrap_or_else(|p| p.into_inner());
+        meshes.keys().cloned().collect()
     }
 
     pub fn all(&self) -> Vec<Arc<SessionHandle>> {

@@ -1,6 +1,6 @@
 //! One replica's shared state: its configuration, its backends and its local sockets.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -15,6 +15,9 @@ use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::protocol::Status;
 use crate::store::Store;
+
+/// Most hook statuses kept waiting for presences at once.
+const MAX_PENDING_HOOKS: usize = 10_000;
 
 /// Everything the tasks of one replica share. Each field says why it exists.
 pub struct Node {
@@ -41,6 +44,10 @@ pub struct Node {
     /// Hook statuses waiting (at most `HOOK_PENDING_MS`) for a presence to connect, by
     /// `pid:cwd`. Lost if the replica dies; a hook reports again on the next change.
     pub hook_pending: Mutex<HashMap<String, (Status, Instant)>>,
+    /// Meshes this replica is subscribed to on the bus. The async lock serialises
+    /// (un)subscription with the hub's view, so a mesh is subscribed exactly while it has
+    /// local sockets, however joins and leaves interleave.
+    subscriptions: tokio::sync::Mutex<HashSet<String>>,
 }
 
 impl std::fmt::Debug for Node {
@@ -73,6 +80,44 @@ impl Node {
             started: Instant::now(),
             conn_seq: AtomicU64::new(0),
             hook_pending: Mutex::new(HashMap::new()),
+            subscriptions: tokio::sync::Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// Subscribes or unsubscribes the mesh so that it matches whether local sockets remain.
+    pub async fn sync_subscription(&self, mesh_id: &str) {
+        let mut subs = self.subscriptions.lock().await;
+        let want = self.hub.has_mesh(mesh_id);
+        if want && !subs.contains(mesh_id) {
+            match self.bus.subscribe(mesh_id).await {
+                Ok(()) => {
+                    subs.insert(mesh_id.to_string());
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "mesh subscription failed; retried when the bus recovers")
+                }
+            }
+        } else if !want && subs.contains(mesh_id) {
+            match self.bus.unsubscribe(mesh_id).await {
+                Ok(()) => {
+                    subs.remove(mesh_id);
+                }
+                Err(e) => tracing::warn!(error = %e, "mesh unsubscription failed"),
+            }
+        }
+    }
+
+    /// After the bus reconnected: subscribe every local mesh again (idempotent).
+    pub async fn resubscribe_all(&self) {
+        let mut subs = self.subscriptions.lock().await;
+        subs.clear();
+        for mesh_id in self.hub.mesh_ids() {
+            match self.bus.subscribe(&mesh_id).await {
+                Ok(()) => {
+                    subs.insert(mesh_id);
+                }
+                Err(e) => tracing::warn!(error = %e, "mesh resubscription failed"),
+            }
         }
     }
 
@@ -113,6 +158,17 @@ impl Node {
     /// The key of the hook rate limit and pending statuses.
     pub fn hook_key(pid: Option<i64>, cwd: &str) -> String {
         format!("{}:{cwd}", pid.map(|p| p.to_string()).unwrap_or_default())
+    }
+
+    /// Keeps a hook status for a presence about to connect. Expired entries are dropped
+    /// first, and the map is bounded so an unauthenticated caller cannot grow it at will.
+    pub fn remember_pending_hook(&self, pid: Option<i64>, cwd: &str, status: Status) {
+        let mut pending = self.hook_pending.lock().unwrap_or_else(|p| p.into_inner());
+        let ttl = self.config.hook_pending;
+        pending.retain(|_, (_, at)| at.elapsed() < ttl);
+        if pending.len() < MAX_PENDING_HOOKS {
+            pending.insert(Self::hook_key(pid, cwd), (status, Instant::now()));
+        }
     }
 
     /// Takes a pending hook status for a presence that just connected.

@@ -85,12 +85,22 @@ pub fn fanout(
     out
 }
 
-/// Presences (live or in grace) a direct `key` addresses: by member key or session key.
-pub fn direct_matches<'a>(records: &'a [PresenceRecord], key: &str) -> Vec<&'a PresenceRecord> {
-    records
+/// The presence (live or in grace) whose session key is `key`, for a `key` that is no
+/// member's key. A `hello`'s `sessionPubkey` is unproven, so a presence that proved its
+/// session key (`session_hello`) wins over one that merely announced it.
+pub fn session_target<'a>(records: &'a [PresenceRecord], key: &str) -> Option<&'a PresenceRecord> {
+    let mut matches = records
         .iter()
-        .filter(|r| r.member_pubkey == key || r.session_pubkey.as_deref() == Some(key))
-        .collect()
+        .filter(|r| r.session_pubkey.as_deref() == Some(key));
+    let first = matches.next()?;
+    if first.peer_role == crate::cluster::presence::PeerRole::Session {
+        return Some(first);
+    }
+    Some(
+        matches
+            .find(|r| r.peer_role == crate::cluster::presence::PeerRole::Session)
+            .unwrap_or(first),
+    )
 }
 
 #[cfg(test)]
@@ -215,12 +225,21 @@ mod tests {
     }
 
     #[test]
-    fn direct_matches_member_and_session_keys() {
-        let mut s = presence("p2", "a", "ak", &[]);
-        s.session_pubkey = Some("sk".into());
-        let records = vec![presence("p1", "a", "ak", &[]), s];
-        assert_eq!(direct_matches(&records, "ak").len(), 2);
-        assert_eq!(direct_matches(&records, "sk").len(), 1);
-        assert!(direct_matches(&records, "zz").is_empty());
+    fn a_proven_session_key_wins_over_an_announced_one() {
+        let mut announced = presence("p1", "mallory", "mk", &[]);
+        announced.session_pubkey = Some("sk".into());
+        announced.peer_role = PeerRole::ControlPlane;
+        let mut proven = presence("p2", "bob", "bk", &[]);
+        proven.session_pubkey = Some("sk".into());
+        let records = vec![announced.clone(), proven];
+        assert_eq!(
+            session_target(&records, "sk").map(|r| r.member_id.as_str()),
+            Some("bob")
+        );
+        assert_eq!(
+            session_target(&[announced], "sk").map(|r| r.member_id.as_str()),
+            Some("mallory")
+        );
+        assert!(session_target(&records, "zz").is_none());
     }
 }

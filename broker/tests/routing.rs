@@ -497,3 +497,46 @@ async fn direct_to_a_session_key_reaches_that_session_only() {
     assert_eq!(push["senderPubkey"], s1.pubkey.as_str());
     assert_eq!(push["senderMemberPubkey"], bob.identity.pubkey.as_str());
 }
+
+#[tokio::test]
+async fn an_announced_session_key_cannot_capture_anothers_messages() {
+    let b = Broker::start(&[NO_RATE_LIMIT]);
+    let mesh = b.create_mesh("hijack", None);
+    let alice = member(&b, &mesh, "alice", json!({}));
+    let bob = member(&b, &mesh, "bob", json!({}));
+    let mallory = member(&b, &mesh, "mallory", json!({}));
+    let (mut a, _) = Client::join(&b.ws_url(), alice.hello(&mesh, json!({}))).await;
+
+    // Announcing bob's member key as one's session key is refused.
+    let mut c = Client::connect(&b.ws_url()).await;
+    c.send(mallory.hello(&mesh, json!({"sessionPubkey": bob.identity.pubkey})))
+        .await;
+    assert_eq!(c.expect("error").await["code"], "bad_session_pubkey");
+
+    // Announcing bob's (proven) session key does not divert messages sent to it.
+    let s = Identity::random();
+    let (mut m, _) = Client::join(
+        &b.ws_url(),
+        mallory.hello(&mesh, json!({"sessionPubkey": s.pubkey})),
+    )
+    .await;
+    let (mut bs, _) = Client::join(
+        &b.ws_url(),
+        session_hello(&mesh, &bob.identity, &s, json!({})),
+    )
+    .await;
+    assert_eq!(
+        a.send_msg(&s.pubkey, "now", "for-bob-session").await["queued"],
+        true
+    );
+    assert_eq!(
+        bs.expect_where("push", is_push).await["ciphertext"],
+        "for-bob-session"
+    );
+    // And a message to bob's member key, with bob offline, waits for bob.
+    assert_eq!(
+        a.send_msg(&bob.identity.pubkey, "now", "for-bob").await["queued"],
+        true
+    );
+    m.expect_none(Duration::from_millis(300), is_push).await;
+}

@@ -311,13 +311,15 @@ async fn create_invite(node: &Node, mesh_id: &str, req: Request<Incoming>) -> Ap
         )
     })?;
     let signature = signing::sign_hex(&key, &signing::invite_text(&fields));
+    let code = ids::random_id(10);
+    // `code` is outside the signed text (additive): it makes each invite's token unique.
     let payload = json!({
-        "v": 1, "mesh_id": mesh.id, "mesh_slug": mesh.slug, "broker_url": broker_url, "expires_at": expires_at,
+        "code": code, "v": 1, "mesh_id": mesh.id, "mesh_slug": mesh.slug, "broker_url": broker_url, "expires_at": expires_at,
         "mesh_root_key": mesh.root_key, "role": role.as_str(), "owner_pubkey": mesh.owner_pubkey, "signature": signature,
     });
     let token = URL_SAFE_NO_PAD.encode(payload.to_string());
     let invite = Invite {
-        code: ids::random_id(10),
+        code,
         token: token.clone(),
         mesh_id: mesh.id.clone(),
         role,

@@ -81,7 +81,7 @@ pub async fn handle(node: &Node, req: Request<Incoming>) -> HttpResponse {
             )
         }
         None => {
-            crate::session::remember_pending_hook(node, hook.pid, &hook.cwd, hook.status);
+            node.remember_pending_hook(hook.pid, &hook.cwd, hook.status);
             json_response(StatusCode::OK, &json!({"ok": true, "pending": true}))
         }
     }

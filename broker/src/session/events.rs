@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use tokio::sync::{Notify, mpsc};
@@ -208,11 +208,34 @@ pub(super) async fn attach(
         last_pong_at: now,
     };
 
-    let prior = node
-        .presence
-        .attach(record.clone())
-        .await
-        .map_err(unavailable)?;
+    let handle = Arc::new(SessionHandle {
+        conn_id: s.conn_id.clone(),
+        mesh_id: mesh_id.clone(),
+        presence_id: record.presence_id.clone(),
+        member_id: v.member.id.clone(),
+        session_key: v.session_key.clone(),
+        pid: v.meta.pid,
+        cwd: cwd.clone(),
+        out: s.out.clone(),
+        control: ctl_tx,
+        drain: Notify::new(),
+        status: Mutex::new(record.status),
+        held: Mutex::new(Held::default()),
+        gate: Mutex::new(Some(Vec::new())),
+    });
+    // In the hub (and subscribed) before the record is visible to anyone, so nothing
+    // addressed to this presence can miss it; gated until the hello_ack is queued, so
+    // nothing reaches the client before its hello_ack.
+    node.hub.insert(handle.clone());
+    node.sync_subscription(&mesh_id).await;
+    let prior = match node.presence.attach(record.clone()).await {
+        Ok(p) => p,
+        Err(e) => {
+            node.hub.remove(&mesh_id, &s.conn_id);
+            node.sync_subscription(&mesh_id).await;
+            return Err(unavailable(e));
+        }
+    };
     let mut to_close: Vec<String> = replaced.iter().map(|r| r.conn_id.clone()).collect();
     if let Some(p) = prior.filter(|p| p.is_live() && p.conn_id != s.conn_id) {
         to_close.push(p.conn_id);
@@ -241,11 +264,13 @@ pub(super) async fn attach(
         "presenceId": record.presence_id,
         "memberDisplayName": v.member.display_name,
         "memberProfile": {
-            "roleTag": v.member.role_tag,
             "groups": v.member.default_groups,
             "messageMode": v.member.message_mode.clone().unwrap_or_else(|| "push".into()),
         },
     });
+    if let Some(tag) = &v.member.role_tag {
+        ack["memberProfile"]["roleTag"] = json!(tag);
+    }
     if let Some(r) = &restored {
         ack["restored"] = json!(true);
         if let Some(summary) = &r.summary {
@@ -261,25 +286,15 @@ pub(super) async fn attach(
     node.metrics
         .handshake_seconds
         .observe(s.opened.elapsed().as_secs_f64());
+    handle.open_gate(node.config.held_queue_bytes);
 
-    let handle = Arc::new(SessionHandle {
-        conn_id: s.conn_id.clone(),
-        mesh_id: mesh_id.clone(),
-        presence_id: record.presence_id.clone(),
-        member_id: v.member.id.clone(),
-        session_key: v.session_key.clone(),
-        pid: v.meta.pid,
-        cwd,
-        out: s.out.clone(),
-        control: ctl_tx,
-        drain: Notify::new(),
-        status: Mutex::new(record.status),
-        held: Mutex::new(Held::default()),
-    });
-    if node.hub.insert(handle.clone())
-        && let Err(e) = node.bus.subscribe(&mesh_id).await
-    {
-        warn!(error = %e, "mesh subscription failed");
+    if !node.is_accepting() {
+        // Shutdown began during this handshake: this socket missed the closing round.
+        let _ = handle.control.send(Control::Close {
+            code: 1001,
+            reason: "going_away".into(),
+            after: AfterClose::Grace,
+        });
     }
 
     if previous.is_none() {
@@ -323,11 +338,8 @@ pub(super) async fn detach(s: &mut Session, after: AfterClose) {
     let Some(a) = s.attached.take() else { return };
     let node = s.node.clone();
     let mesh_id = a.mesh.id.clone();
-    if node.hub.remove(&mesh_id, &s.conn_id)
-        && let Err(e) = node.bus.unsubscribe(&mesh_id).await
-    {
-        warn!(error = %e, "mesh unsubscription failed");
-    }
+    node.hub.remove(&mesh_id, &s.conn_id);
+    node.sync_subscription(&mesh_id).await;
     let presence_id = a.record.presence_id.clone();
     match after {
         AfterClose::Grace => {
@@ -357,10 +369,4 @@ pub(super) async fn detach(s: &mut Session, after: AfterClose) {
 /// Held-frame flush and drain bookkeeping used by status changes.
 pub(super) fn take_held(handle: &SessionHandle) -> Vec<bytes::Bytes> {
     handle.held.lock().unwrap_or_else(|p| p.into_inner()).take()
-}
-
-/// When a hook status arrives for a presence that is not connected yet, it waits here.
-pub(crate) fn remember_pending_hook(node: &Node, pid: Option<i64>, cwd: &str, status: Status) {
-    let mut pending = node.hook_pending.lock().unwrap_or_else(|p| p.into_inner());
-    pending.insert(Node::hook_key(pid, cwd), (status, Instant::now()));
 }

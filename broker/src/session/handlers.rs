@@ -195,10 +195,15 @@ impl Session {
 
         match target {
             Target::Direct(key) => {
-                let matches = routing::direct_matches(&records, key);
-                let recipient = match matches.first() {
-                    Some(r) => node.store.member(&a.mesh.id, &r.member_id).await,
-                    None => node.store.member_by_pubkey(&a.mesh.id, key).await,
+                // A member key always means that member, whatever sessions announce; only
+                // a key that is no member's is looked up among session keys.
+                let recipient = match node.store.member_by_pubkey(&a.mesh.id, key).await {
+                    Ok(Some(m)) => Ok(Some(m)),
+                    Ok(None) => match routing::session_target(&records, key) {
+                        Some(r) => node.store.member(&a.mesh.id, &r.member_id).await,
+                        None => Ok(None),
+                    },
+                    Err(e) => Err(e),
                 };
                 let recipient = match recipient {
                     Ok(Some(m)) if m.revoked_at.is_none() => m,

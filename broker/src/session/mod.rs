@@ -11,7 +11,6 @@
 //! frames never race each other.
 
 mod events;
-pub(crate) use events::remember_pending_hook;
 mod handlers;
 mod moderation;
 pub mod outbound;

@@ -272,15 +272,16 @@ impl Store for MemoryStore {
         message: MessageRef<'_>,
     ) -> StoreResult<bool> {
         let mut inner = self.lock();
-        let seq = inner.queue.iter().find_map(|(seq, row)| {
+        let before = inner.queue.len();
+        inner.queue.retain(|_, row| {
             let m = &row.message;
             let named = match message {
                 MessageRef::Broker(id) => m.id == id,
                 MessageRef::Client(id) => m.client_message_id.as_deref() == Some(id),
             };
-            (named && m.mesh_id == mesh_id && m.target_member_id == member_id).then_some(*seq)
+            !(named && m.mesh_id == mesh_id && m.target_member_id == member_id)
         });
-        Ok(seq.and_then(|s| inner.queue.remove(&s)).is_some())
+        Ok(inner.queue.len() < before)
     }
 
     async fn sweep_expired(&self, before_ms: i64) -> StoreResult<u64> {
