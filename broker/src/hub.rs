@@ -27,6 +27,9 @@ pub enum Control {
     HookStatus(Status),
 }
 
+/// A frame waiting at a connection's gate, with its priority (`None`: system event).
+pub type Gated = (Bytes, Option<Priority>);
+
 /// What the rest of the replica may do with one live connection.
 #[derive(Debug)]
 pub struct SessionHandle {
@@ -46,7 +49,7 @@ pub struct SessionHandle {
     /// Broadcasts held back while the status is busy, flushed on return to `idle`.
     pub held: Mutex<Held>,
     /// Frames that arrived before the hello_ack was queued (`Some` until then).
-    pub gate: Mutex<Option<Vec<(Bytes, Option<Priority>)>>>,
+    pub gate: Mutex<Option<Vec<Gated>>>,
 }
 
 /// Frames held for a busy presence, bounded in bytes (the oldest are dropped first).
