@@ -112,7 +112,10 @@ fn find_db_error<'a>(
         if let Some(db) = c.downcast_ref::<tokio_postgres::error::DbError>() {
             return Some(db);
         }
-        if let Some(db) = c.downcast_ref::<tokio_postgres::Error>().and_then(|pg| pg.as_db_error()) {
+        if let Some(db) = c
+            .downcast_ref::<tokio_postgres::Error>()
+            .and_then(|pg| pg.as_db_error())
+        {
             return Some(db);
         }
         cur = c.source();
