@@ -25,6 +25,8 @@ pub enum Control {
     },
     /// A Claude Code hook reported a status for this session.
     HookStatus(Status),
+    /// The bus recovered from an outage: re-register the presence and drain the queue.
+    Resync,
 }
 
 /// A frame waiting at a connection's gate, with its priority (`None`: system event).

@@ -25,8 +25,10 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tracing::info;
 
-use crate::cluster::bus::{AfterClose, MemoryBus};
-use crate::cluster::presence::MemoryPresence;
+use crate::cluster::bus::{AfterClose, Bus, BusSink, MemoryBus};
+use crate::cluster::presence::{MemoryPresence, Presence};
+use crate::cluster::redis_bus::RedisBus;
+use crate::cluster::redis_presence::RedisPresence;
 use crate::config::Config;
 use crate::hub::Control;
 use crate::metrics::Metrics;
@@ -34,6 +36,7 @@ use crate::node::Node;
 use crate::store::Store;
 use crate::store::memory::MemoryStore;
 use crate::store::postgres::{PgStore, SCHEMA_VERSION};
+use tokio_util::sync::CancellationToken;
 
 /// Why the broker could not run.
 #[derive(Debug, thiserror::Error)]
@@ -88,21 +91,14 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
-    if config.redis_url.is_some() {
-        return Err(RunError::Unsupported(
-            "REDIS_URL is set, but this build has no Redis backend yet: run one replica without it"
-                .into(),
-        ));
-    }
     let store = open_store(&config).await?;
     let (sink, mut events) = mpsc::unbounded_channel();
-    let node = Arc::new(Node::new(
-        config,
-        store,
-        Arc::new(MemoryPresence::new()),
-        Arc::new(MemoryBus::new(sink)),
-        Metrics::new(),
-    ));
+    // Stops the Redis loops when this replica is done.
+    let cluster_stop = CancellationToken::new();
+    let _stop_guard = cluster_stop.clone().drop_guard();
+    let (presence, bus) = open_cluster(&config, sink, cluster_stop).await?;
+    let clustered = config.redis_url.is_some();
+    let node = Arc::new(Node::new(config, store, presence, bus, Metrics::new()));
 
     // Bus events reach local sockets through one dispatcher, which keeps publish order.
     let dispatcher = {
@@ -121,13 +117,75 @@ pub async fn run(
         })
     };
     node.tracker.spawn(sweep_loop(node.clone()));
+    if clustered {
+        node.tracker
+            .spawn(cluster::reaper::housekeeping(node.clone()));
+        node.tracker
+            .spawn(cluster::reaper::resync_on_reconnect(node.clone()));
+    }
     node.tracker
         .spawn(server::accept_loop(node.clone(), listener));
 
     shutdown.await;
     drain(&node).await;
+    if clustered && let Err(e) = node.presence.leave(&node.config.node_id).await {
+        tracing::warn!(error = %e, "could not remove this replica's heartbeat");
+    }
     dispatcher.abort();
     Ok(())
+}
+
+type ClusterBackends = (Arc<dyn Presence>, Arc<dyn Bus>);
+
+/// Memory presence and bus in dev mode and with PostgreSQL alone; Redis with `REDIS_URL`.
+async fn open_cluster(
+    config: &Config,
+    sink: BusSink,
+    stop: CancellationToken,
+) -> Result<ClusterBackends, RunError> {
+    let Some(url) = &config.redis_url else {
+        return Ok((
+            Arc::new(MemoryPresence::new()),
+            Arc::new(MemoryBus::new(sink)),
+        ));
+    };
+    // Pub/sub needs RESP3 pushes for automatic resubscription after a reconnect.
+    let url = if url.contains("protocol=") {
+        url.clone()
+    } else if url.contains('?') {
+        format!("{url}&protocol=resp3")
+    } else {
+        format!("{url}?protocol=resp3")
+    };
+    let client = redis::Client::open(url.as_str())
+        .map_err(|e| RunError::Unsupported(format!("REDIS_URL: {e}")))?;
+    let manager_config = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(2)))
+        .set_response_timeout(Some(Duration::from_secs(2)))
+        .set_max_delay(Duration::from_secs(1))
+        // Fail fast while Redis is down: callers degrade (see docs/statelessness.md) and
+        // the next command reconnects.
+        .set_number_of_retries(1);
+    let deadline = tokio::time::Instant::now() + config.database_connect_timeout;
+    let conn = loop {
+        match redis::aio::ConnectionManager::new_with_config(client.clone(), manager_config.clone())
+            .await
+        {
+            Ok(c) => break c,
+            Err(e) if tokio::time::Instant::now() >= deadline => {
+                return Err(RunError::Database(format!("Redis is unreachable: {e}")));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "waiting for Redis");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    };
+    let prefix = &config.redis_prefix;
+    let bus = RedisBus::connect(client, conn.clone(), prefix, &config.node_id, sink, stop)
+        .await
+        .map_err(|e| RunError::Database(format!("Redis pub/sub: {e}")))?;
+    Ok((Arc::new(RedisPresence::new(conn, prefix)), Arc::new(bus)))
 }
 
 async fn sweep_loop(node: Arc<Node>) {

@@ -44,6 +44,8 @@ pub struct Metrics {
     pub presences_expired: Counter,
     pub audit_write_failures: Counter,
     pub db_healthy: Gauge,
+    pub presences_reaped: Counter,
+    pub pubsub_healthy: Gauge,
 }
 
 /// `(name, help)` of every metric, as the registry exposes them (docs and tests read it).
@@ -119,6 +121,16 @@ pub const CATALOGUE: &[(&str, &str, &str)] = &[
         "Audit chain appends that failed (each is also logged).",
     ),
     (
+        "broker_presences_reaped_total",
+        "counter",
+        "Live presences of dead replicas ended by this replica's reaper.",
+    ),
+    (
+        "broker_pubsub_healthy",
+        "gauge",
+        "1 while the bus proved publish/subscribe end to end at the last check, else 0.",
+    ),
+    (
         "broker_db_healthy",
         "gauge",
         "1 while the store answered its last health check, else 0 (always 1 in dev mode).",
@@ -144,6 +156,8 @@ impl Metrics {
             presences_expired: Counter::default(),
             audit_write_failures: Counter::default(),
             db_healthy: Gauge::default(),
+            presences_reaped: Counter::default(),
+            pubsub_healthy: Gauge::default(),
             registry: Registry::default(),
         };
         // prometheus-client appends `_total` to counters itself, so counters are registered
@@ -181,6 +195,9 @@ impl Metrics {
         register!("broker_presences_expired_total", m.presences_expired);
         register!("broker_audit_write_failures_total", m.audit_write_failures);
         register!("broker_db_healthy", m.db_healthy);
+        register!("broker_presences_reaped_total", m.presences_reaped);
+        register!("broker_pubsub_healthy", m.pubsub_healthy);
+        m.pubsub_healthy.set(1);
         m.db_healthy.set(1);
         Metrics { registry, ..m }
     }

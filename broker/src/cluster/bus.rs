@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::protocol::Priority;
 
@@ -68,6 +68,9 @@ pub trait Bus: Send + Sync + 'static {
     async fn unsubscribe(&self, mesh_id: &str) -> Result<(), BusError>;
     /// Whether publish/subscribe works end to end now (readiness).
     async fn healthy(&self) -> bool;
+    /// Ticks each time the bus recovered from an outage: events may have been lost, so
+    /// the replica re-syncs (resubscribes, re-registers presences, re-drains sessions).
+    fn reconnects(&self) -> watch::Receiver<u64>;
 }
 
 /// In-process bus: single node only. A publish is handed straight to this replica's hub,
@@ -76,6 +79,8 @@ pub trait Bus: Send + Sync + 'static {
 pub struct MemoryBus {
     sink: BusSink,
     subscribed: Mutex<HashSet<String>>,
+    /// Never ticks: an in-process bus has no outages.
+    reconnects: watch::Sender<u64>,
 }
 
 impl MemoryBus {
@@ -83,6 +88,7 @@ impl MemoryBus {
         Self {
             sink,
             subscribed: Mutex::new(HashSet::new()),
+            reconnects: watch::Sender::new(0),
         }
     }
 }
@@ -125,5 +131,9 @@ impl Bus for MemoryBus {
 
     async fn healthy(&self) -> bool {
         !self.sink.is_closed()
+    }
+
+    fn reconnects(&self) -> watch::Receiver<u64> {
+        self.reconnects.subscribe()
     }
 }

@@ -24,7 +24,8 @@ use serde_json::{Map, Value};
 use crate::protocol::{Group, Status};
 
 /// `control-plane` for `hello` connections, `session` for `session_hello`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum PeerRole {
     ControlPlane,
     Session,
@@ -39,7 +40,7 @@ impl PeerRole {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct PresenceRecord {
     pub presence_id: String,
     pub mesh_id: String,
@@ -160,7 +161,21 @@ pub trait Presence: Send + Sync + 'static {
     async fn take_send_token(&self, key: &str, burst: u32, per_min: u32) -> PresenceResult<bool>;
     /// Whether the backend answers now (readiness).
     async fn healthy(&self) -> bool;
+
+    /// Records `node_id` alive at `now_ms` (cluster heartbeat).
+    async fn heartbeat(&self, node_id: &str, now_ms: i64) -> PresenceResult<()>;
+    /// Forgets `node_id`'s heartbeat (clean shutdown: its presences are all in grace).
+    async fn leave(&self, node_id: &str) -> PresenceResult<()>;
+    /// Ends the live records of every node whose last heartbeat is older than
+    /// `stale_before`; each record is returned to exactly one caller.
+    async fn reap_dead_nodes(&self, stale_before: i64) -> PresenceResult<Vec<PresenceRecord>>;
+    /// Removes records whose grace ended by `now_ms`; each is returned to exactly one caller.
+    /// This is the backstop for grace timers lost with a replica.
+    async fn expire_due(&self, now_ms: i64) -> PresenceResult<Vec<PresenceRecord>>;
 }
+
+/// Token buckets kept before the full (idle) ones are forgotten.
+const MAX_IDLE_BUCKETS: usize = 10_000;
 
 /// In-process presence: single node only.
 #[derive(Debug, Default)]
@@ -318,6 +333,13 @@ impl Presence for MemoryPresence {
         }
         let mut inner = self.lock();
         let now = Instant::now();
+        if inner.buckets.len() > MAX_IDLE_BUCKETS {
+            // A bucket untouched for a whole refill period is full again: forgetting it is exact.
+            let full_after = Duration::from_secs_f64(60.0 * f64::from(burst) / f64::from(per_min));
+            inner
+                .buckets
+                .retain(|_, (_, at)| now.duration_since(*at) < full_after);
+        }
         let (tokens, at) = inner
             .buckets
             .entry(key.to_string())
@@ -335,5 +357,33 @@ impl Presence for MemoryPresence {
 
     async fn healthy(&self) -> bool {
         true
+    }
+
+    // One node: there is no other replica to watch or to be reaped by.
+    async fn heartbeat(&self, _node_id: &str, _now_ms: i64) -> PresenceResult<()> {
+        Ok(())
+    }
+
+    async fn leave(&self, _node_id: &str) -> PresenceResult<()> {
+        Ok(())
+    }
+
+    async fn reap_dead_nodes(&self, _stale_before: i64) -> PresenceResult<Vec<PresenceRecord>> {
+        Ok(Vec::new())
+    }
+
+    async fn expire_due(&self, now_ms: i64) -> PresenceResult<Vec<PresenceRecord>> {
+        let mut inner = self.lock();
+        let due: Vec<(String, String)> = inner
+            .meshes
+            .values()
+            .flat_map(|m| m.values())
+            .filter(|r| r.grace_until.is_some_and(|g| g <= now_ms))
+            .map(|r| (r.mesh_id.clone(), r.presence_id.clone()))
+            .collect();
+        Ok(due
+            .into_iter()
+            .filter_map(|(m, p)| inner.take(&m, &p))
+            .collect())
     }
 }

@@ -370,3 +370,38 @@ pub(super) async fn detach(s: &mut Session, after: AfterClose) {
 pub(super) fn take_held(handle: &SessionHandle) -> Vec<bytes::Bytes> {
     handle.held.lock().unwrap_or_else(|p| p.into_inner()).take()
 }
+
+impl Session {
+    /// After a bus outage: restore this connection's presence record (the backend may have
+    /// lost it) unless another connection took it over meanwhile, then drain the queue for
+    /// doorbells that were lost.
+    pub(super) async fn resync(&mut self) -> Option<AfterClose> {
+        let node = self.node.clone();
+        let a = self.attached.as_ref()?;
+        let records = match node.presence.list(&a.mesh.id).await {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(error = %e, "resync: presence unavailable");
+                return None;
+            }
+        };
+        match records
+            .iter()
+            .find(|r| r.presence_id == a.record.presence_id)
+        {
+            Some(r) if r.conn_id != self.conn_id => {
+                // Replaced while the bus was down: the replacement's close never reached us.
+                self.out.close(1000, "session_replaced");
+                return Some(AfterClose::Grace);
+            }
+            Some(_) => {}
+            None => {
+                if let Err(e) = node.presence.attach(a.record.clone()).await {
+                    warn!(error = %e, "resync: presence not restored");
+                }
+            }
+        }
+        self.drain(false).await;
+        None
+    }
+}

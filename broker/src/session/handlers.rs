@@ -171,7 +171,9 @@ impl Session {
                     &format!("rate_limit: more than {per_min} messages per minute, slow down"),
                 );
             }
-            Err(e) => return reject(self, "store", &e.to_string()),
+            // The limiter's backend (Redis) is down: fail open rather than stop every
+            // sender; the outage is visible in readiness and logs.
+            Err(e) => warn!(error = %e, "rate limiter unavailable; send allowed"),
         }
         let size = send.ciphertext.len() + send.nonce.len() + send.target_spec.len();
         if size > node.config.max_message_bytes {
@@ -183,6 +185,12 @@ impl Session {
         };
         let records = match node.presence.list(&a.mesh.id).await {
             Ok(r) => r,
+            // Direct messages by member key still work without presence: they are durable
+            // and the doorbell reaches this replica's sockets. Fan-out needs presence.
+            Err(e) if matches!(target, Target::Direct(_)) => {
+                warn!(error = %e, "presence unavailable; routing the direct message by member key");
+                Vec::new()
+            }
             Err(e) => return reject(self, "store", &e.to_string()),
         };
         let sender = Sender {

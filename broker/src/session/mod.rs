@@ -15,6 +15,8 @@ mod handlers;
 mod moderation;
 pub mod outbound;
 
+pub(crate) use events::end_presence;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -241,6 +243,11 @@ impl Session {
                         break after;
                     }
                     Some(Control::HookStatus(status)) => self.apply_hook_status(status).await,
+                    Some(Control::Resync) => {
+                        if let Some(after) = self.resync().await {
+                            break after;
+                        }
+                    }
                     None => {}
                 },
                 msg = inbound.recv() => match msg {

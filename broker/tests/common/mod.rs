@@ -10,6 +10,7 @@
 )]
 
 pub mod pg;
+pub mod redis;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;

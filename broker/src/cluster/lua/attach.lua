@@ -1,0 +1,14 @@
+-- Insert a presence record or take it over (reattach); returns {old record, old owner}.
+-- KEYS: presence hash, owner hash, grace zset, node set of the new owner
+-- ARGV: presence id, record JSON, conn id, "mesh|presence", node-set key prefix
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+local old_owner = redis.call('HGET', KEYS[2], ARGV[1])
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[3] .. '|0')
+redis.call('ZREM', KEYS[3], ARGV[4])
+if old_owner then
+  local old_node = string.match(old_owner, '^(.*)/[^/]*|')
+  if old_node then redis.call('SREM', ARGV[5] .. old_node, ARGV[4]) end
+end
+redis.call('SADD', KEYS[4], ARGV[4])
+return {old or false, old_owner or false}

@@ -1,0 +1,69 @@
+//! The cluster housekeeping every replica runs: its heartbeat, reaping the presences of
+//! replicas that died, expiring grace leases whose timer was lost, and re-syncing after
+//! the bus recovered from an outage.
+
+use std::sync::Arc;
+
+use tracing::{info, warn};
+
+use crate::hub::Control;
+use crate::ids::now_ms;
+use crate::node::Node;
+use crate::session::end_presence;
+
+/// Heartbeat, reap and expire on every `HEARTBEAT_INTERVAL_MS` tick until shutdown.
+pub async fn housekeeping(node: Arc<Node>) {
+    let mut tick = tokio::time::interval(node.config.heartbeat_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let dead_after = node.config.node_dead_after.as_millis() as i64;
+    loop {
+        tokio::select! {
+            _ = node.stopping.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let now = now_ms();
+        if let Err(e) = node.presence.heartbeat(&node.config.node_id, now).await {
+            warn!(error = %e, "heartbeat failed");
+            continue;
+        }
+        match node.presence.reap_dead_nodes(now - dead_after).await {
+            Ok(records) => {
+                if !records.is_empty() {
+                    info!(
+                        count = records.len(),
+                        "reaped the presences of a dead replica"
+                    );
+                }
+                for record in records {
+                    node.metrics.presences_reaped.inc();
+                    end_presence(&node, record).await;
+                }
+            }
+            Err(e) => warn!(error = %e, "reaping failed"),
+        }
+        match node.presence.expire_due(now).await {
+            Ok(records) => {
+                for record in records {
+                    node.metrics.presences_expired.inc();
+                    end_presence(&node, record).await;
+                }
+            }
+            Err(e) => warn!(error = %e, "grace expiry failed"),
+        }
+    }
+}
+
+/// Re-syncs this replica each time the bus reports a recovery.
+pub async fn resync_on_reconnect(node: Arc<Node>) {
+    let mut reconnects = node.bus.reconnects();
+    loop {
+        tokio::select! {
+            _ = node.stopping.cancelled() => break,
+            changed = reconnects.changed() => if changed.is_err() { break },
+        }
+        node.resubscribe_all().await;
+        for handle in node.hub.all() {
+            let _ = handle.control.send(Control::Resync);
+        }
+    }
+}

@@ -1,0 +1,407 @@
+//! [`Bus`] on Redis pub/sub (RESP3 push, automatic resubscription).
+//!
+//! A publish is handed to this replica's hub at once and published on the mesh channel
+//! for the others; a replica ignores its own echoes. Each replica also listens on its node
+//! channel, where a probe loop proves pub/sub end to end (readiness) and notices
+//! reconnects, after which [`Bus::reconnects`] ticks and the replica re-syncs: it
+//! resubscribes, re-registers its presences and re-drains every session from the store.
+//!
+//! Wire format of a message: one JSON header line, `\n`, then the raw frame bytes.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, PushKind};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Mutex, mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::bus::{AfterClose, Bus, BusError, BusSink, MeshEvent};
+use crate::protocol::Priority;
+
+/// How often the probe checks pub/sub end to end.
+const PROBE_INTERVAL: Duration = Duration::from_millis(500);
+/// How long a probe may take before pub/sub counts as broken.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Header {
+    /// Origin node.
+    o: String,
+    /// `d` deliver, `b` doorbell, `c` close.
+    k: char,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    p: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    r: Option<Priority>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    m: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    code: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+    #[serde(default)]
+    end: bool,
+}
+
+fn encode(origin: &str, event: &MeshEvent) -> Vec<u8> {
+    let (header, frame): (Header, &[u8]) = match event {
+        MeshEvent::Deliver {
+            presence_ids,
+            priority,
+            frame,
+        } => (
+            Header {
+                o: origin.into(),
+                k: 'd',
+                p: presence_ids.to_vec(),
+                r: *priority,
+                m: None,
+                code: None,
+                reason: None,
+                end: false,
+            },
+            frame,
+        ),
+        MeshEvent::Doorbell { member_id } => (
+            Header {
+                o: origin.into(),
+                k: 'b',
+                p: vec![],
+                r: None,
+                m: Some(member_id.clone()),
+                code: None,
+                reason: None,
+                end: false,
+            },
+            &[],
+        ),
+        MeshEvent::Close {
+            conn_ids,
+            code,
+            reason,
+            after,
+        } => (
+            Header {
+                o: origin.into(),
+                k: 'c',
+                p: conn_ids.clone(),
+                r: None,
+                m: None,
+                code: Some(*code),
+                reason: Some(reason.clone()),
+                end: *after == AfterClose::End,
+            },
+            &[],
+        ),
+    };
+    let mut out = serde_json::to_vec(&header).unwrap_or_default();
+    out.push(b'\n');
+    out.extend_from_slice(frame);
+    out
+}
+
+fn decode(payload: &[u8]) -> Option<(String, MeshEvent)> {
+    let split = payload.iter().position(|b| *b == b'\n')?;
+    let header: Header = serde_json::from_slice(&payload[..split]).ok()?;
+    let event = match header.k {
+        'd' => MeshEvent::Deliver {
+            presence_ids: header.p.into(),
+            priority: header.r,
+            frame: Bytes::copy_from_slice(&payload[split + 1..]),
+        },
+        'b' => MeshEvent::Doorbell {
+            member_id: header.m?,
+        },
+        'c' => MeshEvent::Close {
+            conn_ids: header.p,
+            code: header.code?,
+            reason: header.reason.unwrap_or_default(),
+            after: if header.end {
+                AfterClose::End
+            } else {
+                AfterClose::Grace
+            },
+        },
+        _ => return None,
+    };
+    Some((header.o, event))
+}
+
+pub struct RedisBus {
+    node_id: String,
+    prefix: String,
+    publisher: ConnectionManager,
+    /// The connection holding the subscriptions (RESP3 pushes arrive through it).
+    subscriber: Arc<Mutex<ConnectionManager>>,
+    sink: BusSink,
+    healthy: Arc<AtomicBool>,
+    reconnects: watch::Receiver<u64>,
+}
+
+impl std::fmt::Debug for RedisBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBus")
+            .field("node_id", &self.node_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisBus {
+    /// Connects, subscribes the node channel and starts the receive and probe loops,
+    /// which run until `stop` is cancelled.
+    pub async fn connect(
+        client: redis::Client,
+        publisher: ConnectionManager,
+        prefix: &str,
+        node_id: &str,
+        sink: BusSink,
+        stop: CancellationToken,
+    ) -> Result<RedisBus, BusError> {
+        let (push_tx, mut push_rx) = mpsc::unbounded_channel();
+        let config = ConnectionManagerConfig::new()
+            .set_push_sender(push_tx)
+            .set_automatic_resubscription()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(2)))
+            .set_max_delay(Duration::from_secs(1))
+            // Fail fast while Redis is down: callers degrade (see docs/statelessness.md) and
+            // the next command reconnects.
+            .set_number_of_retries(1);
+        let mut subscriber = ConnectionManager::new_with_config(client, config)
+            .await
+            .map_err(|e| BusError(e.to_string()))?;
+        let node_channel = format!("{prefix}:node:{node_id}");
+        subscriber
+            .subscribe(&node_channel)
+            .await
+            .map_err(|e| BusError(e.to_string()))?;
+        let subscriber = Arc::new(Mutex::new(subscriber));
+
+        let healthy = Arc::new(AtomicBool::new(true));
+        let (reconnect_tx, reconnects) = watch::channel(0u64);
+        let probes_seen = Arc::new(AtomicU64::new(0));
+        let disconnected = Arc::new(AtomicBool::new(false));
+
+        // Receive loop: pushes from Redis to the hub.
+        {
+            let (sink, node_id, probes_seen, disconnected, stop) = (
+                sink.clone(),
+                node_id.to_string(),
+                probes_seen.clone(),
+                disconnected.clone(),
+                stop.clone(),
+            );
+            let mesh_prefix = format!("{prefix}:mesh:");
+            tokio::spawn(async move {
+                loop {
+                    let push = tokio::select! {
+                        _ = stop.cancelled() => break,
+                        push = push_rx.recv() => match push { Some(p) => p, None => break },
+                    };
+                    match push.kind {
+                        PushKind::Disconnection => {
+                            debug!("redis pub/sub connection lost");
+                            disconnected.store(true, Ordering::Relaxed);
+                        }
+                        PushKind::Message => {
+                            let mut data = push.data.into_iter();
+                            let (Some(channel), Some(payload)) = (data.next(), data.next()) else {
+                                continue;
+                            };
+                            let (Ok(channel), Ok(payload)) = (
+                                redis::from_redis_value::<String>(channel),
+                                redis::from_redis_value::<Vec<u8>>(payload),
+                            ) else {
+                                continue;
+                            };
+                            if channel == node_channel {
+                                if let Ok(n) =
+                                    std::str::from_utf8(&payload).unwrap_or("").parse::<u64>()
+                                {
+                                    probes_seen.fetch_max(n, Ordering::Relaxed);
+                                }
+                                continue;
+                            }
+                            let Some(mesh_id) = channel.strip_prefix(&mesh_prefix) else {
+                                continue;
+                            };
+                            match decode(&payload) {
+                                Some((origin, _)) if origin == node_id => {}
+                                Some((_, event)) => {
+                                    let _ = sink.send((mesh_id.to_string(), event));
+                                }
+                                None => warn!(channel, "undecodable bus message"),
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            });
+        }
+
+        // Probe loop: proves pub/sub end to end and notices recoveries.
+        {
+            let (mut publisher, healthy, probes_seen, disconnected, stop) = (
+                publisher.clone(),
+                healthy.clone(),
+                probes_seen.clone(),
+                disconnected.clone(),
+                stop.clone(),
+            );
+            let subscriber = subscriber.clone();
+            let node_channel = format!("{prefix}:node:{node_id}");
+            tokio::spawn(async move {
+                let mut n: u64 = 0;
+                let mut tick = tokio::time::interval(PROBE_INTERVAL);
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tick.tick() => {}
+                    }
+                    n += 1;
+                    let sent = publisher
+                        .publish::<_, _, i64>(&node_channel, n.to_string())
+                        .await
+                        .is_ok();
+                    let deadline = tokio::time::Instant::now() + PROBE_TIMEOUT;
+                    let mut ok = false;
+                    while sent && tokio::time::Instant::now() < deadline {
+                        if probes_seen.load(Ordering::Relaxed) >= n {
+                            ok = true;
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    if !ok {
+                        // The subscriber connection reconnects (and resubscribes) only when
+                        // it is used: nudge it.
+                        let mut sub = subscriber.lock().await;
+                        let _ = redis::cmd("PING")
+                            .query_async::<redis::Value>(&mut *sub)
+                            .await;
+                    }
+                    let was = healthy.swap(ok, Ordering::Relaxed);
+                    if ok && (!was || disconnected.swap(false, Ordering::Relaxed)) {
+                        info!("redis pub/sub is back: re-syncing this replica");
+                        reconnect_tx.send_modify(|v| *v += 1);
+                    } else if !ok && was {
+                        warn!("redis pub/sub probe failed");
+                    }
+                }
+            });
+        }
+
+        Ok(RedisBus {
+            node_id: node_id.to_string(),
+            prefix: prefix.to_string(),
+            publisher,
+            subscriber,
+            sink,
+            healthy,
+            reconnects,
+        })
+    }
+
+    fn channel(&self, mesh_id: &str) -> String {
+        format!("{}:mesh:{mesh_id}", self.prefix)
+    }
+}
+
+#[async_trait]
+impl Bus for RedisBus {
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn publish(&self, mesh_id: &str, event: MeshEvent) -> Result<(), BusError> {
+        let payload = encode(&self.node_id, &event);
+        // Local sockets get it now, whatever happens to Redis.
+        let _ = self.sink.send((mesh_id.to_string(), event));
+        let mut c = self.publisher.clone();
+        c.publish::<_, _, i64>(self.channel(mesh_id), payload)
+            .await
+            .map(|_| ())
+            .map_err(|e| BusError(format!("{e} (delivered on this replica only)")))
+    }
+
+    async fn subscribe(&self, mesh_id: &str) -> Result<(), BusError> {
+        let mut c = self.subscriber.lock().await;
+        c.subscribe(self.channel(mesh_id))
+            .await
+            .map_err(|e| BusError(e.to_string()))
+    }
+
+    async fn unsubscribe(&self, mesh_id: &str) -> Result<(), BusError> {
+        let mut c = self.subscriber.lock().await;
+        c.unsubscribe(self.channel(mesh_id))
+            .await
+            .map_err(|e| BusError(e.to_string()))
+    }
+
+    async fn healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    fn reconnects(&self) -> watch::Receiver<u64> {
+        self.reconnects.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_survive_the_wire_format() {
+        let frame = Bytes::from_static(br#"{"type":"push","ciphertext":"a\nb"}"#);
+        let e = MeshEvent::Deliver {
+            presence_ids: vec!["p1".to_string(), "p2".to_string()].into(),
+            priority: Some(Priority::Low),
+            frame: frame.clone(),
+        };
+        let (origin, back) = decode(&encode("n1", &e)).expect("decodes");
+        assert_eq!(origin, "n1");
+        match back {
+            MeshEvent::Deliver {
+                presence_ids,
+                priority,
+                frame: f,
+            } => {
+                assert_eq!(&presence_ids[..], ["p1", "p2"]);
+                assert_eq!(priority, Some(Priority::Low));
+                assert_eq!(f, frame);
+            }
+            other => panic!("{other:?}"),
+        }
+        let e = MeshEvent::Close {
+            conn_ids: vec!["n/1".into()],
+            code: 4001,
+            reason: "kicked".into(),
+            after: AfterClose::End,
+        };
+        assert!(matches!(
+            decode(&encode("n1", &e)),
+            Some((
+                _,
+                MeshEvent::Close {
+                    code: 4001,
+                    after: AfterClose::End,
+                    ..
+                }
+            ))
+        ));
+        let e = MeshEvent::Doorbell {
+            member_id: "m".into(),
+        };
+        assert!(
+            matches!(decode(&encode("n1", &e)), Some((_, MeshEvent::Doorbell { member_id })) if member_id == "m")
+        );
+        assert!(decode(b"garbage").is_none());
+    }
+}
