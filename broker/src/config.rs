@@ -196,6 +196,30 @@ pub const SETTINGS: &[Setting] = &[
         doc: "On SIGTERM, the process exits at the latest after this long.",
     },
     Setting {
+        name: "OTEL_EXPORTER_OTLP_ENDPOINT",
+        default: "",
+        unit: "url",
+        doc: "OTLP/HTTP base URL (`/v1/traces` is appended). Unset: no traces are exported.",
+    },
+    Setting {
+        name: "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        default: "",
+        unit: "url",
+        doc: "Full OTLP/HTTP traces URL; wins over `OTEL_EXPORTER_OTLP_ENDPOINT`.",
+    },
+    Setting {
+        name: "OTEL_SERVICE_NAME",
+        default: "mesh-broker",
+        unit: "string",
+        doc: "`service.name` of exported spans (`service.instance.id` is the node id).",
+    },
+    Setting {
+        name: "OTEL_SDK_DISABLED",
+        default: "false",
+        unit: "bool",
+        doc: "`true` turns trace export off even when an endpoint is set. The SDK also reads `OTEL_BSP_*` (batching).",
+    },
+    Setting {
         name: "LOG_FORMAT",
         default: "text",
         unit: "`text`/`json`",
@@ -295,6 +319,9 @@ pub struct Config {
     pub hook_pending: Duration,
     pub shutdown_drain: Duration,
     pub shutdown_deadline: Duration,
+    /// Where spans are exported (OTLP/HTTP); `None`: traces off.
+    pub otlp_traces_endpoint: Option<String>,
+    pub otel_service_name: String,
     pub log_format: LogFormat,
     pub log_filter: String,
 }
@@ -347,6 +374,19 @@ impl Config {
             hook_pending: r.millis("HOOK_PENDING_MS")?,
             shutdown_drain: r.millis("SHUTDOWN_DRAIN_MS")?,
             shutdown_deadline: r.millis("SHUTDOWN_DEADLINE_MS")?,
+            otlp_traces_endpoint: match r.value("OTEL_SDK_DISABLED").as_str() {
+                "true" => None,
+                "false" => r
+                    .optional("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+                    .or_else(|| {
+                        r.optional("OTEL_EXPORTER_OTLP_ENDPOINT")
+                            .map(|base| format!("{}/v1/traces", base.trim_end_matches('/')))
+                    }),
+                other => {
+                    return Err(r.invalid("OTEL_SDK_DISABLED", other, "expected true or false"));
+                }
+            },
+            otel_service_name: r.value("OTEL_SERVICE_NAME"),
             log_format: match r.value("LOG_FORMAT").as_str() {
                 "text" => LogFormat::Text,
                 "json" => LogFormat::Json,

@@ -15,6 +15,7 @@ pub mod routing;
 pub mod server;
 pub mod session;
 pub mod store;
+pub mod telemetry;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -2,8 +2,7 @@
 
 use std::process::ExitCode;
 
-use broker::config::{Config, LogFormat};
-use tracing_subscriber::EnvFilter;
+use broker::config::Config;
 
 /// `EX_CONFIG` from sysexits: the configuration is unusable.
 const EXIT_CONFIG: u8 = 64;
@@ -18,7 +17,6 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    init_logging(&config);
     if let Some(token) = config.ensure_admin_token() {
         println!("dev mode: generated BROKER_ADMIN_TOKEN={token}");
     }
@@ -33,6 +31,15 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async move {
+        let telemetry = broker::telemetry::Telemetry::init(&config);
+        let code = serve(config).await;
+        telemetry.shutdown();
+        code
+    })
+}
+
+async fn serve(config: Config) -> ExitCode {
+    {
         let addr = std::net::SocketAddr::new(config.host, config.port);
         let listener = match tokio::net::TcpListener::bind(addr).await {
             Ok(l) => l,
@@ -58,17 +65,6 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_UNAVAILABLE)
             }
         }
-    })
-}
-
-fn init_logging(config: &Config) {
-    let filter = EnvFilter::try_new(&config.log_filter).unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match config.log_format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
     }
 }
 

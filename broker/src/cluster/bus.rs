@@ -51,6 +51,17 @@ pub enum MeshEvent {
     },
 }
 
+impl MeshEvent {
+    /// A short name for logs and spans.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            MeshEvent::Deliver { .. } => "deliver",
+            MeshEvent::Doorbell { .. } => "doorbell",
+            MeshEvent::Close { .. } => "close",
+        }
+    }
+}
+
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("bus unavailable: {0}")]
 pub struct BusError(pub String);

@@ -47,10 +47,13 @@ struct Header {
     reason: Option<String>,
     #[serde(default)]
     end: bool,
+    /// W3C traceparent of the publishing span, so the trace continues on this side.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    t: Option<String>,
 }
 
-fn encode(origin: &str, event: &MeshEvent) -> Vec<u8> {
-    let (header, frame): (Header, &[u8]) = match event {
+fn encode(origin: &str, event: &MeshEvent, trace: Option<String>) -> Vec<u8> {
+    let (mut header, frame): (Header, &[u8]) = match event {
         MeshEvent::Deliver {
             presence_ids,
             priority,
@@ -65,6 +68,7 @@ fn encode(origin: &str, event: &MeshEvent) -> Vec<u8> {
                 code: None,
                 reason: None,
                 end: false,
+                t: None,
             },
             frame,
         ),
@@ -78,6 +82,7 @@ fn encode(origin: &str, event: &MeshEvent) -> Vec<u8> {
                 code: None,
                 reason: None,
                 end: false,
+                t: None,
             },
             &[],
         ),
@@ -96,17 +101,22 @@ fn encode(origin: &str, event: &MeshEvent) -> Vec<u8> {
                 code: Some(*code),
                 reason: Some(reason.clone()),
                 end: *after == AfterClose::End,
+                t: None,
             },
             &[],
         ),
     };
+    header.t = trace;
     let mut out = serde_json::to_vec(&header).unwrap_or_default();
     out.push(b'\n');
     out.extend_from_slice(frame);
     out
 }
 
-fn decode(payload: &[u8]) -> Option<(String, MeshEvent)> {
+/// Origin node, trace parent and event of a bus message.
+type Decoded = (String, Option<String>, MeshEvent);
+
+fn decode(payload: &[u8]) -> Option<Decoded> {
     let split = payload.iter().position(|b| *b == b'\n')?;
     let header: Header = serde_json::from_slice(&payload[..split]).ok()?;
     let event = match header.k {
@@ -130,7 +140,7 @@ fn decode(payload: &[u8]) -> Option<(String, MeshEvent)> {
         },
         _ => return None,
     };
-    Some((header.o, event))
+    Some((header.o, header.t, event))
 }
 
 pub struct RedisBus {
@@ -232,9 +242,18 @@ impl RedisBus {
                                 continue;
                             };
                             match decode(&payload) {
-                                Some((origin, _)) if origin == node_id => {}
-                                Some((_, event)) => {
-                                    let _ = sink.send((mesh_id.to_string(), event));
+                                Some((origin, _, _)) if origin == node_id => {}
+                                Some((_, trace, event)) => {
+                                    // Continues the publisher's trace on this replica.
+                                    let span = tracing::info_span!(
+                                        "bus.receive",
+                                        mesh_id,
+                                        kind = event.kind()
+                                    );
+                                    crate::telemetry::follow(&span, trace.as_deref());
+                                    span.in_scope(|| {
+                                        let _ = sink.send((mesh_id.to_string(), event));
+                                    });
                                 }
                                 None => warn!(channel, "undecodable bus message"),
                             }
@@ -320,7 +339,11 @@ impl Bus for RedisBus {
     }
 
     async fn publish(&self, mesh_id: &str, event: MeshEvent) -> Result<(), BusError> {
-        let payload = encode(&self.node_id, &event);
+        let payload = encode(
+            &self.node_id,
+            &event,
+            crate::telemetry::current_traceparent(),
+        );
         // Local sockets get it now, whatever happens to Redis.
         let _ = self.sink.send((mesh_id.to_string(), event));
         let mut c = self.publisher.clone();
@@ -365,7 +388,7 @@ mod tests {
             priority: Some(Priority::Low),
             frame: frame.clone(),
         };
-        let (origin, back) = decode(&encode("n1", &e)).expect("decodes");
+        let (origin, _, back) = decode(&encode("n1", &e, None)).expect("decodes");
         assert_eq!(origin, "n1");
         match back {
             MeshEvent::Deliver {
@@ -386,7 +409,7 @@ mod tests {
             after: AfterClose::End,
         };
         assert!(matches!(
-            decode(&encode("n1", &e)),
+            decode(&encode("n1", &e, None)),
             Some((
                 _,
                 MeshEvent::Close {
@@ -400,7 +423,7 @@ mod tests {
             member_id: "m".into(),
         };
         assert!(
-            matches!(decode(&encode("n1", &e)), Some((_, MeshEvent::Doorbell { member_id })) if member_id == "m")
+            matches!(decode(&encode("n1", &e, None)), Some((_, _, MeshEvent::Doorbell { member_id })) if member_id == "m")
         );
         assert!(decode(b"garbage").is_none());
     }

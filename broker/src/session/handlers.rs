@@ -143,7 +143,27 @@ impl Session {
         self.reply(protocol::encode(&ack));
     }
 
+    /// One `send`, in a span of its own: each message is the root of its own trace (the
+    /// connection's span stays its parent for logs only).
     async fn send(&mut self, send: &protocol::Send, req_id: Option<&str>) {
+        let span = tracing::info_span!(
+            "send",
+            target = send.target_spec.get(..8).unwrap_or(&send.target_spec),
+            priority = send.priority.as_str(),
+            trace_id = tracing::field::Empty,
+        );
+        let _ = tracing_opentelemetry::OpenTelemetrySpanExt::set_parent(
+            &span,
+            opentelemetry::Context::new(),
+        );
+        let trace_id = crate::telemetry::trace_id(&span);
+        if !trace_id.is_empty() {
+            span.record("trace_id", tracing::field::display(&trace_id));
+        }
+        tracing::Instrument::instrument(self.send_inner(send, req_id), span).await;
+    }
+
+    async fn send_inner(&mut self, send: &protocol::Send, req_id: Option<&str>) {
         let node = self.node.clone();
         let a = self.attached.as_ref().expect("attached");
         let ack_id = send
@@ -247,6 +267,7 @@ impl Session {
                 }
                 self.reply_ack(ack_id, &message_id, None, req_id);
                 node.metrics.routed(send.priority);
+                tracing::debug!(message_id, "direct message queued");
                 let ring = MeshEvent::Doorbell {
                     member_id: recipient.id.clone(),
                 };
