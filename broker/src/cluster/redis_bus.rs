@@ -412,6 +412,7 @@ mod tests {
             decode(&encode("n1", &e, None)),
             Some((
                 _,
+                _,
                 MeshEvent::Close {
                     code: 4001,
                     after: AfterClose::End,
