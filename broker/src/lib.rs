@@ -118,6 +118,7 @@ pub async fn run(
         })
     };
     node.tracker.spawn(sweep_loop(node.clone()));
+    node.tracker.spawn(health_loop(node.clone()));
     if clustered {
         node.tracker
             .spawn(cluster::reaper::housekeeping(node.clone()));
@@ -187,6 +188,26 @@ async fn open_cluster(
         .await
         .map_err(|e| RunError::Database(format!("Redis pub/sub: {e}")))?;
     Ok((Arc::new(RedisPresence::new(conn, prefix)), Arc::new(bus)))
+}
+
+/// How often the backend health gauges are refreshed.
+const HEALTH_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Keeps `broker_db_healthy` and `broker_pubsub_healthy` current for alerting, whether or
+/// not anyone calls the health routes.
+async fn health_loop(node: Arc<Node>) {
+    let mut tick = tokio::time::interval(HEALTH_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = node.stopping.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        node.metrics
+            .db_healthy
+            .set(i64::from(node.store.healthy().await));
+        let pubsub = node.bus.healthy().await && node.presence.healthy().await;
+        node.metrics.pubsub_healthy.set(i64::from(pubsub));
+    }
 }
 
 async fn sweep_loop(node: Arc<Node>) {

@@ -203,16 +203,6 @@ impl Session {
             Ok(t) => t,
             Err(e) => return reject(self, "invalid", &e.to_string()),
         };
-        let records = match node.presence.list(&a.mesh.id).await {
-            Ok(r) => r,
-            // Direct messages by member key still work without presence: they are durable
-            // and the doorbell reaches this replica's sockets. Fan-out needs presence.
-            Err(e) if matches!(target, Target::Direct(_)) => {
-                warn!(error = %e, "presence unavailable; routing the direct message by member key");
-                Vec::new()
-            }
-            Err(e) => return reject(self, "store", &e.to_string()),
-        };
         let sender = Sender {
             member_id: &a.member.id,
             member_key: &a.member.pubkey,
@@ -225,11 +215,16 @@ impl Session {
             Target::Direct(key) => {
                 // A member key always means that member, whatever sessions announce; only
                 // a key that is no member's is looked up among session keys.
+                // Presence is read only for session keys, which keeps it off the hot path;
+                // without presence (Redis down) member keys still route, durably.
                 let recipient = match node.store.member_by_pubkey(&a.mesh.id, key).await {
                     Ok(Some(m)) => Ok(Some(m)),
-                    Ok(None) => match routing::session_target(&records, key) {
-                        Some(r) => node.store.member(&a.mesh.id, &r.member_id).await,
-                        None => Ok(None),
+                    Ok(None) => match node.presence.list(&a.mesh.id).await {
+                        Ok(records) => match routing::session_target(&records, key) {
+                            Some(r) => node.store.member(&a.mesh.id, &r.member_id).await,
+                            None => Ok(None),
+                        },
+                        Err(e) => return reject(self, "store", &e.to_string()),
                     },
                     Err(e) => Err(e),
                 };
@@ -280,6 +275,10 @@ impl Session {
                 let group = match target {
                     Target::Group(g) => Some(g),
                     _ => None,
+                };
+                let records = match node.presence.list(&a.mesh.id).await {
+                    Ok(r) => r,
+                    Err(e) => return reject(self, "store", &e.to_string()),
                 };
                 let members = match node.store.members(&a.mesh.id).await {
                     Ok(m) => m,

@@ -235,7 +235,6 @@ impl Session {
             tokio::select! {
                 biased;
                 _ = self.kill.cancelled() => break AfterClose::Grace,
-                _ = self.closing.cancelled() => break AfterClose::Grace,
                 _ = self.out.overflow() => break AfterClose::Grace,
                 ctl = ctl_rx.recv() => match ctl {
                     Some(Control::Close { code, reason, after }) => {
@@ -258,6 +257,9 @@ impl Session {
                         }
                     }
                 },
+                // After the frames already read: a client_ack sent just before the client's
+                // close must still count.
+                _ = self.closing.cancelled() => break AfterClose::Grace,
                 _ = handle.drain.notified() => self.drain(false).await,
                 _ = tokio::time::sleep(repush_in.unwrap_or(Duration::ZERO)), if repush_in.is_some() => self.repush().await,
                 _ = ping.tick() => {
