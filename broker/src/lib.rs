@@ -36,7 +36,7 @@ use crate::metrics::Metrics;
 use crate::node::Node;
 use crate::store::Store;
 use crate::store::memory::MemoryStore;
-use crate::store::postgres::{PgStore, SCHEMA_VERSION};
+use crate::store::postgres::{PgStore, SCHEMA_VERSION, StoreMetrics};
 use tokio_util::sync::CancellationToken;
 
 /// Why the broker could not run.
@@ -51,12 +51,16 @@ pub enum RunError {
 }
 
 /// Opens the configured store; with PostgreSQL, waits for it and checks the schema.
-async fn open_store(config: &Config) -> Result<Arc<dyn Store>, RunError> {
+async fn open_store(config: &Config, metrics: &Metrics) -> Result<Arc<dyn Store>, RunError> {
     let Some(url) = &config.database_url else {
         return Ok(Arc::new(MemoryStore::new()));
     };
     let pg = PgStore::new(url, config.database_pool_size)
-        .map_err(|e| RunError::Unsupported(e.to_string()))?;
+        .map_err(|e| RunError::Unsupported(e.to_string()))?
+        .with_metrics(StoreMetrics {
+            batch_rows: metrics.store_batch_rows.clone(),
+            pool_wait_seconds: metrics.store_pool_wait_seconds.clone(),
+        });
     let deadline = tokio::time::Instant::now() + config.database_connect_timeout;
     loop {
         match pg.schema_version().await {
@@ -92,14 +96,15 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
-    let store = open_store(&config).await?;
+    let metrics = Metrics::new();
+    let store = open_store(&config, &metrics).await?;
     let (sink, mut events) = mpsc::unbounded_channel();
     // Stops the Redis loops when this replica is done.
     let cluster_stop = CancellationToken::new();
     let _stop_guard = cluster_stop.clone().drop_guard();
     let (presence, bus) = open_cluster(&config, sink, cluster_stop).await?;
     let clustered = config.redis_url.is_some();
-    let node = Arc::new(Node::new(config, store, presence, bus, Metrics::new()));
+    let node = Arc::new(Node::new(config, store, presence, bus, metrics));
 
     // Bus events reach local sockets through one dispatcher, which keeps publish order.
     let dispatcher = {

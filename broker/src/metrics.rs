@@ -46,6 +46,10 @@ pub struct Metrics {
     pub db_healthy: Gauge,
     pub presences_reaped: Counter,
     pub pubsub_healthy: Gauge,
+    pub bus_publish_seconds: Histogram,
+    pub store_batch_rows: Histogram,
+    pub store_pool_wait_seconds: Histogram,
+    pub schema_version: Gauge,
 }
 
 /// `(name, help)` of every metric, as the registry exposes them (docs and tests read it).
@@ -131,6 +135,26 @@ pub const CATALOGUE: &[(&str, &str, &str)] = &[
         "1 while the bus proved publish/subscribe end to end at the last check, else 0.",
     ),
     (
+        "broker_bus_publish_seconds",
+        "histogram",
+        "Time to hand one event to the bus (Redis PUBLISH in cluster mode).",
+    ),
+    (
+        "broker_store_batch_rows",
+        "histogram",
+        "Rows written per group commit (sends) or batched client_ack update (PostgreSQL).",
+    ),
+    (
+        "broker_store_pool_wait_seconds",
+        "histogram",
+        "Time spent waiting for a PostgreSQL connection from the pool.",
+    ),
+    (
+        "broker_schema_version",
+        "gauge",
+        "The applied schema migration (0 in dev mode).",
+    ),
+    (
         "broker_db_healthy",
         "gauge",
         "1 while the store answered its last health check, else 0 (always 1 in dev mode).",
@@ -158,6 +182,10 @@ impl Metrics {
             db_healthy: Gauge::default(),
             presences_reaped: Counter::default(),
             pubsub_healthy: Gauge::default(),
+            bus_publish_seconds: Histogram::new(exponential_buckets(0.00005, 2.0, 16)),
+            store_batch_rows: Histogram::new(exponential_buckets(1.0, 2.0, 11)),
+            store_pool_wait_seconds: Histogram::new(exponential_buckets(0.00005, 2.0, 16)),
+            schema_version: Gauge::default(),
             registry: Registry::default(),
         };
         // prometheus-client appends `_total` to counters itself, so counters are registered
@@ -197,6 +225,10 @@ impl Metrics {
         register!("broker_db_healthy", m.db_healthy);
         register!("broker_presences_reaped_total", m.presences_reaped);
         register!("broker_pubsub_healthy", m.pubsub_healthy);
+        register!("broker_bus_publish_seconds", m.bus_publish_seconds);
+        register!("broker_store_batch_rows", m.store_batch_rows);
+        register!("broker_store_pool_wait_seconds", m.store_pool_wait_seconds);
+        register!("broker_schema_version", m.schema_version);
         m.pubsub_healthy.set(1);
         m.db_healthy.set(1);
         Metrics { registry, ..m }

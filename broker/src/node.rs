@@ -84,6 +84,20 @@ impl Node {
         }
     }
 
+    /// Publishes on the bus, timing it (`broker_bus_publish_seconds`).
+    pub async fn publish(
+        &self,
+        mesh_id: &str,
+        event: crate::cluster::bus::MeshEvent,
+    ) -> Result<(), crate::cluster::bus::BusError> {
+        let started = Instant::now();
+        let result = self.bus.publish(mesh_id, event).await;
+        self.metrics
+            .bus_publish_seconds
+            .observe(started.elapsed().as_secs_f64());
+        result
+    }
+
     /// Subscribes or unsubscribes the mesh so that it matches whether local sockets remain.
     pub async fn sync_subscription(&self, mesh_id: &str) {
         let mut subs = self.subscriptions.lock().await;

@@ -37,6 +37,22 @@ async fn an_acknowledged_message_survives_sigkill_of_the_broker() {
     let (mut a, _) = Client::join(&b.ws_url(), alice.hello(&mesh, json!({}))).await;
     let ack = a.send_msg(&bob.identity.pubkey, "next", "kept").await;
     assert_eq!(ack["queued"], true, "{ack}");
+    // The store reports its group commits and the broker its schema version.
+    let metrics = b.metrics();
+    assert!(
+        !metrics.contains("broker_store_batch_rows_count 0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("broker_store_pool_wait_seconds_count"),
+        "{metrics}"
+    );
+    eventually("the schema version gauge", async || {
+        b.metrics()
+            .contains("broker_schema_version 1")
+            .then_some(())
+    })
+    .await;
     kill9(&mut b);
     assert!(
         a.next_within(WAIT)

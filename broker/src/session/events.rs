@@ -57,7 +57,7 @@ pub(crate) async fn announce(
         priority: None,
         frame,
     };
-    if let Err(e) = node.bus.publish(mesh_id, event).await {
+    if let Err(e) = node.publish(mesh_id, event).await {
         warn!(error = %e, "system event not published");
     }
 }
@@ -254,7 +254,7 @@ pub(super) async fn attach(
             reason: "session_replaced".into(),
             after,
         };
-        if let Err(e) = node.bus.publish(&mesh_id, event).await {
+        if let Err(e) = node.publish(&mesh_id, event).await {
             warn!(error = %e, "session replacement not published");
         }
     }

@@ -266,7 +266,7 @@ impl Session {
                 let ring = MeshEvent::Doorbell {
                     member_id: recipient.id.clone(),
                 };
-                if let Err(e) = node.bus.publish(&a.mesh.id, ring).await {
+                if let Err(e) = node.publish(&a.mesh.id, ring).await {
                     // The message is durable; the recipient gets it on its next drain.
                     warn!(error = %e, "doorbell not published");
                 }
@@ -308,7 +308,7 @@ impl Session {
                     priority: Some(send.priority),
                     frame,
                 };
-                if let Err(e) = node.bus.publish(&a.mesh.id, event).await {
+                if let Err(e) = node.publish(&a.mesh.id, event).await {
                     return reject(self, "store", &e.to_string());
                 }
                 self.reply_ack(ack_id, &message_id, None, req_id);

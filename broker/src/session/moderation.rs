@@ -65,7 +65,7 @@ impl Session {
             reason: reason.into(),
             after,
         };
-        if let Err(e) = self.node.bus.publish(&a.mesh.id, event).await {
+        if let Err(e) = self.node.publish(&a.mesh.id, event).await {
             warn!(error = %e, "moderation close not published");
         }
     }

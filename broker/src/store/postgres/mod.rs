@@ -30,10 +30,18 @@ pub const SCHEMA_VERSION: i64 = 1;
 /// How long a query may wait for a pooled connection or a new one before it fails.
 const POOL_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Histograms the store reports into (cloned handles of the broker's metrics).
+#[derive(Debug, Clone)]
+pub struct StoreMetrics {
+    pub batch_rows: prometheus_client::metrics::histogram::Histogram,
+    pub pool_wait_seconds: prometheus_client::metrics::histogram::Histogram,
+}
+
 /// The PostgreSQL store. Cloning shares the pool and the batching tasks.
 #[derive(Clone)]
 pub struct PgStore {
     pool: Pool,
+    metrics: queue::Metrics,
     enqueuer: queue::Batcher<QueuedMessage, ()>,
     acker: queue::Batcher<queue::AckItem, bool>,
 }
@@ -83,15 +91,23 @@ impl PgStore {
             .recycle_timeout(Some(POOL_TIMEOUT))
             .build()
             .map_err(db_error)?;
+        let metrics = queue::Metrics::default();
         Ok(PgStore {
-            enqueuer: queue::Batcher::spawn(pool.clone(), queue::insert_batch),
-            acker: queue::Batcher::spawn(pool.clone(), queue::ack_batch),
+            enqueuer: queue::Batcher::spawn(pool.clone(), metrics.clone(), queue::insert_batch),
+            acker: queue::Batcher::spawn(pool.clone(), metrics.clone(), queue::ack_batch),
             pool,
+            metrics,
         })
     }
 
+    /// Reports batch sizes and pool waits into `metrics` from now on.
+    pub fn with_metrics(self, metrics: StoreMetrics) -> Self {
+        let _ = self.metrics.set(metrics);
+        self
+    }
+
     async fn conn(&self) -> StoreResult<deadpool_postgres::Object> {
-        self.pool.get().await.map_err(db_error)
+        queue::timed_get(&self.pool, &self.metrics).await
     }
 
     async fn query(

@@ -20,6 +20,22 @@ const DELIVERED_RETENTION_MS: i64 = 60 * 60 * 1000;
 
 type Pending<T, R> = (T, oneshot::Sender<StoreResult<R>>);
 
+/// The store's metrics, set once the broker wires them (tests run without).
+pub(super) type Metrics = std::sync::Arc<std::sync::OnceLock<super::StoreMetrics>>;
+
+/// A pooled connection, with the wait recorded.
+pub(super) async fn timed_get(
+    pool: &Pool,
+    metrics: &Metrics,
+) -> StoreResult<deadpool_postgres::Object> {
+    let started = std::time::Instant::now();
+    let conn = pool.get().await.map_err(db_error);
+    if let Some(m) = metrics.get() {
+        m.pool_wait_seconds.observe(started.elapsed().as_secs_f64());
+    }
+    conn
+}
+
 /// Gathers concurrent submissions into batches: a task takes everything that arrived
 /// while the previous batch was being written and writes it with one statement.
 pub(super) struct Batcher<T, R> {
@@ -37,9 +53,9 @@ impl<T, R> Clone for Batcher<T, R> {
 impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
     /// `write` gets the batch and returns one result per item, in order, or one error for
     /// the whole batch.
-    pub(super) fn spawn<F, Fut>(pool: Pool, write: F) -> Self
+    pub(super) fn spawn<F, Fut>(pool: Pool, metrics: Metrics, write: F) -> Self
     where
-        F: Fn(Pool, Vec<T>) -> Fut + Send + 'static,
+        F: Fn(deadpool_postgres::Object, Vec<T>) -> Fut + Send + 'static,
         Fut: Future<Output = StoreResult<Vec<R>>> + Send,
     {
         let (tx, mut rx) = mpsc::channel::<Pending<T, R>>(QUEUE_BOUND);
@@ -53,7 +69,14 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
                     }
                 }
                 let (items, replies): (Vec<T>, Vec<_>) = batch.into_iter().unzip();
-                match write(pool.clone(), items).await {
+                if let Some(m) = metrics.get() {
+                    m.batch_rows.observe(items.len() as f64);
+                }
+                let written = match timed_get(&pool, &metrics).await {
+                    Ok(conn) => write(conn, items).await,
+                    Err(e) => Err(e),
+                };
+                match written {
                     Ok(results) => {
                         for (reply, r) in replies.into_iter().zip(results) {
                             let _ = reply.send(Ok(r));
@@ -81,8 +104,10 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
     }
 }
 
-pub(super) async fn insert_batch(pool: Pool, batch: Vec<QueuedMessage>) -> StoreResult<Vec<()>> {
-    let c = pool.get().await.map_err(db_error)?;
+pub(super) async fn insert_batch(
+    c: deadpool_postgres::Object,
+    batch: Vec<QueuedMessage>,
+) -> StoreResult<Vec<()>> {
     let stmt = c
         .prepare_cached(include_str!("sql/enqueue.sql"))
         .await
@@ -122,8 +147,10 @@ pub(super) struct AckItem {
     pub by_client_id: bool,
 }
 
-pub(super) async fn ack_batch(pool: Pool, batch: Vec<AckItem>) -> StoreResult<Vec<bool>> {
-    let c = pool.get().await.map_err(db_error)?;
+pub(super) async fn ack_batch(
+    c: deadpool_postgres::Object,
+    batch: Vec<AckItem>,
+) -> StoreResult<Vec<bool>> {
     let now = crate::ids::now_ms();
     let mut marked: [HashSet<(String, String)>; 2] = Default::default();
     for (by_client, sql) in [
