@@ -210,6 +210,9 @@ async fn health_loop(node: Arc<Node>) {
         node.metrics
             .db_healthy
             .set(i64::from(node.store.healthy().await));
+        if let Ok(v) = node.store.schema_version().await {
+            node.metrics.schema_version.set(v.unwrap_or(0));
+        }
         let pubsub = node.bus.healthy().await && node.presence.healthy().await;
         node.metrics.pubsub_healthy.set(i64::from(pubsub));
     }
