@@ -452,16 +452,19 @@ impl Session {
                 return;
             }
             *current = status;
+            if status == Status::Idle {
+                // Flushed under the status lock: a broadcast dispatched meanwhile waits for
+                // the lock, so it cannot overtake the older held ones.
+                for frame in super::events::take_held(&a.handle) {
+                    if self.out.text(frame) {
+                        self.node.metrics.pushes_total.inc();
+                    }
+                }
+            }
         }
         a.record.status = status;
         self.update_presence(PresencePatch::Status(status)).await;
         if status == Status::Idle {
-            let a = self.attached.as_ref().expect("attached");
-            for frame in super::events::take_held(&a.handle) {
-                if self.out.text(frame) {
-                    self.node.metrics.pushes_total.inc();
-                }
-            }
             self.drain(false).await;
         }
     }

@@ -29,13 +29,13 @@ impl Session {
     /// The caller's member row as the store has it now, if the caller may moderate.
     async fn authorize(&self, verb: &str, req_id: Option<&str>) -> bool {
         let a = self.attached.as_ref().expect("attached");
-        let member = self
-            .node
-            .store
-            .member(&a.mesh.id, &a.member.id)
-            .await
-            .ok()
-            .flatten();
+        let member = match self.node.store.member(&a.mesh.id, &a.member.id).await {
+            Ok(m) => m,
+            Err(e) => {
+                self.reply_error("internal", &e.to_string(), req_id);
+                return false;
+            }
+        };
         let allowed = member.is_some_and(|m| {
             m.role == Role::Admin
                 || (a.mesh.owner_user_id.is_some() && m.user_id == a.mesh.owner_user_id)
@@ -138,16 +138,23 @@ impl Session {
             .members(&a.mesh.id)
             .await
             .unwrap_or_default();
-        let Some(victim) = members
+        let mut candidates = members
             .iter()
-            .find(|m| m.revoked_at.is_none() && member_matches(m, target))
-        else {
+            .filter(|m| m.revoked_at.is_none() && member_matches(m, target));
+        let Some(victim) = candidates.next() else {
             return self.reply_error(
                 "not_found",
                 &format!("no member matches {target:?}"),
                 req_id,
             );
         };
+        if candidates.next().is_some() {
+            return self.reply_error(
+                "invalid",
+                &format!("{target:?} matches several members: give the full key"),
+                req_id,
+            );
+        }
         if victim.id == a.member.id {
             return self.reply_error("invalid", "you cannot ban yourself", req_id);
         }
