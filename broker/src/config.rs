@@ -292,6 +292,10 @@ pub struct Config {
     /// `None` only before dev mode generated one (see [`Config::ensure_admin_token`]).
     pub admin_token: Option<String>,
     pub node_id: String,
+    /// This process's identity in the cluster: the node id and a random suffix, so a
+    /// replica restarted under the same node id is never mistaken for the one that died
+    /// (its presences are reaped, not inherited). Owns connection ids and heartbeats.
+    pub instance_id: String,
     pub database_url: Option<String>,
     pub redis_url: Option<String>,
     pub redis_prefix: String,
@@ -346,6 +350,7 @@ impl Config {
             node_id: r
                 .optional("BROKER_NODE_ID")
                 .unwrap_or_else(|| format!("node-{}", crate::ids::random_id(8))),
+            instance_id: String::new(),
             database_url: r.optional("DATABASE_URL"),
             redis_url: r.optional("REDIS_URL"),
             redis_prefix: r.value("REDIS_PREFIX"),
@@ -394,6 +399,8 @@ impl Config {
             },
             log_filter: r.value("RUST_LOG"),
         };
+        let mut config = config;
+        config.instance_id = format!("{}~{}", config.node_id, crate::ids::random_id(6));
         if config.redis_url.is_some() && config.database_url.is_none() {
             return Err(ConfigError::Invalid {
                 name: "REDIS_URL",

@@ -135,7 +135,7 @@ pub async fn run(
 
     shutdown.await;
     drain(&node).await;
-    if clustered && let Err(e) = node.presence.leave(&node.config.node_id).await {
+    if clustered && let Err(e) = node.presence.leave(&node.config.instance_id).await {
         tracing::warn!(error = %e, "could not remove this replica's heartbeat");
     }
     dispatcher.abort();
@@ -189,9 +189,16 @@ async fn open_cluster(
         }
     };
     let prefix = &config.redis_prefix;
-    let bus = RedisBus::connect(client, conn.clone(), prefix, &config.node_id, sink, stop)
-        .await
-        .map_err(|e| RunError::Database(format!("Redis pub/sub: {e}")))?;
+    let bus = RedisBus::connect(
+        client,
+        conn.clone(),
+        prefix,
+        &config.instance_id,
+        sink,
+        stop,
+    )
+    .await
+    .map_err(|e| RunError::Database(format!("Redis pub/sub: {e}")))?;
     Ok((Arc::new(RedisPresence::new(conn, prefix)), Arc::new(bus)))
 }
 

@@ -138,7 +138,7 @@ impl Node {
     /// A connection id unique across the cluster: this node's id and a sequence number.
     pub fn next_conn_id(&self) -> String {
         let n = self.conn_seq.fetch_add(1, Ordering::Relaxed) + 1;
-        format!("{}/{n}", self.config.node_id)
+        format!("{}/{n}", self.config.instance_id)
     }
 
     pub fn is_accepting(&self) -> bool {

@@ -22,7 +22,7 @@ pub async fn housekeeping(node: Arc<Node>) {
             _ = tick.tick() => {}
         }
         let now = now_ms();
-        if let Err(e) = node.presence.heartbeat(&node.config.node_id, now).await {
+        if let Err(e) = node.presence.heartbeat(&node.config.instance_id, now).await {
             warn!(error = %e, "heartbeat failed");
             continue;
         }

@@ -182,6 +182,7 @@ async fn health(node: &Node) -> HttpResponse {
             "gitSha": option_env!("GIT_SHA").unwrap_or("unknown"),
             "uptime": node.started.elapsed().as_secs(),
             "nodeId": node.config.node_id,
+            "instanceId": node.config.instance_id,
             "connections": node.hub.len(),
         }),
     )

@@ -189,7 +189,7 @@ pub(super) async fn attach(
         display_name,
         session_id,
         peer_role: v.peer_role,
-        node_id: node.config.node_id.clone(),
+        node_id: node.config.instance_id.clone(),
         conn_id: s.conn_id.clone(),
         grace_until: None,
         status,
