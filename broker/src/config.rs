@@ -85,7 +85,7 @@ pub const SETTINGS: &[Setting] = &[
         name: "DATABASE_CONNECT_TIMEOUT_MS",
         default: "30000",
         unit: "ms",
-        doc: "At start-up, how long to wait for PostgreSQL (and the schema check) before giving up.",
+        doc: "At start-up, how long to wait for PostgreSQL (and the schema check) and for Redis before giving up.",
     },
     Setting {
         name: "EXPECTED_MIGRATION",

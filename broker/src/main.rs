@@ -17,8 +17,13 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    if let Some(token) = config.ensure_admin_token() {
-        println!("dev mode: generated BROKER_ADMIN_TOKEN={token}");
+    if config.is_dev_mode() {
+        if let Some(token) = config.ensure_admin_token() {
+            println!("dev mode: generated BROKER_ADMIN_TOKEN={token}");
+        }
+    } else if config.admin_token.is_none() {
+        // Replicas must share one token, so none is invented here.
+        eprintln!("broker: BROKER_ADMIN_TOKEN is unset: the operator API refuses every request");
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

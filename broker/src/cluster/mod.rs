@@ -1,8 +1,8 @@
 //! The seams that make replicas stateless: [`bus::Bus`] (fan-out and node commands) and
 //! [`presence::Presence`] (who is connected where, plus the cluster-wide limits).
 //!
-//! Dev mode uses the memory backends (one node). A closed enum of backends is chosen at
-//! start-up from the configuration; everything above this module sees only the traits.
+//! Dev mode uses the memory backends (one node). The backends are chosen at start-up from the
+//! configuration (`lib.rs`); everything above this module sees only the traits.
 
 pub mod bus;
 pub mod presence;

@@ -11,15 +11,20 @@ use crate::ids::now_ms;
 use crate::node::Node;
 use crate::session::end_presence;
 
-/// Heartbeat, reap and expire on every `HEARTBEAT_INTERVAL_MS` tick until shutdown.
+/// Heartbeat, reap and expire on every `HEARTBEAT_INTERVAL_MS` tick. While draining it
+/// keeps heartbeating until the last local socket is gone, so survivors never reap
+/// presences that are still being handed over.
 pub async fn housekeeping(node: Arc<Node>) {
     let mut tick = tokio::time::interval(node.config.heartbeat_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let dead_after = node.config.node_dead_after.as_millis() as i64;
     loop {
         tokio::select! {
-            _ = node.stopping.cancelled() => break,
+            _ = node.kill.cancelled() => break,
             _ = tick.tick() => {}
+        }
+        if node.stopping.is_cancelled() && node.hub.is_empty() {
+            break;
         }
         let now = now_ms();
         if let Err(e) = node.presence.heartbeat(&node.config.instance_id, now).await {

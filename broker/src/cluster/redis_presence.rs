@@ -4,7 +4,8 @@
 //! Keys (`P` is `REDIS_PREFIX`): `P:presence:{mesh}` hash id → record JSON;
 //! `P:owner:{mesh}` hash id → `conn|grace` (grace 0 = live); `P:grace` zset of records in
 //! grace by deadline; `P:nodep:{node}` set of a node's live records; `P:nodes` zset of
-//! node heartbeats; `P:sig:{signature}` replay guard; `P:rate:{key}` token buckets.
+//! node heartbeats; `P:reap:{node}` the claim of the replica reaping a dead node;
+//! `P:sig:{signature}` replay guard; `P:rate:{key}` token buckets.
 //! The scripts name some keys at run time, so this backend needs one Redis (or a Redis
 //! with every key in one slot), not Redis Cluster.
 

@@ -378,6 +378,13 @@ impl Session {
     pub(super) async fn resync(&mut self) -> Option<AfterClose> {
         let node = self.node.clone();
         let a = self.attached.as_ref()?;
+        // A ban issued while the bus was down could not reach this socket.
+        if let Ok(Some(m)) = node.store.member(&a.mesh.id, &a.member.id).await
+            && m.revoked_at.is_some()
+        {
+            self.out.close(4002, "banned");
+            return Some(AfterClose::End);
+        }
         let records = match node.presence.list(&a.mesh.id).await {
             Ok(r) => r,
             Err(e) => {

@@ -15,8 +15,6 @@ use crate::store::{Claim, QueuedMessage, StoreError, StoreResult};
 const MAX_BATCH: usize = 512;
 /// Submissions waiting for a batch; beyond it callers wait (backpressure).
 const QUEUE_BOUND: usize = 8192;
-/// Delivered rows are kept this long (for delivery-status lookups), then swept.
-const DELIVERED_RETENTION_MS: i64 = 60 * 60 * 1000;
 
 type Pending<T, R> = (T, oneshot::Sender<StoreResult<R>>);
 
@@ -151,7 +149,6 @@ pub(super) async fn ack_batch(
     c: deadpool_postgres::Object,
     batch: Vec<AckItem>,
 ) -> StoreResult<Vec<bool>> {
-    let now = crate::ids::now_ms();
     let mut marked: [HashSet<(String, String)>; 2] = Default::default();
     for (by_client, sql) in [
         (false, include_str!("sql/ack_by_id.sql")),
@@ -166,10 +163,7 @@ pub(super) async fn ack_batch(
             continue;
         }
         let stmt = c.prepare_cached(sql).await.map_err(pg_error)?;
-        let rows = c
-            .query(&stmt, &[&now, &ids, &members])
-            .await
-            .map_err(pg_error)?;
+        let rows = c.query(&stmt, &[&ids, &members]).await.map_err(pg_error)?;
         let found: HashSet<String> = rows.iter().map(|r| r.get::<_, String>(0)).collect();
         for (id, member) in ids.into_iter().zip(members) {
             if found.contains(&id) {
@@ -233,18 +227,11 @@ pub(super) async fn claim(store: &PgStore, c: Claim<'_>) -> StoreResult<Vec<Queu
 }
 
 pub(super) async fn sweep(store: &PgStore, before_ms: i64) -> StoreResult<u64> {
-    let expired = store
+    // Confirmed messages are deleted at their client_ack; only the undelivered expire here.
+    store
         .execute(
             "DELETE FROM message_queue WHERE delivered_at IS NULL AND created_at < $1",
             &[&before_ms],
         )
-        .await?;
-    let delivered_before = crate::ids::now_ms() - DELIVERED_RETENTION_MS;
-    store
-        .execute(
-            "DELETE FROM message_queue WHERE delivered_at IS NOT NULL AND delivered_at < $1",
-            &[&delivered_before],
-        )
-        .await?;
-    Ok(expired)
+        .await
 }
