@@ -14,14 +14,6 @@ use common::redis::RedisServer;
 use common::*;
 use serde_json::{Value, json};
 
-fn is_push(v: &Value) -> bool {
-    v["type"] == "push" && v["subtype"] != "system"
-}
-
-fn is_join_or_leave(v: &Value) -> bool {
-    v["subtype"] == "system" && (v["event"] == "peer_joined" || v["event"] == "peer_left")
-}
-
 /// A database, a Redis and the environment two replicas share.
 struct Cluster {
     db: String,

@@ -11,11 +11,7 @@ use std::time::Duration;
 
 use common::pg::{self, PgCluster};
 use common::*;
-use serde_json::{Value, json};
-
-fn is_push(v: &Value) -> bool {
-    v["type"] == "push" && v["subtype"] != "system"
-}
+use serde_json::json;
 
 fn kill9(b: &mut Broker) {
     let status = std::process::Command::new("kill")

@@ -44,14 +44,6 @@ const HAPROXY_CFG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../compose/hapro
 const A: &str = "broker-a";
 const B: &str = "broker-b";
 
-fn is_push(v: &Value) -> bool {
-    v["type"] == "push" && v["subtype"] != "system"
-}
-
-fn is_join_or_leave(v: &Value) -> bool {
-    v["subtype"] == "system" && (v["event"] == "peer_joined" || v["event"] == "peer_left")
-}
-
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

@@ -12,14 +12,6 @@ use std::time::Duration;
 use common::*;
 use serde_json::{Value, json};
 
-fn is_push(v: &Value) -> bool {
-    v["type"] == "push" && v["subtype"] != "system"
-}
-
-fn is_join_or_leave(v: &Value) -> bool {
-    v["subtype"] == "system" && (v["event"] == "peer_joined" || v["event"] == "peer_left")
-}
-
 #[tokio::test]
 async fn join_and_leave_events_follow_the_lease_grace() {
     let b = Broker::start(&[("LEASE_GRACE_MS", "300")]);

@@ -15,10 +15,6 @@ use tokio_tungstenite::tungstenite::Message;
 
 const NO_RATE_LIMIT: (&str, &str) = ("BROKER_SEND_BURST", "0");
 
-fn is_push(v: &Value) -> bool {
-    v["type"] == "push" && v["subtype"] != "system"
-}
-
 #[tokio::test]
 async fn direct_message_is_acked_pushed_and_confirmed() {
     let b = Broker::start(&[]);

@@ -21,7 +21,7 @@ use hyper_util::rt::TokioIo;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use prost::Message;
-use serde_json::{Value, json};
+use serde_json::json;
 
 /// One received span: the exporting replica, its trace id and its name.
 #[derive(Debug, Clone)]
@@ -85,10 +85,6 @@ async fn receiver() -> (String, Arc<Mutex<Vec<Seen>>>) {
         }
     });
     (url, seen)
-}
-
-fn is_push(v: &Value) -> bool {
-    v["type"] == "push" && v["subtype"] != "system"
 }
 
 #[tokio::test]

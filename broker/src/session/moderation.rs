@@ -127,34 +127,45 @@ impl Session {
         }
     }
 
+    /// The one member (banned or not, as `banned` says) that `target` names; replies
+    /// `not_found`, `invalid` (ambiguous) or `internal` and returns `None` otherwise.
+    async fn one_member(&self, target: &str, banned: bool, req_id: Option<&str>) -> Option<Member> {
+        let a = self.attached.as_ref().expect("attached");
+        let members = match self.node.store.members(&a.mesh.id).await {
+            Ok(m) => m,
+            Err(e) => {
+                self.reply_error("internal", &e.to_string(), req_id);
+                return None;
+            }
+        };
+        let mut candidates = members
+            .into_iter()
+            .filter(|m| m.revoked_at.is_some() == banned && member_matches(m, target));
+        let Some(found) = candidates.next() else {
+            let which = if banned { "banned member" } else { "member" };
+            self.reply_error(
+                "not_found",
+                &format!("no {which} matches {target:?}"),
+                req_id,
+            );
+            return None;
+        };
+        if candidates.next().is_some() {
+            let message = format!("{target:?} matches several members: give the full key");
+            self.reply_error("invalid", &message, req_id);
+            return None;
+        }
+        Some(found)
+    }
+
     pub(super) async fn ban(&mut self, target: &str, reason: Option<&str>, req_id: Option<&str>) {
         if !self.authorize("ban", req_id).await {
             return;
         }
         let a = self.attached.as_ref().expect("attached");
-        let members = self
-            .node
-            .store
-            .members(&a.mesh.id)
-            .await
-            .unwrap_or_default();
-        let mut candidates = members
-            .iter()
-            .filter(|m| m.revoked_at.is_none() && member_matches(m, target));
-        let Some(victim) = candidates.next() else {
-            return self.reply_error(
-                "not_found",
-                &format!("no member matches {target:?}"),
-                req_id,
-            );
+        let Some(victim) = self.one_member(target, false, req_id).await else {
+            return;
         };
-        if candidates.next().is_some() {
-            return self.reply_error(
-                "invalid",
-                &format!("{target:?} matches several members: give the full key"),
-                req_id,
-            );
-        }
         if victim.id == a.member.id {
             return self.reply_error("invalid", "you cannot ban yourself", req_id);
         }
@@ -210,21 +221,8 @@ impl Session {
             return;
         }
         let a = self.attached.as_ref().expect("attached");
-        let members = self
-            .node
-            .store
-            .members(&a.mesh.id)
-            .await
-            .unwrap_or_default();
-        let Some(member) = members
-            .iter()
-            .find(|m| m.revoked_at.is_some() && member_matches(m, target))
-        else {
-            return self.reply_error(
-                "not_found",
-                &format!("no banned member matches {target:?}"),
-                req_id,
-            );
+        let Some(member) = self.one_member(target, true, req_id).await else {
+            return;
         };
         if let Err(e) = self
             .node

@@ -525,6 +525,16 @@ pub fn member(b: &Broker, mesh: &str, name: &str, extra: Value) -> Member {
     }
 }
 
+/// A message push (direct, broadcast or group), not a system event.
+pub fn is_push(v: &Value) -> bool {
+    v["type"] == "push" && v["subtype"] != "system"
+}
+
+/// A `peer_joined` or `peer_left` system event.
+pub fn is_join_or_leave(v: &Value) -> bool {
+    v["subtype"] == "system" && (v["event"] == "peer_joined" || v["event"] == "peer_left")
+}
+
 /// Polls `f` until it returns `Some` or the wait runs out.
 pub async fn eventually<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + WAIT;
