@@ -236,6 +236,8 @@ impl Hub {
                     });
                 }
             }
+            // The node's member cache handles it before dispatch; sockets have nothing to do.
+            MeshEvent::MembersChanged => {}
         }
     }
 }

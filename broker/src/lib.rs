@@ -26,7 +26,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tracing::info;
 
-use crate::cluster::bus::{AfterClose, Bus, BusSink, MemoryBus};
+use crate::cluster::bus::{AfterClose, Bus, BusSink, MemoryBus, MeshEvent};
 use crate::cluster::presence::{MemoryPresence, Presence};
 use crate::cluster::redis_bus::RedisBus;
 use crate::cluster::redis_presence::RedisPresence;
@@ -115,6 +115,7 @@ pub async fn run(
                 tokio::select! {
                     _ = node.kill.cancelled() => break,
                     ev = events.recv() => match ev {
+                        Some((mesh_id, MeshEvent::MembersChanged)) => node.forget_members(&mesh_id),
                         Some((mesh_id, event)) => node.hub.dispatch(&mesh_id, event, &node.metrics, held_limit),
                         None => break,
                     },

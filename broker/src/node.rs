@@ -48,6 +48,21 @@ pub struct Node {
     /// (un)subscription with the hub's view, so a mesh is subscribed exactly while it has
     /// local sockets, however joins and leaves interleave.
     subscriptions: tokio::sync::Mutex<HashSet<String>>,
+    /// Member rows of meshes with local sockets, read on every send. A cache: PostgreSQL
+    /// is the truth. Dropped when any replica changes the mesh's members (a
+    /// `MembersChanged` event, which reaches every replica with sockets in the mesh), when
+    /// the last local socket of the mesh leaves, and after `MEMBER_CACHE_TTL`.
+    members: Mutex<HashMap<String, CachedMembers>>,
+}
+
+/// How long cached member rows are trusted without an invalidation.
+const MEMBER_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(5);
+
+#[derive(Debug, Default)]
+struct CachedMembers {
+    rows: Option<(Instant, Arc<Vec<crate::store::Member>>)>,
+    /// Bumped by each invalidation, so a read that raced one is not cached.
+    generation: u64,
 }
 
 impl std::fmt::Debug for Node {
@@ -81,6 +96,53 @@ impl Node {
             conn_seq: AtomicU64::new(0),
             hook_pending: Mutex::new(HashMap::new()),
             subscriptions: tokio::sync::Mutex::new(HashSet::new()),
+            members: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The mesh's member rows, from the cache while this replica has sockets in the mesh.
+    pub async fn mesh_members(
+        &self,
+        mesh_id: &str,
+    ) -> crate::store::StoreResult<Arc<Vec<crate::store::Member>>> {
+        let generation = {
+            let cache = self.members.lock().unwrap_or_else(|p| p.into_inner());
+            let entry = cache.get(mesh_id);
+            if let Some((at, rows)) = entry.and_then(|e| e.rows.as_ref())
+                && at.elapsed() < MEMBER_CACHE_TTL
+            {
+                return Ok(rows.clone());
+            }
+            entry.map(|e| e.generation).unwrap_or(0)
+        };
+        let rows = Arc::new(self.store.members(mesh_id).await?);
+        if self.hub.has_mesh(mesh_id) {
+            let mut cache = self.members.lock().unwrap_or_else(|p| p.into_inner());
+            let entry = cache.entry(mesh_id.to_string()).or_default();
+            if entry.generation == generation {
+                entry.rows = Some((Instant::now(), rows.clone()));
+            }
+        }
+        Ok(rows)
+    }
+
+    /// Drops this replica's cached member rows of the mesh.
+    pub fn forget_members(&self, mesh_id: &str) {
+        let mut cache = self.members.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = cache.entry(mesh_id.to_string()).or_default();
+        entry.rows = None;
+        entry.generation += 1;
+    }
+
+    /// After a change to the mesh's members (enrolment, grants, ban): every replica drops
+    /// its cached rows.
+    pub async fn members_changed(&self, mesh_id: &str) {
+        self.forget_members(mesh_id);
+        if let Err(e) = self
+            .publish(mesh_id, crate::cluster::bus::MeshEvent::MembersChanged)
+            .await
+        {
+            tracing::warn!(error = %e, "member change not published; other replicas refresh within the cache TTL");
         }
     }
 
@@ -112,6 +174,11 @@ impl Node {
                 }
             }
         } else if !want && subs.contains(mesh_id) {
+            // Without a subscription this replica would miss invalidations.
+            self.members
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(mesh_id);
             match self.bus.unsubscribe(mesh_id).await {
                 Ok(()) => {
                     subs.remove(mesh_id);

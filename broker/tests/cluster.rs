@@ -418,3 +418,36 @@ async fn concurrent_audit_writes_from_both_replicas_verify() {
     .await;
     assert_eq!(v["valid"], true, "{v}");
 }
+
+#[tokio::test]
+async fn a_grant_changed_through_one_replica_applies_on_the_other_at_once() {
+    let c = Cluster::new(&[("BROKER_SEND_BURST", "0")]).await;
+    let (a, b) = (c.replica("a"), c.replica("b"));
+    let mesh = a.create_mesh("grants", None);
+    let alice = member(&a, &mesh, "alice", json!({}));
+    let bob = member(&a, &mesh, "bob", json!({}));
+    let (mut ac, _) = Client::join(&b.ws_url(), alice.hello(&mesh, json!({}))).await;
+    // Replica b caches the mesh's members on this first send.
+    assert_eq!(
+        ac.send_msg(&bob.identity.pubkey, "now", "allowed").await["queued"],
+        true
+    );
+    let (status, _) = a.api(
+        "PUT",
+        &format!("/api/v1/meshes/{mesh}/members/{}/grants", bob.id),
+        Some(json!({"grants": {alice.identity.pubkey.clone(): ["read"]}})),
+    );
+    assert_eq!(status, 200);
+    // The change made on a invalidates b's cache: refused well within the cache's TTL.
+    let started = Instant::now();
+    eventually("the new grant applies on replica b", async || {
+        let ack = ac.send_msg(&bob.identity.pubkey, "now", "probe").await;
+        (ack["queued"] == false).then_some(())
+    })
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "took {:?}",
+        started.elapsed()
+    );
+}

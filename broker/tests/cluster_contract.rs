@@ -710,6 +710,7 @@ fn describe(e: &MeshEvent) -> Value {
             "frame": frame.to_vec(),
         }}),
         MeshEvent::Doorbell { member_id } => json!({"doorbell": member_id}),
+        MeshEvent::MembersChanged => json!("members_changed"),
         MeshEvent::Close {
             conn_ids,
             code,
@@ -754,6 +755,7 @@ async fn bus_delivers_each_event_once(bus: &dyn Bus, events: &mut Events) {
         MeshEvent::Doorbell {
             member_id: "member-1".into(),
         },
+        MeshEvent::MembersChanged,
         MeshEvent::Close {
             conn_ids: vec!["n1/1".into(), "n2/7".into()],
             code: 4001,

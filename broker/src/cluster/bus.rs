@@ -42,6 +42,8 @@ pub enum MeshEvent {
     },
     /// Queued direct messages are waiting for this member: drain its connections.
     Doorbell { member_id: String },
+    /// The mesh's members changed (enrolment, grants, ban): drop cached member rows.
+    MembersChanged,
     /// Close these connections (by connection id, so a reattached presence is not hit).
     Close {
         conn_ids: Vec<String>,
@@ -58,6 +60,7 @@ impl MeshEvent {
             MeshEvent::Deliver { .. } => "deliver",
             MeshEvent::Doorbell { .. } => "doorbell",
             MeshEvent::Close { .. } => "close",
+            MeshEvent::MembersChanged => "members_changed",
         }
     }
 }

@@ -33,7 +33,7 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 struct Header {
     /// Origin node.
     o: String,
-    /// `d` deliver, `b` doorbell, `c` close.
+    /// `d` deliver, `b` doorbell, `c` close, `u` members changed.
     k: char,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     p: Vec<String>,
@@ -54,6 +54,20 @@ struct Header {
 
 fn encode(origin: &str, event: &MeshEvent, trace: Option<String>) -> Vec<u8> {
     let (mut header, frame): (Header, &[u8]) = match event {
+        MeshEvent::MembersChanged => (
+            Header {
+                o: origin.into(),
+                k: 'u',
+                p: vec![],
+                r: None,
+                m: None,
+                code: None,
+                reason: None,
+                end: false,
+                t: None,
+            },
+            &[],
+        ),
         MeshEvent::Deliver {
             presence_ids,
             priority,
@@ -138,6 +152,7 @@ fn decode(payload: &[u8]) -> Option<Decoded> {
                 AfterClose::Grace
             },
         },
+        'u' => MeshEvent::MembersChanged,
         _ => return None,
     };
     Some((header.o, header.t, event))

@@ -209,6 +209,7 @@ async fn add_member(node: &Node, mesh_id: &str, req: Request<Incoming>) -> ApiRe
         .add_member(mesh_id, member)
         .await
         .map_err(store_error)?;
+    node.members_changed(mesh_id).await;
     Ok(json_response(
         StatusCode::CREATED,
         &json!({"id": m.id, "meshId": m.mesh_id, "pubkey": m.pubkey, "displayName": m.display_name, "role": m.role.as_str()}),
@@ -264,6 +265,7 @@ async fn update_grants(
         .update_grants(mesh_id, member_id, b.grants)
         .await
         .map_err(store_error)?;
+    node.members_changed(mesh_id).await;
     Ok(json_response(StatusCode::OK, &json!({"grants": merged})))
 }
 

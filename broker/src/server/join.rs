@@ -120,6 +120,9 @@ async fn enrol(node: &Node, body: &Value) -> Result<HttpResponse, String> {
         .redeem_invite(&invite.code, member, now_s)
         .await
         .map_err(unavailable)?;
+    if !enrolment.already_member {
+        node.members_changed(&mesh.id).await;
+    }
     if enrolment.member.revoked_at.is_some() {
         return Err("this key was removed from the mesh".into());
     }

@@ -217,21 +217,21 @@ impl Session {
                 // a key that is no member's is looked up among session keys.
                 // Presence is read only for session keys, which keeps it off the hot path;
                 // without presence (Redis down) member keys still route, durably.
-                let recipient = match node.store.member_by_pubkey(&a.mesh.id, key).await {
-                    Ok(Some(m)) => Ok(Some(m)),
-                    Ok(None) => match node.presence.list(&a.mesh.id).await {
-                        Ok(records) => match routing::session_target(&records, key) {
-                            Some(r) => node.store.member(&a.mesh.id, &r.member_id).await,
-                            None => Ok(None),
-                        },
+                let members = match node.mesh_members(&a.mesh.id).await {
+                    Ok(m) => m,
+                    Err(e) => return reject(self, "store", &e.to_string()),
+                };
+                let recipient = match members.iter().find(|m| m.pubkey == key) {
+                    Some(m) => Some(m),
+                    None => match node.presence.list(&a.mesh.id).await {
+                        Ok(records) => routing::session_target(&records, key)
+                            .and_then(|r| members.iter().find(|m| m.id == r.member_id)),
                         Err(e) => return reject(self, "store", &e.to_string()),
                     },
-                    Err(e) => Err(e),
                 };
                 let recipient = match recipient {
-                    Ok(Some(m)) if m.revoked_at.is_none() => m,
-                    Ok(_) => return reject(self, "no_target", "no connected peer for target"),
-                    Err(e) => return reject(self, "store", &e.to_string()),
+                    Some(m) if m.revoked_at.is_none() => m.clone(),
+                    _ => return reject(self, "no_target", "no connected peer for target"),
                 };
                 if !routing::grants_allow(&recipient, sender.member_key, sender.session_key, "dm") {
                     node.metrics.drop_by_grant("dm");
@@ -280,7 +280,7 @@ impl Session {
                     Ok(r) => r,
                     Err(e) => return reject(self, "store", &e.to_string()),
                 };
-                let members = match node.store.members(&a.mesh.id).await {
+                let members = match node.mesh_members(&a.mesh.id).await {
                     Ok(m) => m,
                     Err(e) => return reject(self, "store", &e.to_string()),
                 };

@@ -177,6 +177,7 @@ impl Session {
         {
             return self.reply_error("internal", &e.to_string(), req_id);
         }
+        self.node.members_changed(&a.mesh.id).await;
         self.reply_frame(
             json!({"type": "ban_ack", "banned": victim.display_name}),
             req_id,
@@ -232,6 +233,7 @@ impl Session {
         {
             return self.reply_error("internal", &e.to_string(), req_id);
         }
+        self.node.members_changed(&a.mesh.id).await;
         self.reply_frame(
             json!({"type": "unban_ack", "unbanned": member.display_name}),
             req_id,
