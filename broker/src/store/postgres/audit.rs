@@ -11,49 +11,86 @@ use crate::store::{AuditEntry, StoreResult};
 /// First key of the advisory lock (the second is the hash of the mesh id).
 const AUDIT_LOCK_CLASS: i32 = 0x6175_6474; // "audt"
 
-pub(super) async fn append(
-    store: &PgStore,
-    mesh_id: &str,
-    event_type: &str,
-    actor: Option<&str>,
-    payload: &Value,
-    created_at: i64,
-) -> StoreResult<()> {
-    let mut c = store.conn().await?;
-    let tx = c.transaction().await.map_err(pg_error)?;
-    tx.execute(
-        "SELECT pg_advisory_xact_lock($1, hashtext($2))",
-        &[&AUDIT_LOCK_CLASS, &mesh_id],
-    )
-    .await
-    .map_err(pg_error)?;
-    let last = tx
-        .query_opt(
-            "SELECT seq, hash FROM audit_log WHERE mesh_id = $1 ORDER BY seq DESC LIMIT 1",
-            &[&mesh_id],
+/// The `audit_log` columns of one mesh's part of a batch, for one multi-row insert.
+#[derive(Default)]
+struct Columns {
+    seq: Vec<i64>,
+    event_type: Vec<String>,
+    actor: Vec<Option<String>>,
+    payload: Vec<String>,
+    created_at: Vec<i64>,
+    prev_hash: Vec<String>,
+    hash: Vec<String>,
+}
+
+/// One event waiting to be appended.
+pub(super) struct AuditItem {
+    pub mesh_id: String,
+    pub event_type: String,
+    pub actor: Option<String>,
+    pub payload: Value,
+    pub created_at: i64,
+}
+
+/// Appends a batch: per mesh, one transaction under the mesh's advisory lock extends the
+/// chain with all of that mesh's events, in submission order, with one multi-row insert.
+/// Concurrent batches (other replicas) wait for the lock, so the chain never forks.
+pub(super) async fn append_batch(
+    mut c: deadpool_postgres::Object,
+    batch: Vec<AuditItem>,
+) -> StoreResult<Vec<()>> {
+    let mut meshes: Vec<&str> = batch.iter().map(|i| i.mesh_id.as_str()).collect();
+    meshes.sort_unstable();
+    meshes.dedup();
+    for mesh_id in meshes {
+        let tx = c.transaction().await.map_err(pg_error)?;
+        tx.execute(
+            "SELECT pg_advisory_xact_lock($1, hashtext($2))",
+            &[&AUDIT_LOCK_CLASS, &mesh_id],
         )
         .await
         .map_err(pg_error)?;
-    let (seq, prev_hash) = match last {
-        Some(r) => (r.get::<_, i64>(0) + 1, r.get::<_, String>(1)),
-        None => (1, GENESIS.to_string()),
-    };
-    let hash = entry_hash(
-        &prev_hash,
-        mesh_id,
-        event_type,
-        actor,
-        payload,
-        &iso8601_ms(created_at),
-    );
-    tx.execute(
-        "INSERT INTO audit_log (mesh_id, seq, event_type, actor_member_id, payload, created_at, prev_hash, hash) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        &[&mesh_id, &seq, &event_type, &actor, &canonical_json(payload), &created_at, &prev_hash, &hash],
-    )
-    .await
-    .map_err(pg_error)?;
-    tx.commit().await.map_err(pg_error)
+        let last = tx
+            .query_opt(
+                "SELECT seq, hash FROM audit_log WHERE mesh_id = $1 ORDER BY seq DESC LIMIT 1",
+                &[&mesh_id],
+            )
+            .await
+            .map_err(pg_error)?;
+        let (mut seq, mut prev) = match last {
+            Some(r) => (r.get::<_, i64>(0), r.get::<_, String>(1)),
+            None => (0, GENESIS.to_string()),
+        };
+        let mut rows = Columns::default();
+        for item in batch.iter().filter(|i| i.mesh_id == mesh_id) {
+            let hash = entry_hash(
+                &prev,
+                mesh_id,
+                &item.event_type,
+                item.actor.as_deref(),
+                &item.payload,
+                &iso8601_ms(item.created_at),
+            );
+            seq += 1;
+            rows.seq.push(seq);
+            rows.event_type.push(item.event_type.clone());
+            rows.actor.push(item.actor.clone());
+            rows.payload.push(canonical_json(&item.payload));
+            rows.created_at.push(item.created_at);
+            rows.prev_hash
+                .push(std::mem::replace(&mut prev, hash.clone()));
+            rows.hash.push(hash);
+        }
+        tx.execute(
+            "INSERT INTO audit_log (mesh_id, seq, event_type, actor_member_id, payload, created_at, prev_hash, hash) \
+             SELECT $1, * FROM UNNEST($2::bigint[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::text[], $8::text[])",
+            &[&mesh_id, &rows.seq, &rows.event_type, &rows.actor, &rows.payload, &rows.created_at, &rows.prev_hash, &rows.hash],
+        )
+        .await
+        .map_err(pg_error)?;
+        tx.commit().await.map_err(pg_error)?;
+    }
+    Ok(vec![(); batch.len()])
 }
 
 pub(super) async fn entries(store: &PgStore, mesh_id: &str) -> StoreResult<Vec<AuditEntry>> {

@@ -44,6 +44,7 @@ pub struct PgStore {
     metrics: queue::Metrics,
     enqueuer: queue::Batcher<QueuedMessage, ()>,
     acker: queue::Batcher<queue::AckItem, bool>,
+    auditor: queue::Batcher<audit::AuditItem, ()>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -95,6 +96,7 @@ impl PgStore {
         Ok(PgStore {
             enqueuer: queue::Batcher::spawn(pool.clone(), metrics.clone(), queue::insert_batch),
             acker: queue::Batcher::spawn(pool.clone(), metrics.clone(), queue::ack_batch),
+            auditor: queue::Batcher::spawn(pool.clone(), metrics.clone(), audit::append_batch),
             pool,
             metrics,
         })
@@ -500,15 +502,14 @@ impl Store for PgStore {
         payload: Value,
         created_at: i64,
     ) -> StoreResult<()> {
-        audit::append(
-            self,
-            mesh_id,
-            event_type,
-            actor_member_id,
-            &payload,
+        let item = audit::AuditItem {
+            mesh_id: mesh_id.to_string(),
+            event_type: event_type.to_string(),
+            actor: actor_member_id.map(str::to_string),
+            payload,
             created_at,
-        )
-        .await
+        };
+        self.auditor.submit(item).await
     }
 
     async fn audit_entries(&self, mesh_id: &str) -> StoreResult<Vec<AuditEntry>> {
