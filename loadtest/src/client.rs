@@ -1,0 +1,355 @@
+//! A real client's wire side: signed `hello`s, `send` and `client_ack` frames, parsing of
+//! the broker's frames, connecting (optionally from a chosen source address) and the
+//! jittered exponential backoff between reconnects.
+
+use std::borrow::Cow;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use broker::protocol::{Priority, signing};
+use futures_util::{SinkExt, StreamExt};
+use rand::RngExt;
+use serde::{Deserialize, Serialize};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+use crate::seal::Identity;
+
+pub type Ws = WebSocketStream<TcpStream>;
+
+/// A signed control-plane `hello` for `identity`, member `member_id` of `mesh_id`.
+pub fn hello_frame(
+    mesh_id: &str,
+    member_id: &str,
+    identity: &Identity,
+    session_id: &str,
+    timestamp_ms: i64,
+) -> String {
+    let text = signing::hello_text(mesh_id, member_id, &identity.pubkey, timestamp_ms);
+    serde_json::json!({
+        "type": "hello",
+        "meshId": mesh_id,
+        "memberId": member_id,
+        "pubkey": identity.pubkey,
+        "sessionId": session_id,
+        "pid": std::process::id(),
+        "cwd": "/loadtest",
+        "peerType": "loadtest",
+        "timestamp": timestamp_ms,
+        "signature": signing::sign_hex(&identity.key, &text),
+    })
+    .to_string()
+}
+
+#[derive(Serialize)]
+struct SendFrame<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    #[serde(rename = "targetSpec")]
+    target_spec: &'a str,
+    priority: Priority,
+    nonce: &'a str,
+    ciphertext: &'a str,
+    client_message_id: &'a str,
+}
+
+/// A `send` to `target_spec` carrying `client_message_id`.
+pub fn send_frame(
+    target_spec: &str,
+    priority: Priority,
+    nonce: &str,
+    ciphertext: &str,
+    client_message_id: &str,
+) -> String {
+    serde_json::to_string(&SendFrame {
+        kind: "send",
+        target_spec,
+        priority,
+        nonce,
+        ciphertext,
+        client_message_id,
+    })
+    .unwrap_or_default()
+}
+
+/// A `client_ack` of the broker message `broker_message_id`.
+pub fn client_ack_frame(broker_message_id: &str) -> String {
+    format!(
+        "{{\"type\":\"client_ack\",\"brokerMessageId\":{}}}",
+        serde_json::Value::from(broker_message_id)
+    )
+}
+
+/// The fields of a broker frame the harness looks at; everything else is skipped.
+#[derive(Debug, Deserialize)]
+pub struct InFrame<'a> {
+    #[serde(rename = "type", borrow)]
+    pub kind: Cow<'a, str>,
+    #[serde(rename = "messageId", borrow, default)]
+    pub message_id: Option<Cow<'a, str>>,
+    /// `ack.id`: the send's `id`, else its `client_message_id`.
+    #[serde(borrow, default)]
+    pub id: Option<Cow<'a, str>>,
+    #[serde(default)]
+    pub queued: Option<bool>,
+    #[serde(borrow, default)]
+    pub error: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub client_message_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub subtype: Option<Cow<'a, str>>,
+    #[serde(rename = "senderPubkey", borrow, default)]
+    pub sender_pubkey: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub nonce: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub ciphertext: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub code: Option<Cow<'a, str>>,
+}
+
+impl<'a> InFrame<'a> {
+    pub fn parse(text: &'a str) -> Option<InFrame<'a>> {
+        serde_json::from_str(text).ok()
+    }
+}
+
+/// Why a connection attempt failed.
+#[derive(Debug)]
+pub enum ConnectError {
+    /// TCP connect failed (refused, unreachable): try another replica.
+    Tcp(std::io::Error),
+    /// The WebSocket upgrade failed.
+    Upgrade(String),
+    /// The broker refused the handshake with `error{code}`.
+    Refused(String),
+    /// No `hello_ack` in time.
+    Timeout,
+    /// The socket closed before the `hello_ack`.
+    Closed,
+}
+
+impl ConnectError {
+    /// A short label for counting.
+    pub fn label(&self) -> String {
+        match self {
+            ConnectError::Tcp(e) => format!("tcp: {}", e.kind()),
+            ConnectError::Upgrade(_) => "upgrade".into(),
+            ConnectError::Refused(code) => format!("refused: {code}"),
+            ConnectError::Timeout => "hello timeout".into(),
+            ConnectError::Closed => "closed before hello_ack".into(),
+        }
+    }
+
+    /// True when the replica itself looks unreachable.
+    pub fn replica_down(&self) -> bool {
+        matches!(self, ConnectError::Tcp(_) | ConnectError::Upgrade(_))
+    }
+}
+
+/// Small buffers: the harness holds thousands of sockets and its frames are small.
+pub fn ws_config() -> WebSocketConfig {
+    WebSocketConfig::default().read_buffer_size(16 * 1024)
+}
+
+/// Opens TCP (from `source` when given) and upgrades to a WebSocket at `url`.
+pub async fn connect(
+    url: &str,
+    addr: SocketAddr,
+    source: Option<IpAddr>,
+) -> Result<Ws, ConnectError> {
+    let stream = match source {
+        None => TcpStream::connect(addr).await.map_err(ConnectError::Tcp)?,
+        Some(ip) => {
+            let socket = if ip.is_ipv4() {
+                TcpSocket::new_v4()
+            } else {
+                TcpSocket::new_v6()
+            }
+            .map_err(ConnectError::Tcp)?;
+            socket
+                .bind(SocketAddr::new(ip, 0))
+                .map_err(ConnectError::Tcp)?;
+            socket.connect(addr).await.map_err(ConnectError::Tcp)?
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    let (ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(ws_config()))
+        .await
+        .map_err(|e| ConnectError::Upgrade(e.to_string()))?;
+    Ok(ws)
+}
+
+/// Sends `hello` and waits up to `within` for the `hello_ack`.
+pub async fn handshake(ws: &mut Ws, hello: String, within: Duration) -> Result<(), ConnectError> {
+    ws.send(Message::text(hello))
+        .await
+        .map_err(|_| ConnectError::Closed)?;
+    let wait = async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(t))) => {
+                    let Some(f) = InFrame::parse(t.as_str()) else {
+                        continue;
+                    };
+                    match f.kind.as_ref() {
+                        "hello_ack" => return Ok(()),
+                        "error" => {
+                            return Err(ConnectError::Refused(
+                                f.code.map(|c| c.into_owned()).unwrap_or_default(),
+                            ));
+                        }
+                        _ => continue,
+                    }
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return Err(ConnectError::Closed),
+            }
+        }
+    };
+    tokio::time::timeout(within, wait)
+        .await
+        .unwrap_or(Err(ConnectError::Timeout))
+}
+
+/// Jittered exponential backoff: attempt `n` waits a uniform time in
+/// `[d/2, d]` with `d = min(cap, base · 2ⁿ)`, so reconnecting clients spread out.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    pub base: Duration,
+    pub cap: Duration,
+    attempt: u32,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff::new(Duration::from_millis(50), Duration::from_secs(5))
+    }
+}
+
+impl Backoff {
+    pub fn new(base: Duration, cap: Duration) -> Backoff {
+        Backoff {
+            base,
+            cap,
+            attempt: 0,
+        }
+    }
+
+    /// The ceiling of the next wait, before jitter.
+    pub fn ceiling(&self) -> Duration {
+        let factor = 1u32 << self.attempt.min(20);
+        self.base.saturating_mul(factor).min(self.cap)
+    }
+
+    /// The next wait; each call doubles the ceiling up to the cap.
+    pub fn next_delay(&mut self, rng: &mut impl rand::Rng) -> Duration {
+        let ceiling = self.ceiling();
+        self.attempt = self.attempt.saturating_add(1);
+        let half = ceiling / 2;
+        let jitter_us = rng.random_range(0..=half.as_micros() as u64);
+        half + Duration::from_micros(jitter_us)
+    }
+
+    /// After a successful connect.
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use broker::protocol::{ClientMessage, Inbound, Push};
+    use rand::SeedableRng;
+    use rand::rngs::SmallRng;
+
+    #[test]
+    fn hello_is_signed_the_way_the_broker_verifies_it() {
+        let id = Identity::random();
+        let frame = hello_frame("mesh1", "mem1", &id, "sess", 1_700_000_000_000);
+        let ClientMessage::Hello(h) = Inbound::decode(frame.as_bytes()).expect("decodes").message
+        else {
+            panic!("not a hello: {frame}")
+        };
+        assert_eq!(h.pubkey, id.pubkey);
+        assert_eq!(h.meta.session_id.as_deref(), Some("sess"));
+        let text = signing::hello_text(&h.mesh_id, &h.member_id, &h.pubkey, 1_700_000_000_000);
+        assert_eq!(signing::verify(&h.pubkey, &text, &h.signature), Ok(()));
+    }
+
+    #[test]
+    fn send_and_client_ack_decode_as_the_broker_reads_them() {
+        let frame = send_frame(
+            "ab".repeat(32).as_str(),
+            Priority::Now,
+            "bm9u",
+            "Y3Q=",
+            "r-1-2",
+        );
+        let ClientMessage::Send(s) = Inbound::decode(frame.as_bytes()).expect("decodes").message
+        else {
+            panic!("not a send")
+        };
+        assert_eq!(s.priority, Priority::Now);
+        assert_eq!(s.client_message_id.as_deref(), Some("r-1-2"));
+        assert_eq!((s.nonce.as_str(), s.ciphertext.as_str()), ("bm9u", "Y3Q="));
+        let ClientMessage::ClientAck(a) = Inbound::decode(client_ack_frame("m\"1").as_bytes())
+            .expect("decodes")
+            .message
+        else {
+            panic!("not a client_ack")
+        };
+        assert_eq!(a.broker_message_id.as_deref(), Some("m\"1"));
+    }
+
+    #[test]
+    fn a_broker_push_parses() {
+        let bytes = broker::protocol::encode(&Push {
+            kind: "push",
+            message_id: "mid",
+            mesh_id: "mesh",
+            sender_pubkey: "spk",
+            sender_member_pubkey: "spk",
+            sender_name: "n",
+            priority: Priority::Next,
+            nonce: "no",
+            ciphertext: "ct",
+            created_at: "2026-01-01T00:00:00.000Z".into(),
+            client_message_id: Some("r-0-1"),
+        });
+        let text = std::str::from_utf8(&bytes).expect("utf8");
+        let f = InFrame::parse(text).expect("parses");
+        assert_eq!(f.kind, "push");
+        assert_eq!(f.message_id.as_deref(), Some("mid"));
+        assert_eq!(f.client_message_id.as_deref(), Some("r-0-1"));
+        assert_eq!(f.ciphertext.as_deref(), Some("ct"));
+        assert!(f.subtype.is_none());
+        let ack = InFrame::parse(r#"{"type":"ack","id":"r-0-1","messageId":"m","queued":true}"#)
+            .expect("parses");
+        assert_eq!((ack.id.as_deref(), ack.queued), (Some("r-0-1"), Some(true)));
+    }
+
+    #[test]
+    fn backoff_grows_to_the_cap_with_jitter_and_resets() {
+        let mut rng = SmallRng::seed_from_u64(1);
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
+        let d0 = b.next_delay(&mut rng);
+        assert!(d0 >= Duration::from_millis(50) && d0 <= Duration::from_millis(100));
+        let d1 = b.next_delay(&mut rng);
+        assert!(d1 >= Duration::from_millis(100) && d1 <= Duration::from_millis(200));
+        // 400 ms, 800 ms, then the 1 s cap for good.
+        assert_eq!(b.ceiling(), Duration::from_millis(400));
+        b.next_delay(&mut rng);
+        b.next_delay(&mut rng);
+        for _ in 0..30 {
+            assert_eq!(b.ceiling(), Duration::from_secs(1));
+            let d = b.next_delay(&mut rng);
+            assert!(d >= Duration::from_millis(500) && d <= Duration::from_secs(1));
+        }
+        b.reset();
+        assert_eq!(b.ceiling(), Duration::from_millis(100));
+    }
+}

@@ -1,0 +1,361 @@
+//! The scenarios and what they share: enrolment, spawning peers, pacing, waiting.
+
+pub mod broadcast;
+pub mod churn;
+pub mod dm;
+pub mod failover;
+pub mod idle;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use broker::protocol::Priority;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use crate::cli::{self, Common};
+use crate::ledger::Micros;
+use crate::operator::{self, ApiConn};
+use crate::peer::{self, Cmd, ConnStats, Payload, PeerInfo, Plan, Shared, SourceAddrs};
+use crate::proc_stats::Sample;
+use crate::report::{Report, quantile_ms, round3};
+use crate::seal::Identity;
+
+/// A progress bar on stderr (hidden when stderr is not a terminal).
+pub fn bar(len: u64, what: &str) -> ProgressBar {
+    let pb = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
+    pb.set_style(
+        ProgressStyle::with_template(
+            "{msg:>12} [{elapsed_precise}] {wide_bar} {pos}/{len} ({per_sec})",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    pb.set_message(what.to_string());
+    pb
+}
+
+/// A status line on stderr (not on stdout, which `--json` keeps clean).
+pub fn note(msg: &str) {
+    eprintln!("loadtest: {msg}");
+}
+
+/// The operator token: `--token`, else `BROKER_ADMIN_TOKEN`.
+pub fn token(c: &Common) -> Result<String> {
+    c.token
+        .clone()
+        .or_else(|| std::env::var("BROKER_ADMIN_TOKEN").ok())
+        .filter(|t| !t.is_empty())
+        .context("no operator token: pass --token (the broker's BROKER_ADMIN_TOKEN)")
+}
+
+/// A short random id naming this run's meshes and client message ids.
+pub fn run_id() -> String {
+    broker::ids::random_id(8)
+}
+
+pub fn priority(name: &str) -> Result<Priority> {
+    serde_json::from_value(Value::String(name.to_string()))
+        .with_context(|| format!("--priority must be now, next or low, not {name:?}"))
+}
+
+pub fn payload(p: &cli::Payload) -> Payload {
+    if p.random_payload {
+        Payload::Random(p.size)
+    } else {
+        Payload::Sealed(p.size)
+    }
+}
+
+/// Creates `ceil(n / per_mesh)` meshes and `n` members with fresh ed25519 keys.
+pub async fn enrol(c: &Common, run: &str, n: u32, per_mesh: u32) -> Result<Vec<PeerInfo>> {
+    let token = token(c)?;
+    let url = &c.urls[0];
+    let mut api = ApiConn::connect(url, &token).await?;
+    let per_mesh = per_mesh.max(1);
+    let meshes = n.div_ceil(per_mesh).max(1);
+    let mut mesh_ids = Vec::new();
+    for m in 0..meshes {
+        mesh_ids.push(api.create_mesh(&format!("loadtest {run} {m}")).await?);
+    }
+    let identities: Vec<Identity> = (0..n).map(|_| Identity::random()).collect();
+    let rows: Vec<(String, String, String)> = identities
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            (
+                mesh_ids[i / per_mesh as usize].clone(),
+                id.pubkey.clone(),
+                format!("lt-{i}"),
+            )
+        })
+        .collect();
+    let pb = bar(u64::from(n), "enrolling");
+    let counter = pb.clone();
+    let member_ids =
+        operator::enrol_all(url, &token, rows.clone(), 8, move || counter.inc(1)).await?;
+    pb.finish_and_clear();
+    Ok(identities
+        .into_iter()
+        .zip(rows)
+        .zip(member_ids)
+        .enumerate()
+        .map(|(i, ((identity, (mesh_id, _, _)), member_id))| PeerInfo {
+            identity,
+            mesh_id,
+            member_id,
+            session_id: format!("lt-{run}-{i}"),
+        })
+        .collect())
+}
+
+/// Resolves every URL to one socket address.
+pub async fn resolve(urls: &[String]) -> Result<(Vec<String>, Vec<SocketAddr>)> {
+    let mut ws = Vec::new();
+    let mut addrs = Vec::new();
+    for u in urls {
+        let host = operator::authority(u);
+        let addr = tokio::net::lookup_host(host)
+            .await
+            .with_context(|| format!("resolving {host}"))?
+            .next()
+            .with_context(|| format!("{host} resolves to nothing"))?;
+        ws.push(operator::ws_url(u));
+        addrs.push(addr);
+    }
+    Ok((ws, addrs))
+}
+
+/// Everything but the peers and the payload settings.
+pub struct SharedSpec {
+    pub run: String,
+    pub peers: Vec<PeerInfo>,
+    pub payload: Payload,
+    pub priority: Priority,
+    pub verify: bool,
+    pub sources: Option<SourceAddrs>,
+    pub per_mesh: u32,
+}
+
+pub async fn shared(c: &Common, spec: SharedSpec) -> Result<Arc<Shared>> {
+    let (urls, addrs) = resolve(&c.urls).await?;
+    Ok(Arc::new(Shared {
+        run: spec.run,
+        urls,
+        addrs,
+        peers: spec.peers,
+        ledger: Default::default(),
+        conn: Default::default(),
+        start: Instant::now(),
+        stop: Default::default(),
+        go: Default::default(),
+        connected: Default::default(),
+        senders_done: Default::default(),
+        payload: spec.payload,
+        priority: spec.priority,
+        verify: spec.verify,
+        open_failures: Default::default(),
+        system_pushes: Default::default(),
+        sources: spec.sources,
+        per_mesh: spec.per_mesh,
+    }))
+}
+
+/// Spawns one task per plan, a few at a time so the broker's accept queue is not flooded,
+/// and waits until all are connected (or `timeout`).
+pub async fn start_peers(
+    sh: &Arc<Shared>,
+    plans: Vec<Plan>,
+    parallel: usize,
+    timeout: Duration,
+) -> Result<JoinSet<()>> {
+    let n = plans.len();
+    let pb = bar(n as u64, "connecting");
+    let mut tasks = JoinSet::new();
+    let deadline = Instant::now() + timeout;
+    let mut last_progress = (0, Instant::now());
+    for (i, plan) in plans.into_iter().enumerate() {
+        // At most `parallel` connections still on their way up.
+        while i >= sh.connected.load(Ordering::Relaxed) + parallel.max(1) {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            pb.set_position(sh.connected.load(Ordering::Relaxed) as u64);
+            check_stall(sh, &mut last_progress, timeout)?;
+        }
+        tasks.spawn(peer::run_peer(sh.clone(), i as u32, plan));
+    }
+    while sh.connected.load(Ordering::Relaxed) < n {
+        if Instant::now() > deadline {
+            check_stall(sh, &mut last_progress, Duration::ZERO)?;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        pb.set_position(sh.connected.load(Ordering::Relaxed) as u64);
+        check_stall(sh, &mut last_progress, timeout)?;
+    }
+    pb.finish_and_clear();
+    Ok(tasks)
+}
+
+fn check_stall(sh: &Shared, last: &mut (usize, Instant), timeout: Duration) -> Result<()> {
+    let now = sh.connected.load(Ordering::Relaxed);
+    if now != last.0 {
+        *last = (now, Instant::now());
+        return Ok(());
+    }
+    if last.1.elapsed() >= timeout {
+        let failures = sh.conn_stats().connect_failures.clone();
+        sh.stop.cancel();
+        bail!(
+            "only {now} of the peers connected, with no progress for {:?}; connect failures: {failures:?}",
+            last.1.elapsed()
+        );
+    }
+    Ok(())
+}
+
+/// Sends `total` commands (or as many as fit in `duration`) at `rate` per second to the
+/// peers in turn; returns how many were sent.
+pub async fn pace(
+    sh: &Shared,
+    txs: &[mpsc::UnboundedSender<Cmd>],
+    rate: f64,
+    total: Option<u64>,
+    duration: Option<Duration>,
+    make: impl Fn(Micros) -> Cmd,
+) -> u64 {
+    let begin = sh.now_us();
+    let interval_us = 1e6 / rate.max(1e-3);
+    let limit_us = duration.map(|d| d.as_micros() as u64);
+    let mut k: u64 = 0;
+    loop {
+        if total.is_some_and(|t| k >= t) || sh.stop.is_cancelled() {
+            break;
+        }
+        let offset = (k as f64 * interval_us) as u64;
+        if limit_us.is_some_and(|l| offset >= l) {
+            break;
+        }
+        let due = begin + offset;
+        let now = sh.now_us();
+        if due > now {
+            tokio::time::sleep(Duration::from_micros(due - now)).await;
+        }
+        let _ = txs[(k % txs.len() as u64) as usize].send(make(due));
+        k += 1;
+    }
+    k
+}
+
+/// Waits until `sending_done()` and then until the ledger settles, at most `timeout`
+/// after sending ends and never longer than `timeout` without progress. The bar follows
+/// `delivered`. Returns whether everything settled.
+pub async fn drain(
+    sh: &Shared,
+    pb: &ProgressBar,
+    timeout: Duration,
+    max_run: Option<Duration>,
+    sending_done: impl Fn() -> bool,
+) -> bool {
+    let begun = Instant::now();
+    let mut last = (u64::MAX, Instant::now());
+    let mut sent_at: Option<Instant> = None;
+    loop {
+        let (marker, delivered, settled) = {
+            let l = sh.ledger();
+            (l.progress_marker(), l.delivered, l.pending_acks() == 0)
+        };
+        pb.set_position(delivered);
+        if marker != last.0 {
+            last = (marker, Instant::now());
+        }
+        let done = sending_done();
+        if done && sent_at.is_none() {
+            sent_at = Some(Instant::now());
+        }
+        // The full check walks every entry: only when the cheap one passes.
+        if done && settled && sh.ledger().settled() {
+            return true;
+        }
+        if last.1.elapsed() >= timeout
+            || sent_at.is_some_and(|t| t.elapsed() >= timeout)
+            || max_run.is_some_and(|m| begun.elapsed() >= m)
+        {
+            // Stop the pacer too.
+            sh.stop.cancel();
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Stops every peer and waits for their tasks (closing frames included).
+pub async fn stop_peers(sh: &Shared, mut tasks: JoinSet<()>) {
+    sh.stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    tasks.abort_all();
+}
+
+/// Connection figures every scenario reports.
+pub fn conn_fields(r: &mut Report, c: &ConnStats) {
+    r.set("closes", json!(c.closes));
+    r.set("connect_failures", json!(c.connect_failures));
+    r.set("reconnects", c.reconnects);
+    if !c.errors.is_empty() {
+        r.set("errors", json!(c.errors));
+    }
+    if !c.rejects.is_empty() {
+        r.set("rejects", json!(c.rejects));
+    }
+    r.set("handshake_p50_ms", quantile_ms(&c.handshake_us, 0.5));
+    r.set("handshake_p99_ms", quantile_ms(&c.handshake_us, 0.99));
+}
+
+/// Broker RSS and CPU figures when `--broker-pid` was given.
+pub fn broker_fields(
+    r: &mut Report,
+    pids: &[u32],
+    before: &Sample,
+    after: &Sample,
+    per: u64,
+    per_what: &str,
+) {
+    if pids.is_empty() {
+        return;
+    }
+    let cpu_ms = before.cpu_ms_until(after);
+    r.set("broker_pids", json!(pids));
+    r.set("broker_rss_kib_before", before.total_rss_kib());
+    r.set("broker_rss_kib_after", after.total_rss_kib());
+    r.set("broker_cpu_ms", round3(cpu_ms));
+    if per > 0 {
+        r.set(
+            &format!("broker_cpu_us_per_{per_what}"),
+            round3(cpu_ms * 1000.0 / per as f64),
+        );
+    }
+}
+
+/// Fields and checks about the harness's own correctness.
+pub fn integrity(r: &mut Report, sh: &Shared) {
+    let open_failures = sh.open_failures.load(Ordering::Relaxed);
+    r.set("open_failures", open_failures);
+    r.set("system_pushes", sh.system_pushes.load(Ordering::Relaxed));
+    if open_failures > 0 {
+        r.fail(format!(
+            "{open_failures} sealed pushes did not open with the sender's key"
+        ));
+    }
+    if let Some(Value::Number(n)) = r.extra.get("id_mismatches")
+        && n.as_u64().unwrap_or(0) > 0
+    {
+        r.fail(format!(
+            "{n} pushes carried another messageId than their ack"
+        ));
+    }
+}
