@@ -132,6 +132,17 @@ async fn a_direct_message_between_replicas_is_one_trace() {
     })
     .await;
     assert_eq!(send.trace_id, receive.trace_id);
+    // The handshake and the push are spans too, on the replica that did them.
+    eventually("handshake and push spans", async || {
+        let spans = seen.lock().unwrap().clone();
+        let has = |instance: &str, name: &str| {
+            spans
+                .iter()
+                .any(|s| s.instance == instance && s.name == name)
+        };
+        (has("a", "handshake") && has("b", "handshake") && has("b", "push")).then_some(())
+    })
+    .await;
     assert_ne!(send.instance, receive.instance);
     // Log lines of the send carry its trace id.
     let log = a.log_text();

@@ -326,6 +326,11 @@ impl Session {
     /// Claims and pushes this connection's queued direct messages, in queue order.
     /// `steal` takes messages still leased to the member's earlier connections.
     pub(super) async fn drain(&mut self, steal: bool) {
+        let span = tracing::info_span!("push", steal, pushed = tracing::field::Empty);
+        tracing::Instrument::instrument(self.drain_inner(steal), span).await;
+    }
+
+    async fn drain_inner(&mut self, steal: bool) {
         let node = self.node.clone();
         let Some(a) = self.attached.as_mut() else {
             return;
@@ -350,6 +355,7 @@ impl Session {
             }
         };
         let full = claimed.len() == CLAIM_BATCH_LIMIT;
+        let mut pushed = 0usize;
         for m in claimed {
             let frame = protocol::encode(&Push {
                 kind: "push",
@@ -373,7 +379,9 @@ impl Session {
                 .delivery_seconds
                 .observe((now_ms() - m.created_at).max(0) as f64 / 1000.0);
             a.unacked.insert(m.id, now + lease_ms);
+            pushed += 1;
         }
+        tracing::Span::current().record("pushed", pushed);
         if full {
             a.handle.drain.notify_one();
         }

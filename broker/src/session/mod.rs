@@ -219,7 +219,8 @@ impl Session {
 
     async fn run(mut self, mut inbound: mpsc::Receiver<Incoming>) {
         let (ctl_tx, mut ctl_rx) = mpsc::unbounded_channel();
-        if !self.handshake(&mut inbound, ctl_tx).await {
+        let handshake = self.handshake(&mut inbound, ctl_tx);
+        if !tracing::Instrument::instrument(handshake, tracing::info_span!("handshake")).await {
             return;
         }
         let mut ping = tokio::time::interval(self.node.config.ping_interval);
