@@ -58,6 +58,10 @@ pub async fn housekeeping(node: Arc<Node>) {
     }
 }
 
+/// Sessions told to re-sync between two pauses.
+const RESYNC_BATCH: usize = 100;
+const RESYNC_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// Re-syncs this replica each time the bus reports a recovery.
 pub async fn resync_on_reconnect(node: Arc<Node>) {
     let mut reconnects = node.bus.reconnects();
@@ -67,8 +71,13 @@ pub async fn resync_on_reconnect(node: Arc<Node>) {
             changed = reconnects.changed() => if changed.is_err() { break },
         }
         node.resubscribe_all().await;
-        for handle in node.hub.all() {
+        // Paced: thousands of sessions re-syncing at once would swamp Redis and the store
+        // they are re-syncing with.
+        for (i, handle) in node.hub.all().into_iter().enumerate() {
             let _ = handle.control.send(Control::Resync);
+            if i % RESYNC_BATCH == RESYNC_BATCH - 1 {
+                tokio::time::sleep(RESYNC_PAUSE).await;
+            }
         }
     }
 }

@@ -28,6 +28,8 @@ use crate::protocol::Priority;
 const PROBE_INTERVAL: Duration = Duration::from_millis(500);
 /// How long a probe may take before pub/sub counts as broken.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Slow probes in a row before pub/sub counts as broken (a busy replica is not a broken one).
+const SLOW_PROBES_TOLERATED: u32 = 3;
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Header {
@@ -293,6 +295,12 @@ impl RedisBus {
             tokio::spawn(async move {
                 let mut n: u64 = 0;
                 let mut tick = tokio::time::interval(PROBE_INTERVAL);
+                // Consecutive probes that were published but did not come back in time.
+                let mut slow = 0u32;
+                // Set when events may have been lost (a dropped connection, a failed
+                // publish); cleared by the re-sync once pub/sub works again. A probe that is
+                // merely slow under load loses nothing and re-syncs nothing.
+                let mut needs_resync = false;
                 loop {
                     tokio::select! {
                         _ = stop.cancelled() => break,
@@ -320,11 +328,17 @@ impl RedisBus {
                             .query_async::<redis::Value>(&mut *sub)
                             .await;
                     }
-                    let was = healthy.swap(ok, Ordering::Relaxed);
-                    if ok && (!was || disconnected.swap(false, Ordering::Relaxed)) {
+                    if !sent || disconnected.swap(false, Ordering::Relaxed) {
+                        needs_resync = true;
+                    }
+                    slow = if ok { 0 } else { slow + 1 };
+                    let healthy_now = ok || (sent && slow < SLOW_PROBES_TOLERATED);
+                    let was = healthy.swap(healthy_now, Ordering::Relaxed);
+                    if ok && needs_resync {
+                        needs_resync = false;
                         info!("redis pub/sub is back: re-syncing this replica");
                         reconnect_tx.send_modify(|v| *v += 1);
-                    } else if !ok && was {
+                    } else if !healthy_now && was {
                         warn!("redis pub/sub probe failed");
                     }
                 }

@@ -155,15 +155,17 @@ async fn read_loop<S: AsyncRead + Unpin>(
             _ = &mut linger => break,
             frame = rd.read_frame(&mut obligated) => frame,
         };
+        if frame.is_ok() {
+            // Any frame proves the client alive, not only a pong: a reader that waited on a
+            // busy session must not count the pongs queued behind that wait as missing.
+            last_pong.store(now_ms(), Ordering::Relaxed);
+        }
         let incoming = match frame {
             Ok(f) => match f.opcode {
                 OpCode::Text if f.payload.len() > max => Incoming::TooLarge,
                 OpCode::Text => Incoming::Text(Bytes::copy_from_slice(&f.payload)),
                 OpCode::Binary => Incoming::Binary,
-                OpCode::Pong => {
-                    last_pong.store(now_ms(), Ordering::Relaxed);
-                    continue;
-                }
+                OpCode::Pong => continue,
                 OpCode::Close => break,
                 _ => continue,
             },
