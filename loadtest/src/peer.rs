@@ -423,8 +423,8 @@ fn random_payload(rng: &mut impl Rng, ciphertext_bytes: usize) -> (String, Strin
     (STANDARD.encode(nonce), STANDARD.encode(ct))
 }
 
-/// Runs peer `me` until `sh.stop`: connect, hello, serve, and reconnect on any close.
-/// `slot` is the connection's index for source-address selection.
+/// Runs peer `me` until `sh.stop`: connect (from `sh.sources` when set), hello, serve,
+/// and reconnect on any close, moving to the next URL when a replica is unreachable.
 pub async fn run_peer(sh: Arc<Shared>, me: u32, mut plan: Plan) {
     let mut peer = Peer {
         sh: sh.clone(),
