@@ -25,8 +25,9 @@ struct Inner {
     /// mesh id → member id → member.
     members: HashMap<String, BTreeMap<String, Member>>,
     invites: HashMap<String, Invite>,
-    /// Queue in sequence order; the sequence is the commit order.
-    queue: BTreeMap<u64, Row>,
+    /// One queue per recipient `(mesh, member)`, in sequence order (the commit order), so
+    /// a drain or an ack touches only its recipient's backlog.
+    queue: HashMap<(String, String), BTreeMap<u64, Row>>,
     next_seq: u64,
     peer_state: HashMap<(String, String), PeerState>,
     audit: HashMap<String, Vec<AuditEntry>>,
@@ -232,29 +233,31 @@ impl Store for MemoryStore {
         let mut inner = self.lock();
         inner.next_seq += 1;
         let seq = inner.next_seq;
-        inner.queue.insert(
-            seq,
-            Row {
-                message,
-                claimed_until: 0,
-            },
-        );
+        let key = (message.mesh_id.clone(), message.target_member_id.clone());
+        let row = Row {
+            message,
+            claimed_until: 0,
+        };
+        inner.queue.entry(key).or_default().insert(seq, row);
         Ok(())
     }
 
     async fn claim(&self, c: Claim<'_>) -> StoreResult<Vec<QueuedMessage>> {
         let mut inner = self.lock();
         let mut out = Vec::new();
-        for row in inner.queue.values_mut() {
+        let key = (c.mesh_id.to_string(), c.member_id.to_string());
+        let Some(queue) = inner.queue.get_mut(&key) else {
+            return Ok(out);
+        };
+        for row in queue.values_mut() {
             if out.len() >= c.limit {
                 break;
             }
             let m = &row.message;
-            let takeable = m.mesh_id == c.mesh_id
-                && m.target_member_id == c.member_id
-                && m.target_session_key
-                    .as_deref()
-                    .is_none_or(|k| Some(k) == c.session_key)
+            let takeable = m
+                .target_session_key
+                .as_deref()
+                .is_none_or(|k| Some(k) == c.session_key)
                 && (c.all_priorities || m.priority == crate::protocol::Priority::Now)
                 && (c.steal || row.claimed_until <= c.now_ms);
             if takeable {
@@ -272,29 +275,39 @@ impl Store for MemoryStore {
         message: MessageRef<'_>,
     ) -> StoreResult<bool> {
         let mut inner = self.lock();
-        let before = inner.queue.len();
-        inner.queue.retain(|_, row| {
+        let key = (mesh_id.to_string(), member_id.to_string());
+        let Some(queue) = inner.queue.get_mut(&key) else {
+            return Ok(false);
+        };
+        let before = queue.len();
+        queue.retain(|_, row| {
             let m = &row.message;
-            let named = match message {
+            !match message {
                 MessageRef::Broker(id) => m.id == id,
                 MessageRef::Client(id) => m.client_message_id.as_deref() == Some(id),
-            };
-            !(named && m.mesh_id == mesh_id && m.target_member_id == member_id)
+            }
         });
-        Ok(inner.queue.len() < before)
+        let marked = queue.len() < before;
+        if queue.is_empty() {
+            inner.queue.remove(&key);
+        }
+        Ok(marked)
     }
 
     async fn sweep_expired(&self, before_ms: i64) -> StoreResult<u64> {
         let mut inner = self.lock();
-        let before = inner.queue.len();
-        inner
-            .queue
-            .retain(|_, row| row.message.created_at >= before_ms);
-        Ok((before - inner.queue.len()) as u64)
+        let mut swept = 0;
+        inner.queue.retain(|_, queue| {
+            let before = queue.len();
+            queue.retain(|_, row| row.message.created_at >= before_ms);
+            swept += before - queue.len();
+            !queue.is_empty()
+        });
+        Ok(swept as u64)
     }
 
     async fn queue_depth(&self) -> StoreResult<u64> {
-        Ok(self.lock().queue.len() as u64)
+        Ok(self.lock().queue.values().map(BTreeMap::len).sum::<usize>() as u64)
     }
 
     async fn append_audit(
