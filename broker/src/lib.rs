@@ -190,16 +190,15 @@ async fn open_cluster(
         }
     };
     let prefix = &config.redis_prefix;
-    let bus = RedisBus::connect(
-        client,
-        conn.clone(),
-        prefix,
-        &config.instance_id,
-        sink,
-        stop,
-    )
-    .await
-    .map_err(|e| RunError::Database(format!("Redis pub/sub: {e}")))?;
+    // Publishes (and the probe) get a connection of their own: on the presence connection
+    // they would queue behind large presence replies, and a slow probe would look like an
+    // outage.
+    let publisher = redis::aio::ConnectionManager::new_with_config(client.clone(), manager_config)
+        .await
+        .map_err(|e| RunError::Database(format!("Redis is unreachable: {e}")))?;
+    let bus = RedisBus::connect(client, publisher, prefix, &config.instance_id, sink, stop)
+        .await
+        .map_err(|e| RunError::Database(format!("Redis pub/sub: {e}")))?;
     Ok((Arc::new(RedisPresence::new(conn, prefix)), Arc::new(bus)))
 }
 
