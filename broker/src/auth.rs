@@ -47,6 +47,9 @@ pub struct Verified {
     pub session_key: Option<String>,
     pub peer_role: PeerRole,
     pub meta: PeerMeta,
+    /// The mesh's presence records as the capacity check read them, so the attach that
+    /// follows does not read them again.
+    pub records: Vec<crate::cluster::presence::PresenceRecord>,
 }
 
 type Result<T> = std::result::Result<T, HandshakeError>;
@@ -65,7 +68,10 @@ fn integer_ms(v: &Value) -> Option<i64> {
     })
 }
 
-async fn check_capacity(node: &Node, mesh_id: &str) -> Result<()> {
+async fn check_capacity(
+    node: &Node,
+    mesh_id: &str,
+) -> Result<Vec<crate::cluster::presence::PresenceRecord>> {
     let records = node.presence.list(mesh_id).await.map_err(unavailable)?;
     let open = records.iter().filter(|r| r.is_live()).count();
     if open >= node.config.max_connections_per_mesh {
@@ -74,7 +80,7 @@ async fn check_capacity(node: &Node, mesh_id: &str) -> Result<()> {
             "mesh connection limit reached",
         ));
     }
-    Ok(())
+    Ok(records)
 }
 
 /// Skew, shape, signature and replay of a signed hello text.
@@ -162,7 +168,7 @@ pub async fn verify_hello(node: &Node, h: &Hello, now: i64) -> Result<Verified> 
             "sessionPubkey must be 64 lowercase hex",
         ));
     }
-    check_capacity(node, &h.mesh_id).await?;
+    let records = check_capacity(node, &h.mesh_id).await?;
     let text = |ts| signing::hello_text(&h.mesh_id, &h.member_id, &h.pubkey, ts);
     check_signed(node, &h.timestamp, &h.pubkey, text, &h.signature, now).await?;
     let (mesh, member) = find_member(node, &h.mesh_id, &h.pubkey).await?;
@@ -187,6 +193,7 @@ pub async fn verify_hello(node: &Node, h: &Hello, now: i64) -> Result<Verified> 
         session_key: h.session_pubkey.clone(),
         peer_role: PeerRole::ControlPlane,
         meta: h.meta.clone(),
+        records,
     })
 }
 
@@ -213,7 +220,7 @@ pub async fn verify_session_hello(node: &Node, h: &SessionHello, now: i64) -> Re
             "attestation keys differ from the hello's keys",
         ));
     }
-    check_capacity(node, &h.mesh_id).await?;
+    let records = check_capacity(node, &h.mesh_id).await?;
     let Some(expires_at) = integer_ms(&att.expires_at) else {
         return Err(HandshakeError::new(
             "malformed",
@@ -276,6 +283,7 @@ pub async fn verify_session_hello(node: &Node, h: &SessionHello, now: i64) -> Re
         session_key: Some(h.session_pubkey.clone()),
         peer_role: PeerRole::Session,
         meta: h.meta.clone(),
+        records,
     })
 }
 

@@ -26,7 +26,11 @@ pub enum Control {
     /// A Claude Code hook reported a status for this session.
     HookStatus(Status),
     /// The bus recovered from an outage: re-register the presence and drain the queue.
-    Resync,
+    /// `owners` maps the mesh's presence ids to their owning connection ids, listed once
+    /// per mesh for all its local sessions (`None`: the listing failed, list again).
+    Resync {
+        owners: Option<std::sync::Arc<HashMap<String, String>>>,
+    },
 }
 
 /// A frame waiting at a connection's gate, with its priority (`None`: system event).

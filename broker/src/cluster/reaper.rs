@@ -2,11 +2,12 @@
 //! replicas that died, expiring grace leases whose timer was lost, and re-syncing after
 //! the bus recovered from an outage.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use tracing::{info, warn};
 
-use crate::hub::Control;
+use crate::hub::{Control, SessionHandle};
 use crate::ids::now_ms;
 use crate::node::Node;
 use crate::session::end_presence;
@@ -71,12 +72,39 @@ pub async fn resync_on_reconnect(node: Arc<Node>) {
             changed = reconnects.changed() => if changed.is_err() { break },
         }
         node.resubscribe_all().await;
-        // Paced: thousands of sessions re-syncing at once would swamp Redis and the store
-        // they are re-syncing with.
-        for (i, handle) in node.hub.all().into_iter().enumerate() {
-            let _ = handle.control.send(Control::Resync);
-            if i % RESYNC_BATCH == RESYNC_BATCH - 1 {
-                tokio::time::sleep(RESYNC_PAUSE).await;
+        let mut by_mesh: HashMap<String, Vec<Arc<SessionHandle>>> = HashMap::new();
+        for handle in node.hub.all() {
+            by_mesh
+                .entry(handle.mesh_id.clone())
+                .or_default()
+                .push(handle);
+        }
+        // One presence listing per mesh, shared by its sessions, and paced: thousands of
+        // sessions re-syncing at once would swamp Redis and the store they re-sync with.
+        let mut sent = 0usize;
+        for (mesh_id, handles) in by_mesh {
+            // Invalidations may have been lost with the bus.
+            node.forget_members(&mesh_id);
+            let owners = match node.presence.list(&mesh_id).await {
+                Ok(records) => Some(Arc::new(
+                    records
+                        .into_iter()
+                        .map(|r| (r.presence_id, r.conn_id))
+                        .collect::<HashMap<_, _>>(),
+                )),
+                Err(e) => {
+                    warn!(error = %e, "resync: presence unavailable; sessions list it themselves");
+                    None
+                }
+            };
+            for handle in handles {
+                let _ = handle.control.send(Control::Resync {
+                    owners: owners.clone(),
+                });
+                sent += 1;
+                if sent.is_multiple_of(RESYNC_BATCH) {
+                    tokio::time::sleep(RESYNC_PAUSE).await;
+                }
             }
         }
     }

@@ -118,7 +118,7 @@ fn spawn_grace_timer(node: Arc<Node>, mesh_id: String, presence_id: String) {
 
 pub(super) async fn attach(
     s: &mut Session,
-    v: Verified,
+    mut v: Verified,
     req_id: Option<&str>,
     ctl_tx: mpsc::UnboundedSender<Control>,
 ) -> Result<(), HandshakeError> {
@@ -126,7 +126,8 @@ pub(super) async fn attach(
     let now = now_ms();
     let mesh_id = v.mesh.id.clone();
     tracing::Span::current().record("mesh_id", mesh_id.as_str());
-    let records = node.presence.list(&mesh_id).await.map_err(unavailable)?;
+    // Read by the capacity check a moment ago; the attach below is compare-and-set anyway.
+    let records = std::mem::take(&mut v.records);
     let session_id = v.meta.session_id.clone().unwrap_or_default();
 
     // Reattach: same session key, or without session keys the same member and sessionId.
@@ -375,28 +376,37 @@ impl Session {
     /// After a bus outage: restore this connection's presence record (the backend may have
     /// lost it) unless another connection took it over meanwhile, then drain the queue for
     /// doorbells that were lost.
-    pub(super) async fn resync(&mut self) -> Option<AfterClose> {
+    pub(super) async fn resync(
+        &mut self,
+        owners: Option<Arc<std::collections::HashMap<String, String>>>,
+    ) -> Option<AfterClose> {
         let node = self.node.clone();
         let a = self.attached.as_ref()?;
-        // A ban issued while the bus was down could not reach this socket.
-        if let Ok(Some(m)) = node.store.member(&a.mesh.id, &a.member.id).await
-            && m.revoked_at.is_some()
+        // A ban issued while the bus was down could not reach this socket. The member rows
+        // come from the mesh's cache, which the re-sync emptied first.
+        if let Ok(members) = node.mesh_members(&a.mesh.id).await
+            && members
+                .iter()
+                .any(|m| m.id == a.member.id && m.revoked_at.is_some())
         {
             self.out.close(4002, "banned");
             return Some(AfterClose::End);
         }
-        let records = match node.presence.list(&a.mesh.id).await {
-            Ok(r) => r,
-            Err(e) => {
-                warn!(error = %e, "resync: presence unavailable");
-                return None;
-            }
+        let owner = match owners {
+            Some(owners) => owners.get(&a.record.presence_id).cloned(),
+            None => match node.presence.list(&a.mesh.id).await {
+                Ok(records) => records
+                    .into_iter()
+                    .find(|r| r.presence_id == a.record.presence_id)
+                    .map(|r| r.conn_id),
+                Err(e) => {
+                    warn!(error = %e, "resync: presence unavailable");
+                    return None;
+                }
+            },
         };
-        match records
-            .iter()
-            .find(|r| r.presence_id == a.record.presence_id)
-        {
-            Some(r) if r.conn_id != self.conn_id => {
+        match owner {
+            Some(conn_id) if conn_id != self.conn_id => {
                 // Replaced while the bus was down: the replacement's close never reached us.
                 self.out.close(1000, "session_replaced");
                 return Some(AfterClose::Grace);

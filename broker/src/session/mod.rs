@@ -245,8 +245,8 @@ impl Session {
                         break after;
                     }
                     Some(Control::HookStatus(status)) => self.apply_hook_status(status).await,
-                    Some(Control::Resync) => {
-                        if let Some(after) = self.resync().await {
+                    Some(Control::Resync { owners }) => {
+                        if let Some(after) = self.resync(owners).await {
                             break after;
                         }
                     }
