@@ -17,7 +17,7 @@
 
 mod common;
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -27,14 +27,10 @@ use std::time::{Duration, Instant};
 use common::pg;
 use common::redis::RedisServer;
 use common::*;
-use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::http::header::{COOKIE, SET_COOKIE};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 const HAPROXY: &str = "/usr/sbin/haproxy";
 /// The HAProxy configuration of the compose stack, run as is.
@@ -262,13 +258,27 @@ impl Ha {
 
 /// A WebSocket client that goes through the load balancer and may carry the sticky
 /// cookie, which `common::Client` cannot send. It keeps what the upgrade response said.
+/// A test client through the load balancer: the harness's [`Client`], plus what the
+/// upgrade response said about stickiness.
 struct LbClient {
-    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
-    backlog: VecDeque<Value>,
+    client: Client,
     /// The server that answered the upgrade (HAProxy's `X-Served-By`).
     served_by: String,
     /// The `SERVERID` the load balancer set on the upgrade response, if any.
     set_cookie: Option<String>,
+}
+
+impl std::ops::Deref for LbClient {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        &self.client
+    }
+}
+
+impl std::ops::DerefMut for LbClient {
+    fn deref_mut(&mut self) -> &mut Client {
+        &mut self.client
+    }
 }
 
 impl LbClient {
@@ -280,12 +290,7 @@ impl LbClient {
                 HeaderValue::from_str(&format!("SERVERID={c}")).unwrap(),
             );
         }
-        let (ws, resp) = tokio_tungstenite::connect_async(req)
-            .await
-            .map_err(|e| e.to_string())?;
-        if let MaybeTlsStream::Plain(s) = ws.get_ref() {
-            let _ = s.set_nodelay(true);
-        }
+        let (client, resp) = Client::connect_request(req).await?;
         let served_by = resp
             .headers()
             .get("x-served-by")
@@ -299,8 +304,7 @@ impl LbClient {
             .filter_map(|v| v.to_str().ok())
             .find_map(server_cookie);
         Ok(LbClient {
-            ws,
-            backlog: VecDeque::new(),
+            client,
             served_by,
             set_cookie,
         })
@@ -345,113 +349,6 @@ impl LbClient {
             let jitter = broker::ids::now_ms().rem_euclid(50) as u64;
             tokio::time::sleep(Duration::from_millis(50 + jitter)).await;
         }
-    }
-
-    async fn send(&mut self, v: Value) {
-        self.ws
-            .send(Message::text(v.to_string()))
-            .await
-            .expect("send");
-    }
-
-    async fn next_within(&mut self, within: Duration) -> Option<Event> {
-        if let Some(v) = self.backlog.pop_front() {
-            return Some(Event::Frame(v));
-        }
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            let msg = match tokio::time::timeout_at(deadline, self.ws.next()).await {
-                Err(_) => return None,
-                Ok(m) => m,
-            };
-            return match msg {
-                Some(Ok(Message::Text(t))) => Some(Event::Frame(
-                    serde_json::from_str(&t).expect("broker sends JSON"),
-                )),
-                Some(Ok(Message::Close(f))) => Some(Event::Closed(
-                    f.map(|f| (u16::from(f.code), f.reason.to_string())),
-                )),
-                Some(Ok(_)) => continue,
-                Some(Err(_)) | None => Some(Event::Closed(None)),
-            };
-        }
-    }
-
-    /// Waits for a frame of `kind` (any kind when empty) that satisfies `pred`, keeping
-    /// others for later.
-    async fn expect_where(&mut self, kind: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        let mut skipped = Vec::new();
-        let found = loop {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            match self.next_within(left).await {
-                Some(Event::Frame(v)) if (kind.is_empty() || v["type"] == kind) && pred(&v) => {
-                    break v;
-                }
-                Some(Event::Frame(v)) => skipped.push(v),
-                other => panic!("no {kind:?} frame: {other:?}; saw {skipped:?}"),
-            }
-        };
-        for v in skipped.into_iter().rev() {
-            self.backlog.push_front(v);
-        }
-        found
-    }
-
-    async fn expect(&mut self, kind: &str) -> Value {
-        self.expect_where(kind, |_| true).await
-    }
-
-    async fn expect_system(&mut self, event: &str) -> Value {
-        self.expect_where("push", |v| v["subtype"] == "system" && v["event"] == event)
-            .await
-    }
-
-    /// Asserts that no frame matching `pred` arrives within `within` (others are kept).
-    async fn expect_none(&mut self, within: Duration, pred: impl Fn(&Value) -> bool) {
-        let deadline = tokio::time::Instant::now() + within;
-        let mut skipped = Vec::new();
-        loop {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            match self.next_within(left).await {
-                Some(Event::Frame(v)) => {
-                    assert!(!pred(&v), "unexpected frame {v}");
-                    skipped.push(v);
-                }
-                Some(Event::Closed(_)) | None => break,
-            }
-        }
-        for v in skipped.into_iter().rev() {
-            self.backlog.push_front(v);
-        }
-    }
-
-    /// Waits until the socket ends (close frame or dropped connection).
-    async fn expect_gone(&mut self) {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            match self.next_within(left).await {
-                Some(Event::Frame(_)) => continue,
-                Some(Event::Closed(_)) => return,
-                None => panic!("the socket did not end within {WAIT:?}"),
-            }
-        }
-    }
-
-    async fn request(&mut self, mut v: Value) -> Value {
-        let id = broker::ids::random_id(8);
-        v["_reqId"] = json!(id);
-        self.send(v).await;
-        self.expect_where("", |f| f["_reqId"] == json!(id)).await
-    }
-
-    async fn send_msg(&mut self, target: &str, priority: &str, ciphertext: &str) -> Value {
-        self.request(json!({"type": "send", "targetSpec": target, "priority": priority, "nonce": "bm9uY2U=", "ciphertext": ciphertext}))
-            .await
     }
 }
 

@@ -314,16 +314,49 @@ pub struct Client {
 
 impl Client {
     pub async fn connect(url: &str) -> Client {
-        let (ws, _) = tokio_tungstenite::connect_async(url)
+        Client::connect_request(url)
             .await
-            .expect("websocket connects");
+            .expect("websocket connects")
+            .0
+    }
+
+    /// Connects with a prepared request (extra headers such as a cookie), returning the
+    /// upgrade response too.
+    pub async fn connect_request(
+        req: impl tokio_tungstenite::tungstenite::client::IntoClientRequest + Unpin,
+    ) -> Result<
+        (
+            Client,
+            tokio_tungstenite::tungstenite::handshake::client::Response,
+        ),
+        String,
+    > {
+        let (ws, resp) = tokio_tungstenite::connect_async(req)
+            .await
+            .map_err(|e| e.to_string())?;
         if let MaybeTlsStream::Plain(s) = ws.get_ref() {
             let _ = s.set_nodelay(true);
         }
-        Client {
-            ws,
-            backlog: Default::default(),
-            closed: None,
+        Ok((
+            Client {
+                ws,
+                backlog: Default::default(),
+                closed: None,
+            },
+            resp,
+        ))
+    }
+
+    /// Waits until the socket ends (close frame or dropped connection).
+    pub async fn expect_gone(&mut self) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next_within(left).await {
+                Some(Event::Frame(_)) => continue,
+                Some(Event::Closed(_)) => return,
+                None => panic!("the socket did not end within {WAIT:?}"),
+            }
         }
     }
 
