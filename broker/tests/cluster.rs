@@ -83,37 +83,14 @@ async fn messages_reach_peers_on_the_other_replica() {
         "system events cross replicas"
     );
 
-    // Direct: committed by replica a, pushed by replica b.
-    let ack = ac.send_msg(&bob.identity.pubkey, "now", "direct").await;
-    let push = bc.expect_where("push", is_push).await;
-    assert_eq!(
-        (push["messageId"].clone(), push["ciphertext"].as_str()),
-        (ack["messageId"].clone(), Some("direct"))
-    );
-    bc.send(json!({"type": "client_ack", "brokerMessageId": push["messageId"]}))
-        .await;
-    // Broadcast and group from a reach b.
-    ac.send_msg("*", "now", "broadcast").await;
-    assert_eq!(
-        bc.expect_where("push", is_push).await["ciphertext"],
-        "broadcast"
-    );
-    assert_eq!(
-        cc.expect_where("push", is_push).await["ciphertext"],
-        "broadcast"
-    );
-    ac.send_msg("@ops", "now", "group").await;
-    assert_eq!(
-        cc.expect_where("push", is_push).await["ciphertext"],
-        "group"
-    );
-    bc.expect_none(Duration::from_millis(300), is_push).await;
-    // And back: b to a.
-    bc.send_msg(&alice.identity.pubkey, "now", "reply").await;
-    assert_eq!(
-        ac.expect_where("push", is_push).await["ciphertext"],
-        "reply"
-    );
+    cross_replica_exchange(
+        &mut ac,
+        &mut bc,
+        &mut cc,
+        &alice.identity.pubkey,
+        &bob.identity.pubkey,
+    )
+    .await;
 
     // Both replicas list the same peers.
     let on_a = peer_names(&ac.request(json!({"type": "list_peers"})).await);

@@ -452,38 +452,14 @@ async fn direct_broadcast_and_group_messages_cross_replicas_through_the_load_bal
         "carol"
     );
 
-    // Direct: accepted by replica a, pushed by replica b, confirmed there.
-    let ack = ac.send_msg(&bob.identity.pubkey, "now", "direct").await;
-    assert_eq!(ack["queued"], true, "{ack}");
-    let push = bc.expect_where("push", is_push).await;
-    assert_eq!(push["messageId"], ack["messageId"]);
-    assert_eq!(push["ciphertext"], "direct");
-    bc.send(json!({"type": "client_ack", "brokerMessageId": push["messageId"]}))
-        .await;
-
-    // Broadcast from a reaches both peers on b; the group only its member.
-    ac.send_msg("*", "now", "broadcast").await;
-    assert_eq!(
-        bc.expect_where("push", is_push).await["ciphertext"],
-        "broadcast"
-    );
-    assert_eq!(
-        cc.expect_where("push", is_push).await["ciphertext"],
-        "broadcast"
-    );
-    ac.send_msg("@ops", "now", "group").await;
-    assert_eq!(
-        cc.expect_where("push", is_push).await["ciphertext"],
-        "group"
-    );
-    bc.expect_none(Duration::from_millis(300), is_push).await;
-
-    // And back, from b to a.
-    cc.send_msg(&alice.identity.pubkey, "now", "reply").await;
-    assert_eq!(
-        ac.expect_where("push", is_push).await["ciphertext"],
-        "reply"
-    );
+    cross_replica_exchange(
+        &mut ac,
+        &mut bc,
+        &mut cc,
+        &alice.identity.pubkey,
+        &bob.identity.pubkey,
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -558,6 +558,42 @@ pub fn member(b: &Broker, mesh: &str, name: &str, extra: Value) -> Member {
     }
 }
 
+/// The reference audit's cross-replica exchange: `a` (alice) on one replica; `b` (bob)
+/// and `c` (carol, in group `ops`) on the other. A direct message from alice reaches bob
+/// (who confirms it), a broadcast reaches both, `@ops` only carol, and bob's reply reaches
+/// alice.
+pub async fn cross_replica_exchange(
+    a: &mut Client,
+    b: &mut Client,
+    c: &mut Client,
+    alice_key: &str,
+    bob_key: &str,
+) {
+    let ack = a.send_msg(bob_key, "now", "direct").await;
+    assert_eq!(ack["queued"], true, "{ack}");
+    let push = b.expect_where("push", is_push).await;
+    assert_eq!(push["messageId"], ack["messageId"]);
+    assert_eq!(push["ciphertext"], "direct");
+    b.send(json!({"type": "client_ack", "brokerMessageId": push["messageId"]}))
+        .await;
+
+    a.send_msg("*", "now", "broadcast").await;
+    assert_eq!(
+        b.expect_where("push", is_push).await["ciphertext"],
+        "broadcast"
+    );
+    assert_eq!(
+        c.expect_where("push", is_push).await["ciphertext"],
+        "broadcast"
+    );
+    a.send_msg("@ops", "now", "group").await;
+    assert_eq!(c.expect_where("push", is_push).await["ciphertext"], "group");
+    b.expect_none(Duration::from_millis(300), is_push).await;
+
+    b.send_msg(alice_key, "now", "reply").await;
+    assert_eq!(a.expect_where("push", is_push).await["ciphertext"], "reply");
+}
+
 /// A message push (direct, broadcast or group), not a system event.
 pub fn is_push(v: &Value) -> bool {
     v["type"] == "push" && v["subtype"] != "system"
