@@ -2,13 +2,12 @@
 //! reach every other peer. Broadcasts carry random bytes (real clients seal them with a
 //! mesh key the broker never sees, so the size is what matters).
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Result, bail};
 use tokio::sync::mpsc;
 
-use super::{SharedSpec, bar, broker_fields, conn_fields, drain, enrol, integrity, note, pace};
+use super::{SharedSpec, bar, broker_fields, conn_fields, enrol, integrity, note, pace_then_drain};
 use crate::cli::{Broadcast, Common};
 use crate::peer::{Cmd, Payload, Plan};
 use crate::proc_stats::Sample;
@@ -56,27 +55,19 @@ pub async fn run(c: &Common, a: &Broadcast) -> Result<Report> {
     let before = Sample::take(&c.broker_pids);
     let pb = bar(sends * u64::from(a.peers - 1), "delivered");
     sh.go.cancel();
-    let done = AtomicBool::new(false);
-    let pacer = async {
-        pace(
-            &sh,
-            &txs,
-            a.rate,
-            Some(sends),
-            Some(Duration::from_secs_f64(a.duration)),
-            |due| Cmd::Broadcast { due },
-        )
-        .await;
-        done.store(true, Ordering::Relaxed);
-    };
-    let waiter = drain(
+    let settled = pace_then_drain(
         &sh,
+        &txs,
         &pb,
+        a.rate,
+        Some(sends),
+        Some(Duration::from_secs_f64(a.duration)),
+        |due| Cmd::Broadcast { due },
         timeout,
         c.max_run.map(Duration::from_secs),
-        || done.load(Ordering::Relaxed),
-    );
-    let ((), settled) = tokio::join!(pacer, waiter);
+        || true,
+    )
+    .await;
     pb.finish_and_clear();
     let after = Sample::take(&c.broker_pids);
     super::stop_peers(&sh, tasks).await;

@@ -1,12 +1,14 @@
 //! `dm`: N peers each send M direct messages to random other peers.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::{Result, bail};
 use tokio::sync::mpsc;
 
-use super::{SharedSpec, bar, broker_fields, conn_fields, drain, enrol, integrity, note, pace};
+use super::{
+    SharedSpec, bar, broker_fields, conn_fields, drain, enrol, integrity, note, pace_then_drain,
+};
 use crate::cli::{Common, Dm};
 use crate::peer::{Cmd, Plan};
 use crate::proc_stats::Sample;
@@ -61,25 +63,21 @@ pub async fn run(c: &Common, a: &Dm) -> Result<Report> {
     let pb = bar(total, "delivered");
     let go_at = sh.now_us();
     sh.go.cancel();
-    let paced_done = AtomicBool::new(a.rate.is_none());
     let settled = match a.rate {
         Some(rate) => {
-            let pacer = async {
-                pace(&sh, &txs, rate, Some(total), None, |due| Cmd::Direct {
-                    due,
-                })
-                .await;
-                paced_done.store(true, Ordering::Relaxed);
-            };
-            let waiter = drain(
+            pace_then_drain(
                 &sh,
+                &txs,
                 &pb,
+                rate,
+                Some(total),
+                None,
+                |due| Cmd::Direct { due },
                 timeout,
                 c.max_run.map(Duration::from_secs),
-                || paced_done.load(Ordering::Relaxed),
-            );
-            let ((), settled) = tokio::join!(pacer, waiter);
-            settled
+                || true,
+            )
+            .await
         }
         None => {
             drain(

@@ -2,14 +2,14 @@
 //! with SIGKILL mid-run. Reports how long until every peer is connected again and how
 //! many acknowledged messages were never delivered (must be 0).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Result, bail};
 use serde_json::json;
 use tokio::sync::mpsc;
 
-use super::{SharedSpec, bar, broker_fields, conn_fields, drain, enrol, integrity, note, pace};
+use super::{SharedSpec, bar, broker_fields, conn_fields, enrol, integrity, note, pace_then_drain};
 use crate::cli::{Common, Failover};
 use crate::peer::{Cmd, Plan};
 use crate::proc_stats::Sample;
@@ -69,7 +69,6 @@ pub async fn run(c: &Common, a: &Failover) -> Result<Report> {
     sh.go.cancel();
     let go_at = sh.now_us();
     let killed_at = AtomicU64::new(u64::MAX);
-    let done = AtomicBool::new(false);
     let killer = async {
         tokio::time::sleep(Duration::from_secs_f64(a.kill_after)).await;
         killed_at.store(sh.now_us(), Ordering::Relaxed);
@@ -80,27 +79,20 @@ pub async fn run(c: &Common, a: &Failover) -> Result<Report> {
             .await;
         pb.println(format!("loadtest: SIGKILL {} → {status:?}", a.kill_pid));
     };
-    let pacer = async {
-        pace(
-            &sh,
-            &txs,
-            a.rate,
-            Some(sends),
-            Some(Duration::from_secs_f64(a.duration)),
-            |due| Cmd::Direct { due },
-        )
-        .await;
-        done.store(true, Ordering::Relaxed);
-    };
     // Also wait until every peer is back before judging.
-    let waiter = drain(
+    let run = pace_then_drain(
         &sh,
+        &txs,
         &pb,
+        a.rate,
+        Some(sends),
+        Some(Duration::from_secs_f64(a.duration)),
+        |due| Cmd::Direct { due },
         timeout,
         c.max_run.map(Duration::from_secs),
-        || done.load(Ordering::Relaxed) && sh.connected.load(Ordering::Relaxed) == a.peers as usize,
+        || sh.connected.load(Ordering::Relaxed) == a.peers as usize,
     );
-    let ((), (), settled) = tokio::join!(killer, pacer, waiter);
+    let ((), settled) = tokio::join!(killer, run);
     pb.finish_and_clear();
     let after = Sample::take(&survivors);
     let killed_at = killed_at.load(Ordering::Relaxed);

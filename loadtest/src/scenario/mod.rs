@@ -252,6 +252,37 @@ pub async fn pace(
 /// Waits until `sending_done()` and then until the ledger settles, at most `timeout`
 /// after sending ends and never longer than `timeout` without progress. The bar follows
 /// `delivered`. Returns whether everything settled.
+/// Paces `total` commands (for at most `duration`) and, at the same time, waits for the
+/// run to settle (see [`drain`]) once pacing is over and `also` holds; returns whether it
+/// settled.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the knobs of one paced run, passed through"
+)]
+pub async fn pace_then_drain(
+    sh: &Shared,
+    txs: &[mpsc::UnboundedSender<Cmd>],
+    pb: &ProgressBar,
+    rate: f64,
+    total: Option<u64>,
+    duration: Option<Duration>,
+    make: impl Fn(Micros) -> Cmd,
+    timeout: Duration,
+    max_run: Option<Duration>,
+    also: impl Fn() -> bool,
+) -> bool {
+    let paced = std::sync::atomic::AtomicBool::new(false);
+    let pacer = async {
+        pace(sh, txs, rate, total, duration, make).await;
+        paced.store(true, std::sync::atomic::Ordering::Relaxed);
+    };
+    let waiter = drain(sh, pb, timeout, max_run, || {
+        paced.load(std::sync::atomic::Ordering::Relaxed) && also()
+    });
+    let ((), settled) = tokio::join!(pacer, waiter);
+    settled
+}
+
 pub async fn drain(
     sh: &Shared,
     pb: &ProgressBar,
