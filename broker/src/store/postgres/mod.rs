@@ -181,6 +181,34 @@ fn invite_from_row(r: &Row) -> Invite {
     }
 }
 
+/// Inserts a new member row (operator API enrolment and invite redemption), on a pooled
+/// connection or inside a transaction.
+async fn insert_member(
+    c: &impl deadpool_postgres::GenericClient,
+    mesh_id: &str,
+    m: &NewMember,
+) -> Result<Row, tokio_postgres::Error> {
+    let sql = format!(
+        "INSERT INTO members (id, mesh_id, pubkey, display_name, role, user_id, default_groups, role_tag, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING {MEMBER_COLUMNS}"
+    );
+    c.query_one(
+        &sql,
+        &[
+            &ids::random_id(24),
+            &mesh_id,
+            &m.pubkey,
+            &m.display_name,
+            &m.role.as_str(),
+            &m.user_id,
+            &groups_json(&m.default_groups),
+            &m.role_tag,
+            &ids::now_ms(),
+        ],
+    )
+    .await
+}
+
 fn groups_json(groups: &[Group]) -> Value {
     serde_json::to_value(groups).unwrap_or(Value::Array(vec![]))
 }
@@ -245,36 +273,16 @@ impl Store for PgStore {
     }
 
     async fn add_member(&self, mesh_id: &str, m: NewMember) -> StoreResult<Member> {
-        let id = ids::random_id(24);
-        let sql = format!(
-            "INSERT INTO members (id, mesh_id, pubkey, display_name, role, user_id, default_groups, role_tag, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING {MEMBER_COLUMNS}"
-        );
-        let rows = self
-            .query(
-                &sql,
-                &[
-                    &id,
-                    &mesh_id,
-                    &m.pubkey,
-                    &m.display_name,
-                    &m.role.as_str(),
-                    &m.user_id,
-                    &groups_json(&m.default_groups),
-                    &m.role_tag,
-                    &ids::now_ms(),
-                ],
-            )
+        let c = self.conn().await?;
+        let row = insert_member(&c, mesh_id, &m)
             .await
-            .map_err(|e| match e {
+            .map_err(|e| match pg_error(e) {
                 StoreError::Conflict(_) => {
                     StoreError::Conflict("pubkey is already a member of this mesh".into())
                 }
                 e => e,
             })?;
-        rows.first()
-            .map(member_from_row)
-            .ok_or(StoreError::NotFound)
+        Ok(member_from_row(&row))
     }
 
     async fn members(&self, mesh_id: &str) -> StoreResult<Vec<Member>> {
@@ -414,25 +422,7 @@ impl Store for PgStore {
         if invite.max_uses.is_some_and(|max| invite.uses >= max) {
             return Err(StoreError::Invalid("invite has no uses left".into()));
         }
-        let sql = format!(
-            "INSERT INTO members (id, mesh_id, pubkey, display_name, role, user_id, default_groups, role_tag, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING {MEMBER_COLUMNS}"
-        );
-        let row = tx
-            .query_one(
-                &sql,
-                &[
-                    &ids::random_id(24),
-                    &invite.mesh_id,
-                    &m.pubkey,
-                    &m.display_name,
-                    &m.role.as_str(),
-                    &m.user_id,
-                    &groups_json(&m.default_groups),
-                    &m.role_tag,
-                    &ids::now_ms(),
-                ],
-            )
+        let row = insert_member(&tx, &invite.mesh_id, &m)
             .await
             .map_err(pg_error)?;
         tx.execute(
