@@ -5,11 +5,10 @@
 use std::time::Duration;
 
 use anyhow::{Result, bail};
-use tokio::sync::mpsc;
 
 use super::{SharedSpec, bar, broker_fields, conn_fields, enrol, integrity, note, pace_then_drain};
 use crate::cli::{Broadcast, Common};
-use crate::peer::{Cmd, Payload, Plan};
+use crate::peer::{Cmd, Payload};
 use crate::proc_stats::Sample;
 use crate::report::Report;
 
@@ -33,14 +32,7 @@ pub async fn run(c: &Common, a: &Broadcast) -> Result<Report> {
         },
     )
     .await?;
-    let mut txs = Vec::new();
-    let plans: Vec<Plan> = (0..a.peers)
-        .map(|_| {
-            let (tx, rx) = mpsc::unbounded_channel();
-            txs.push(tx);
-            Plan::Paced(rx)
-        })
-        .collect();
+    let (txs, plans) = super::paced_plans(a.peers);
     let tasks = super::start_peers(&sh, plans, c.connect_parallel, timeout).await?;
     // Let the peer_joined storm of the connection phase pass before measuring.
     tokio::time::sleep(Duration::from_millis(500)).await;

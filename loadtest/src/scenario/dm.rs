@@ -4,7 +4,6 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::{Result, bail};
-use tokio::sync::mpsc;
 
 use super::{
     SharedSpec, bar, broker_fields, conn_fields, drain, enrol, integrity, note, pace_then_drain,
@@ -36,20 +35,16 @@ pub async fn run(c: &Common, a: &Dm) -> Result<Report> {
         },
     )
     .await?;
-    let mut txs = Vec::new();
-    let plans: Vec<Plan> = (0..a.peers)
-        .map(|_| match a.rate {
-            Some(_) => {
-                let (tx, rx) = mpsc::unbounded_channel();
-                txs.push(tx);
-                Plan::Paced(rx)
-            }
-            None => Plan::Window {
+    let (txs, plans) = match a.rate {
+        Some(_) => super::paced_plans(a.peers),
+        None => {
+            let plan = || Plan::Window {
                 total: a.messages,
                 window: a.window,
-            },
-        })
-        .collect();
+            };
+            (Vec::new(), (0..a.peers).map(|_| plan()).collect())
+        }
+    };
     let tasks = super::start_peers(&sh, plans, c.connect_parallel, timeout).await?;
     note(&format!(
         "{} peers connected over {} URL(s); sending {} direct messages",

@@ -7,11 +7,10 @@ use std::time::Duration;
 
 use anyhow::{Result, bail};
 use serde_json::json;
-use tokio::sync::mpsc;
 
 use super::{SharedSpec, bar, broker_fields, conn_fields, enrol, integrity, note, pace_then_drain};
 use crate::cli::{Common, Failover};
-use crate::peer::{Cmd, Plan};
+use crate::peer::Cmd;
 use crate::proc_stats::Sample;
 use crate::report::{Report, round3};
 
@@ -39,14 +38,7 @@ pub async fn run(c: &Common, a: &Failover) -> Result<Report> {
         },
     )
     .await?;
-    let mut txs = Vec::new();
-    let plans: Vec<Plan> = (0..a.peers)
-        .map(|_| {
-            let (tx, rx) = mpsc::unbounded_channel();
-            txs.push(tx);
-            Plan::Paced(rx)
-        })
-        .collect();
+    let (txs, plans) = super::paced_plans(a.peers);
     let tasks = super::start_peers(&sh, plans, c.connect_parallel, timeout).await?;
     let sends = (a.rate * a.duration).round() as u64;
     note(&format!(

@@ -252,6 +252,16 @@ pub async fn pace(
 /// Waits until `sending_done()` and then until the ledger settles, at most `timeout`
 /// after sending ends and never longer than `timeout` without progress. The bar follows
 /// `delivered`. Returns whether everything settled.
+/// `n` peers driven by a pacer: the senders the pacer feeds, and the plans to start.
+pub fn paced_plans(n: u32) -> (Vec<mpsc::UnboundedSender<Cmd>>, Vec<Plan>) {
+    (0..n)
+        .map(|_| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            (tx, Plan::Paced(rx))
+        })
+        .unzip()
+}
+
 /// Paces `total` commands (for at most `duration`) and, at the same time, waits for the
 /// run to settle (see [`drain`]) once pacing is over and `also` holds; returns whether it
 /// settled.
