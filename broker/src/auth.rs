@@ -1,9 +1,16 @@
-//! Handshake verification (`hello`, `session_hello`) in the order the protocol fixes, and
-//! the bearer check of the operator API.
+//! Handshake verification (`hello`, `session_hello`), and the bearer check of the operator
+//! API.
+//!
+//! **Beyond** the protocol's order, nothing that grows with the mesh runs before the
+//! handshake is authenticated: the shape checks, the signatures and the replay guard come
+//! first, then the member lookup, and only then the capacity check (one O(1) count of the
+//! mesh's live presences) and the listing of the mesh that `attach` uses. A stranger or a
+//! bad signature costs the same at a mesh of 1 and at a full one, and never learns whether
+//! the mesh is full.
 
 use serde_json::Value;
 
-use crate::cluster::presence::PeerRole;
+use crate::cluster::presence::{PeerRole, PresenceRecord};
 use crate::node::Node;
 use crate::protocol::signing::{self, SignatureError};
 use crate::protocol::{Hello, PeerMeta, SessionHello};
@@ -47,9 +54,9 @@ pub struct Verified {
     pub session_key: Option<String>,
     pub peer_role: PeerRole,
     pub meta: PeerMeta,
-    /// The mesh's presence records as the capacity check read them, so the attach that
-    /// follows does not read them again.
-    pub records: Vec<crate::cluster::presence::PresenceRecord>,
+    /// The mesh's presence records, listed once the handshake was authenticated and passed
+    /// the capacity check, so the attach that follows does not read them again.
+    pub records: Vec<PresenceRecord>,
 }
 
 type Result<T> = std::result::Result<T, HandshakeError>;
@@ -68,19 +75,26 @@ fn integer_ms(v: &Value) -> Option<i64> {
     })
 }
 
-async fn check_capacity(
-    node: &Node,
-    mesh_id: &str,
-) -> Result<Vec<crate::cluster::presence::PresenceRecord>> {
-    let records = node.presence.list(mesh_id).await.map_err(unavailable)?;
-    let open = records.iter().filter(|r| r.is_live()).count();
+/// The capacity check, in O(1): the backend keeps a count of the mesh's live presences.
+/// Called only after the handshake is authenticated; the listing `attach` needs follows it.
+async fn check_capacity(node: &Node, mesh_id: &str) -> Result<Vec<PresenceRecord>> {
+    let open = node
+        .presence
+        .live_count(mesh_id)
+        .await
+        .map_err(unavailable)?;
     if open >= node.config.max_connections_per_mesh {
         return Err(HandshakeError::new(
             "capacity",
             "mesh connection limit reached",
         ));
     }
-    Ok(records)
+    node.presence.list(mesh_id).await.map_err(unavailable)
+}
+
+fn captured(node: &Node, reason: &'static str, message: &str) -> HandshakeError {
+    node.metrics.refuse_session_key(reason);
+    HandshakeError::new("bad_session_pubkey", message)
 }
 
 /// Skew, shape, signature and replay of a signed hello text.
@@ -168,23 +182,49 @@ pub async fn verify_hello(node: &Node, h: &Hello, now: i64) -> Result<Verified> 
             "sessionPubkey must be 64 lowercase hex",
         ));
     }
-    let records = check_capacity(node, &h.mesh_id).await?;
     let text = |ts| signing::hello_text(&h.mesh_id, &h.member_id, &h.pubkey, ts);
     check_signed(node, &h.timestamp, &h.pubkey, text, &h.signature, now).await?;
     let (mesh, member) = find_member(node, &h.mesh_id, &h.pubkey).await?;
-    if let Some(sk) = &h.session_pubkey
-        && *sk != member.pubkey
-        && node
+    // An unproven session key may not be another member's key: not its member key, not a
+    // session key it proved (even after that session ended), not its live routing key.
+    let foreign_key = h.session_pubkey.as_ref().filter(|sk| **sk != member.pubkey);
+    if let Some(sk) = foreign_key {
+        if node
             .store
             .member_by_pubkey(&mesh.id, sk)
             .await
             .map_err(unavailable)?
             .is_some()
+        {
+            return Err(captured(
+                node,
+                "member_key",
+                "sessionPubkey is another member's key",
+            ));
+        }
+        let prover = node
+            .presence
+            .session_key_prover(&mesh.id, sk)
+            .await
+            .map_err(unavailable)?;
+        if prover.is_some_and(|p| p != member.id) {
+            return Err(captured(
+                node,
+                "proven_session_key",
+                "sessionPubkey is a session key another member proved",
+            ));
+        }
+    }
+    let records = check_capacity(node, &mesh.id).await?;
+    if let Some(sk) = foreign_key
+        && records
+            .iter()
+            .any(|r| r.is_live() && r.member_id != member.id && r.routing_key() == sk.as_str())
     {
-        // An unproven session key may not impersonate another member's key.
-        return Err(HandshakeError::new(
-            "bad_session_pubkey",
-            "sessionPubkey is another member's key",
+        return Err(captured(
+            node,
+            "live_routing_key",
+            "sessionPubkey is the routing key of another member's presence",
         ));
     }
     Ok(Verified {
@@ -220,7 +260,6 @@ pub async fn verify_session_hello(node: &Node, h: &SessionHello, now: i64) -> Re
             "attestation keys differ from the hello's keys",
         ));
     }
-    let records = check_capacity(node, &h.mesh_id).await?;
     let Some(expires_at) = integer_ms(&att.expires_at) else {
         return Err(HandshakeError::new(
             "malformed",
@@ -277,6 +316,17 @@ pub async fn verify_session_hello(node: &Node, h: &SessionHello, now: i64) -> Re
             "parentMemberId is not the member of parentMemberPubkey",
         ));
     }
+    // The attestation signed this key: it stays reserved for this member at least as long
+    // as the attestation lasts, so no other member's `hello` can announce it meanwhile.
+    let memory = node
+        .config
+        .session_key_memory
+        .max(std::time::Duration::from_millis((expires_at - now) as u64));
+    node.presence
+        .remember_session_key(&mesh.id, &h.session_pubkey, &member.id, memory)
+        .await
+        .map_err(unavailable)?;
+    let records = check_capacity(node, &mesh.id).await?;
     Ok(Verified {
         mesh,
         member,

@@ -100,6 +100,30 @@ pub const SETTINGS: &[Setting] = &[
         doc: "Largest inbound frame (larger: close 1009) and largest `send` payload.",
     },
     Setting {
+        name: "MAX_MESSAGE_FRAGMENTS",
+        default: "128",
+        unit: "frames",
+        doc: "Most frames one fragmented WebSocket message may span (more: close 1009); its total is bounded by `MAX_MESSAGE_BYTES` as it accumulates.",
+    },
+    Setting {
+        name: "HTTP_HEADER_READ_TIMEOUT_MS",
+        default: "10000",
+        unit: "ms",
+        doc: "An HTTP connection that has not sent a complete request head this long after it opened, or after its previous response (keep-alive), is closed.",
+    },
+    Setting {
+        name: "HTTP_IDLE_TIMEOUT_MS",
+        default: "60000",
+        unit: "ms",
+        doc: "An HTTP (not upgraded) connection on which no byte moves in either direction for this long is closed: a stalled request body, a client that does not read its response.",
+    },
+    Setting {
+        name: "MAX_HTTP_CONNECTIONS",
+        default: "4096",
+        unit: "connections",
+        doc: "Open HTTP connections (not upgraded to WebSocket) per replica; beyond it a new connection is closed at once. Keep it below the file limit so sockets and the store keep descriptors.",
+    },
+    Setting {
         name: "MAX_CONNECTIONS_PER_MESH",
         default: "100",
         unit: "sockets",
@@ -134,6 +158,18 @@ pub const SETTINGS: &[Setting] = &[
         default: "60000",
         unit: "ms",
         doc: "Largest accepted distance between a hello's timestamp and the broker clock; also the replay window.",
+    },
+    Setting {
+        name: "REPLAY_CACHE_MAX",
+        default: "100000",
+        unit: "entries",
+        doc: "Cluster mode: hello signatures each replica keeps for their replay window (2 × `TIMESTAMP_SKEW_MS`), a second replay guard that survives a Redis data loss and re-seeds the new Redis; the oldest are dropped beyond it (`broker_replay_cache_evictions_total`).",
+    },
+    Setting {
+        name: "SESSION_KEY_MEMORY_MS",
+        default: "86400000",
+        unit: "ms",
+        doc: "How long a session key proven by a `session_hello` stays reserved for its member (at least the attestation's remaining lifetime, cluster-wide): another member's `hello` announcing it is refused `bad_session_pubkey`.",
     },
     Setting {
         name: "PING_INTERVAL_MS",
@@ -182,6 +218,42 @@ pub const SETTINGS: &[Setting] = &[
         default: "10000",
         unit: "ms",
         doc: "How long a hook status waits for a presence that has not connected yet.",
+    },
+    Setting {
+        name: "HOOK_PENDING_MAX",
+        default: "10000",
+        unit: "entries",
+        doc: "Most hook statuses kept waiting for presences at once, per replica; further ones are dropped (`broker_hook_pending_dropped_total`).",
+    },
+    Setting {
+        name: "HOOK_MAX_CWD_BYTES",
+        default: "4096",
+        unit: "bytes",
+        doc: "Longest `cwd` a `POST /hook/set-status` may name; a longer one is refused 400.",
+    },
+    Setting {
+        name: "HOOK_RATE_PER_SOURCE_PER_MIN",
+        default: "600",
+        unit: "requests/minute",
+        doc: "Rate limit of `POST /hook/set-status` per source address (IPv6: per /64), cluster-wide, on top of the `pid:cwd` limit; `0` disables it. Behind a proxy every hook shares the proxy's address.",
+    },
+    Setting {
+        name: "MAX_GROUPS_PER_PRESENCE",
+        default: "32",
+        unit: "groups",
+        doc: "Most groups one presence may be in (`join_group` beyond it: `error` `too_many_groups`; a `hello` announcing more is refused).",
+    },
+    Setting {
+        name: "MAX_GROUP_NAME_BYTES",
+        default: "64",
+        unit: "bytes",
+        doc: "Longest group name or group role (`error` `name_too_long`).",
+    },
+    Setting {
+        name: "MAX_PRESENCE_FIELD_BYTES",
+        default: "4096",
+        unit: "bytes",
+        doc: "Longest free-form presence field: summary, display name, profile and stats (as JSON), and each string of a `hello` (`error` `field_too_large`).",
     },
     Setting {
         name: "SHUTDOWN_DRAIN_MS",
@@ -305,6 +377,10 @@ pub struct Config {
     pub database_connect_timeout: Duration,
     pub expected_migration: Option<i64>,
     pub max_message_bytes: usize,
+    pub max_message_fragments: usize,
+    pub http_header_read_timeout: Duration,
+    pub http_idle_timeout: Duration,
+    pub max_http_connections: usize,
     pub max_connections_per_mesh: usize,
     /// 0 disables the limit.
     pub send_burst: u32,
@@ -313,6 +389,9 @@ pub struct Config {
     pub lease_grace: Duration,
     pub hello_timeout: Duration,
     pub timestamp_skew: Duration,
+    /// Signatures kept per replica as the second replay guard (`REPLAY_CACHE_MAX`).
+    pub replay_cache_max: usize,
+    pub session_key_memory: Duration,
     pub ping_interval: Duration,
     pub pong_timeout: Duration,
     pub claim_lease: Duration,
@@ -321,6 +400,13 @@ pub struct Config {
     pub held_queue_bytes: usize,
     pub hook_rate_per_min: u32,
     pub hook_pending: Duration,
+    pub hook_pending_max: usize,
+    pub hook_max_cwd_bytes: usize,
+    /// 0 disables the limit.
+    pub hook_rate_per_source_per_min: u32,
+    pub max_groups_per_presence: usize,
+    pub max_group_name_bytes: usize,
+    pub max_presence_field_bytes: usize,
     pub shutdown_drain: Duration,
     pub shutdown_deadline: Duration,
     /// Where spans are exported (OTLP/HTTP); `None`: traces off.
@@ -354,8 +440,8 @@ impl Config {
             database_url: r.optional("DATABASE_URL"),
             redis_url: r.optional("REDIS_URL"),
             redis_prefix: r.value("REDIS_PREFIX"),
-            heartbeat_interval: r.millis("HEARTBEAT_INTERVAL_MS")?,
-            node_dead_after: r.millis("NODE_DEAD_AFTER_MS")?,
+            heartbeat_interval: r.positive_millis("HEARTBEAT_INTERVAL_MS")?,
+            node_dead_after: r.positive_millis("NODE_DEAD_AFTER_MS")?,
             database_pool_size: r.parse_min("DATABASE_POOL_SIZE", 1)?,
             database_connect_timeout: r.millis("DATABASE_CONNECT_TIMEOUT_MS")?,
             expected_migration: match r.optional("EXPECTED_MIGRATION") {
@@ -363,20 +449,32 @@ impl Config {
                 None => None,
             },
             max_message_bytes: r.parse_min("MAX_MESSAGE_BYTES", 256)?,
+            max_message_fragments: r.parse_min("MAX_MESSAGE_FRAGMENTS", 1)?,
+            http_header_read_timeout: r.positive_millis("HTTP_HEADER_READ_TIMEOUT_MS")?,
+            http_idle_timeout: r.positive_millis("HTTP_IDLE_TIMEOUT_MS")?,
+            max_http_connections: r.parse_min("MAX_HTTP_CONNECTIONS", 1)?,
             max_connections_per_mesh: r.parse_min("MAX_CONNECTIONS_PER_MESH", 1)?,
             send_burst: r.parse("BROKER_SEND_BURST")?,
             send_per_min: r.parse("BROKER_SEND_PER_MIN")?,
             lease_grace: r.millis("LEASE_GRACE_MS")?,
-            hello_timeout: r.millis("HELLO_TIMEOUT_MS")?,
+            hello_timeout: r.positive_millis("HELLO_TIMEOUT_MS")?,
             timestamp_skew: r.millis("TIMESTAMP_SKEW_MS")?,
-            ping_interval: r.millis("PING_INTERVAL_MS")?,
-            pong_timeout: r.millis("PONG_TIMEOUT_MS")?,
-            claim_lease: r.millis("CLAIM_LEASE_MS")?,
+            replay_cache_max: r.parse("REPLAY_CACHE_MAX")?,
+            session_key_memory: r.millis("SESSION_KEY_MEMORY_MS")?,
+            ping_interval: r.positive_millis("PING_INTERVAL_MS")?,
+            pong_timeout: r.positive_millis("PONG_TIMEOUT_MS")?,
+            claim_lease: r.positive_millis("CLAIM_LEASE_MS")?,
             queue_ttl: r.millis("QUEUE_TTL_MS")?,
             outbound_queue_bytes: r.parse_min("OUTBOUND_QUEUE_BYTES", 1024)?,
             held_queue_bytes: r.parse("HELD_QUEUE_BYTES")?,
             hook_rate_per_min: r.parse("HOOK_RATE_PER_MIN")?,
             hook_pending: r.millis("HOOK_PENDING_MS")?,
+            hook_pending_max: r.parse("HOOK_PENDING_MAX")?,
+            hook_max_cwd_bytes: r.parse_min("HOOK_MAX_CWD_BYTES", 1)?,
+            hook_rate_per_source_per_min: r.parse("HOOK_RATE_PER_SOURCE_PER_MIN")?,
+            max_groups_per_presence: r.parse("MAX_GROUPS_PER_PRESENCE")?,
+            max_group_name_bytes: r.parse_min("MAX_GROUP_NAME_BYTES", 1)?,
+            max_presence_field_bytes: r.parse_min("MAX_PRESENCE_FIELD_BYTES", 64)?,
             shutdown_drain: r.millis("SHUTDOWN_DRAIN_MS")?,
             shutdown_deadline: r.millis("SHUTDOWN_DEADLINE_MS")?,
             otlp_traces_endpoint: match r.value("OTEL_SDK_DISABLED").as_str() {
@@ -401,6 +499,22 @@ impl Config {
         };
         let mut config = config;
         config.instance_id = format!("{}~{}", config.node_id, crate::ids::random_id(6));
+        if config.node_dead_after <= config.heartbeat_interval {
+            return Err(ConfigError::Invalid {
+                name: "NODE_DEAD_AFTER_MS",
+                value: config.node_dead_after.as_millis().to_string(),
+                why: "must be longer than HEARTBEAT_INTERVAL_MS, or live replicas are reaped"
+                    .into(),
+            });
+        }
+        if config.pong_timeout <= config.ping_interval {
+            return Err(ConfigError::Invalid {
+                name: "PONG_TIMEOUT_MS",
+                value: config.pong_timeout.as_millis().to_string(),
+                why: "must be longer than PING_INTERVAL_MS, or every idle socket is terminated"
+                    .into(),
+            });
+        }
         if config.redis_url.is_some() && config.database_url.is_none() {
             return Err(ConfigError::Invalid {
                 name: "REDIS_URL",
@@ -436,6 +550,9 @@ impl Config {
         Self::from_source(&map)
     }
 }
+
+/// Largest accepted value of a `*_MS` setting (365 days).
+const MAX_MILLIS: u64 = 365 * 24 * 3_600_000;
 
 struct Reader<'a> {
     src: &'a dyn Source,
@@ -489,8 +606,28 @@ impl Reader<'_> {
         Ok(v)
     }
 
+    /// A duration in milliseconds, at most [`MAX_MILLIS`]: larger values overflow the
+    /// clock arithmetic (`Instant + Duration` panics, `as i64` wraps negative).
     fn millis(&self, name: &str) -> Result<Duration, ConfigError> {
-        self.parse::<u64>(name).map(Duration::from_millis)
+        let ms = self.parse::<u64>(name)?;
+        if ms > MAX_MILLIS {
+            return Err(self.invalid(
+                name,
+                &ms.to_string(),
+                format!("must be at most {MAX_MILLIS} (365 days)"),
+            ));
+        }
+        Ok(Duration::from_millis(ms))
+    }
+
+    /// A duration that paces a timer or bounds a wait: `0` would panic (`interval(0)`) or
+    /// spin, so it is refused.
+    fn positive_millis(&self, name: &str) -> Result<Duration, ConfigError> {
+        let d = self.millis(name)?;
+        if d.is_zero() {
+            return Err(self.invalid(name, "0", "must be at least 1"));
+        }
+        Ok(d)
     }
 }
 

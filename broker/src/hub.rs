@@ -183,15 +183,17 @@ impl Hub {
         self.len() == 0
     }
 
-    /// The live local connection of a Claude Code session, found by `pid` and `cwd`.
-    pub fn find_by_process(&self, pid: Option<i64>, cwd: &str) -> Vec<Arc<SessionHandle>> {
+    /// The one live local connection a status hook is about: the presence that announced
+    /// exactly this `pid` and `cwd`. When several do (one process in several meshes), the
+    /// most recently connected one: a hook never fans out over presences.
+    pub fn find_by_process(&self, pid: i64, cwd: &str) -> Option<Arc<SessionHandle>> {
         let meshes = self.meshes.read().unwrap_or_else(|p| p.into_inner());
         meshes
             .values()
             .flat_map(|m| m.values())
-            .filter(|h| h.cwd == cwd && (pid.is_none() || h.pid == pid))
+            .filter(|h| h.pid == Some(pid) && h.cwd == cwd)
+            .max_by_key(|h| conn_seq(&h.conn_id))
             .cloned()
-            .collect()
     }
 
     fn mesh_handles(&self, mesh_id: &str) -> Vec<Arc<SessionHandle>> {
@@ -244,6 +246,15 @@ impl Hub {
             MeshEvent::MembersChanged => {}
         }
     }
+}
+
+/// The sequence number of a connection id (`<instance id>/<n>`): later connections of
+/// this replica have larger ones.
+fn conn_seq(conn_id: &str) -> u64 {
+    conn_id
+        .rsplit_once('/')
+        .and_then(|(_, n)| n.parse().ok())
+        .unwrap_or(0)
 }
 
 #[cfg(test)]

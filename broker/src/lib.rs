@@ -102,7 +102,7 @@ pub async fn run(
     // Stops the Redis loops when this replica is done.
     let cluster_stop = CancellationToken::new();
     let _stop_guard = cluster_stop.clone().drop_guard();
-    let (presence, bus) = open_cluster(&config, sink, cluster_stop).await?;
+    let (presence, bus) = open_cluster(&config, &metrics, sink, cluster_stop).await?;
     let clustered = config.redis_url.is_some();
     let node = Arc::new(Node::new(config, store, presence, bus, metrics));
 
@@ -148,6 +148,7 @@ type ClusterBackends = (Arc<dyn Presence>, Arc<dyn Bus>);
 /// Memory presence and bus in dev mode and with PostgreSQL alone; Redis with `REDIS_URL`.
 async fn open_cluster(
     config: &Config,
+    metrics: &Metrics,
     sink: BusSink,
     stop: CancellationToken,
 ) -> Result<ClusterBackends, RunError> {
@@ -199,7 +200,11 @@ async fn open_cluster(
     let bus = RedisBus::connect(client, publisher, prefix, &config.instance_id, sink, stop)
         .await
         .map_err(|e| RunError::Database(format!("Redis pub/sub: {e}")))?;
-    Ok((Arc::new(RedisPresence::new(conn, prefix)), Arc::new(bus)))
+    let presence = RedisPresence::new(conn, prefix).with_replay_cache(
+        config.replay_cache_max,
+        metrics.replay_cache_evictions.clone(),
+    );
+    Ok((Arc::new(presence), Arc::new(bus)))
 }
 
 /// How often the backend health gauges are refreshed.

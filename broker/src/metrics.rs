@@ -32,6 +32,7 @@ pub struct Metrics {
     pub connections_total: Counter,
     pub connections_active: Gauge,
     pub connections_rejected: Family<ReasonLabel, Counter>,
+    pub session_keys_refused: Family<ReasonLabel, Counter>,
     pub messages_routed: Family<PriorityLabel, Counter>,
     pub messages_rejected: Family<ReasonLabel, Counter>,
     pub messages_dropped_by_grant: Family<CapLabel, Counter>,
@@ -50,6 +51,18 @@ pub struct Metrics {
     pub store_batch_rows: Histogram,
     pub store_pool_wait_seconds: Histogram,
     pub schema_version: Gauge,
+    pub replica_heals: Family<ReasonLabel, Counter>,
+    pub redis_data_losses: Counter,
+    pub replay_cache_evictions: Counter,
+    pub hook_requests_rejected: Family<ReasonLabel, Counter>,
+    pub hook_pending_dropped: Counter,
+    pub presence_updates_rejected: Family<ReasonLabel, Counter>,
+    pub replies_too_large: Family<ReasonLabel, Counter>,
+    pub ws_messages_refused: Family<ReasonLabel, Counter>,
+    pub ws_pongs_coalesced: Counter,
+    pub http_connections_open: Gauge,
+    pub http_connections_closed: Family<ReasonLabel, Counter>,
+    pub http_accept_errors: Counter,
 }
 
 /// `(name, help)` of every metric, as the registry exposes them (docs and tests read it).
@@ -70,6 +83,11 @@ pub const CATALOGUE: &[(&str, &str, &str)] = &[
         "Handshakes refused, by error code (`reason`).",
     ),
     (
+        "broker_session_keys_refused_total",
+        "counter",
+        "`hello`s refused `bad_session_pubkey` because their announced key belongs to another member, by `reason` (member_key, proven_session_key, live_routing_key).",
+    ),
+    (
         "broker_messages_routed_total",
         "counter",
         "Accepted sends, by `priority`.",
@@ -77,7 +95,7 @@ pub const CATALOGUE: &[(&str, &str, &str)] = &[
     (
         "broker_messages_rejected_total",
         "counter",
-        "Sends refused, by `reason` (rate_limit, too_large, no_target, grant, invalid, store).",
+        "Sends refused, by `reason` (rate_limit, too_large, no_target, grant, invalid, store, revoked; outcome_unknown: the commit outcome is unknown and the client should retry with the same client_message_id).",
     ),
     (
         "broker_messages_dropped_by_grant_total",
@@ -155,9 +173,69 @@ pub const CATALOGUE: &[(&str, &str, &str)] = &[
         "The applied schema migration (0 in dev mode).",
     ),
     (
+        "broker_replica_heals_total",
+        "counter",
+        "Times this replica found it may have been declared dead and closed its sockets 1001 to heal, by `reason` (clock_gap, reaped).",
+    ),
+    (
+        "broker_redis_data_losses_total",
+        "counter",
+        "Redis data losses (a changed epoch: a restart without persistence) this replica noticed and re-synced after.",
+    ),
+    (
+        "broker_replay_cache_evictions_total",
+        "counter",
+        "Accepted hello signatures dropped from this replica's replay cache before their window ended, because it held `REPLAY_CACHE_MAX`.",
+    ),
+    (
         "broker_db_healthy",
         "gauge",
         "1 while the store answered its last health check, else 0 (always 1 in dev mode).",
+    ),
+    (
+        "broker_hook_requests_rejected_total",
+        "counter",
+        "`POST /hook/set-status` requests refused, by `reason` (too_large, invalid, dnd, rate_limit_source, rate_limit_key, unavailable).",
+    ),
+    (
+        "broker_hook_pending_dropped_total",
+        "counter",
+        "Hook statuses for a process not connected yet that were dropped because `HOOK_PENDING_MAX` were already waiting.",
+    ),
+    (
+        "broker_presence_updates_rejected_total",
+        "counter",
+        "Presence changes refused by a bound, by `reason` (too_many_groups, name_too_long, field_too_large).",
+    ),
+    (
+        "broker_replies_too_large_total",
+        "counter",
+        "Frames not queued because they exceed `OUTBOUND_QUEUE_BYTES`, by `reason` (peers_list: answered with an error; system_event: not announced).",
+    ),
+    (
+        "broker_ws_messages_refused_total",
+        "counter",
+        "Inbound WebSocket messages that closed their socket, by `reason` (too_large, too_many_fragments, invalid_utf8, protocol).",
+    ),
+    (
+        "broker_ws_pongs_coalesced_total",
+        "counter",
+        "Pings answered by a pong already pending on the socket (one pending pong per socket).",
+    ),
+    (
+        "broker_http_connections_open",
+        "gauge",
+        "HTTP connections open on this replica, not counting those upgraded to WebSocket.",
+    ),
+    (
+        "broker_http_connections_closed_total",
+        "counter",
+        "HTTP connections closed by the broker, by `reason` (header_timeout, idle_timeout, capacity).",
+    ),
+    (
+        "broker_http_accept_errors_total",
+        "counter",
+        "Failed accepts (out of file descriptors and similar); the listener backs off and retries.",
     ),
 ];
 
@@ -168,6 +246,7 @@ impl Metrics {
             connections_total: Counter::default(),
             connections_active: Gauge::default(),
             connections_rejected: Family::default(),
+            session_keys_refused: Family::default(),
             messages_routed: Family::default(),
             messages_rejected: Family::default(),
             messages_dropped_by_grant: Family::default(),
@@ -186,6 +265,18 @@ impl Metrics {
             store_batch_rows: Histogram::new(exponential_buckets(1.0, 2.0, 11)),
             store_pool_wait_seconds: Histogram::new(exponential_buckets(0.00005, 2.0, 16)),
             schema_version: Gauge::default(),
+            replica_heals: Family::default(),
+            redis_data_losses: Counter::default(),
+            replay_cache_evictions: Counter::default(),
+            hook_requests_rejected: Family::default(),
+            hook_pending_dropped: Counter::default(),
+            presence_updates_rejected: Family::default(),
+            replies_too_large: Family::default(),
+            ws_messages_refused: Family::default(),
+            ws_pongs_coalesced: Counter::default(),
+            http_connections_open: Gauge::default(),
+            http_connections_closed: Family::default(),
+            http_accept_errors: Counter::default(),
             registry: Registry::default(),
         };
         // prometheus-client appends `_total` to counters itself, so counters are registered
@@ -208,6 +299,7 @@ impl Metrics {
         register!("broker_connections_total", m.connections_total);
         register!("broker_connections_active", m.connections_active);
         register!("broker_connections_rejected_total", m.connections_rejected);
+        register!("broker_session_keys_refused_total", m.session_keys_refused);
         register!("broker_messages_routed_total", m.messages_routed);
         register!("broker_messages_rejected_total", m.messages_rejected);
         register!(
@@ -229,6 +321,30 @@ impl Metrics {
         register!("broker_store_batch_rows", m.store_batch_rows);
         register!("broker_store_pool_wait_seconds", m.store_pool_wait_seconds);
         register!("broker_schema_version", m.schema_version);
+        register!("broker_replica_heals_total", m.replica_heals);
+        register!("broker_redis_data_losses_total", m.redis_data_losses);
+        register!(
+            "broker_replay_cache_evictions_total",
+            m.replay_cache_evictions
+        );
+        register!(
+            "broker_hook_requests_rejected_total",
+            m.hook_requests_rejected
+        );
+        register!("broker_hook_pending_dropped_total", m.hook_pending_dropped);
+        register!(
+            "broker_presence_updates_rejected_total",
+            m.presence_updates_rejected
+        );
+        register!("broker_replies_too_large_total", m.replies_too_large);
+        register!("broker_ws_messages_refused_total", m.ws_messages_refused);
+        register!("broker_ws_pongs_coalesced_total", m.ws_pongs_coalesced);
+        register!("broker_http_connections_open", m.http_connections_open);
+        register!(
+            "broker_http_connections_closed_total",
+            m.http_connections_closed
+        );
+        register!("broker_http_accept_errors_total", m.http_accept_errors);
         m.pubsub_healthy.set(1);
         m.db_healthy.set(1);
         Metrics { registry, ..m }
@@ -244,6 +360,13 @@ impl Metrics {
 
     pub fn reject_connection(&self, reason: &'static str) {
         self.connections_rejected
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
+    /// A `hello` announcing another member's key (`reason`: which kind of key it was).
+    pub fn refuse_session_key(&self, reason: &'static str) {
+        self.session_keys_refused
             .get_or_create(&ReasonLabel { reason })
             .inc();
     }
@@ -265,6 +388,44 @@ impl Metrics {
             .get_or_create(&PriorityLabel {
                 priority: priority.as_str(),
             })
+            .inc();
+    }
+}
+
+/// Counters of the transport bounds (WebSocket framing, HTTP connections).
+impl Metrics {
+    /// An inbound WebSocket message refused (its socket closes), by reason.
+    pub fn refuse_ws_message(&self, reason: &'static str) {
+        self.ws_messages_refused
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
+    /// An HTTP connection the broker closed (timeout, capacity), by reason.
+    pub fn close_http_connection(&self, reason: &'static str) {
+        self.http_connections_closed
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+}
+
+/// Counters of the hook and presence bounds.
+impl Metrics {
+    pub fn reject_hook(&self, reason: &'static str) {
+        self.hook_requests_rejected
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
+    pub fn reject_presence_update(&self, reason: &'static str) {
+        self.presence_updates_rejected
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
+    pub fn reply_too_large(&self, reason: &'static str) {
+        self.replies_too_large
+            .get_or_create(&ReasonLabel { reason })
             .inc();
     }
 }
@@ -295,9 +456,18 @@ mod tests {
     fn every_catalogued_metric_is_exported() {
         let m = Metrics::new();
         m.reject_connection("capacity");
+        m.refuse_session_key("proven_session_key");
         m.reject_message("rate_limit");
         m.drop_by_grant("dm");
         m.routed(crate::protocol::Priority::Now);
+        m.reject_hook("invalid");
+        m.reject_presence_update("too_many_groups");
+        m.reply_too_large("peers_list");
+        m.refuse_ws_message("invalid_utf8");
+        m.close_http_connection("header_timeout");
+        m.replica_heals
+            .get_or_create(&ReasonLabel { reason: "reaped" })
+            .inc();
         let text = m.render();
         for (name, kind, _) in CATALOGUE {
             let probe = if *kind == "histogram" {

@@ -16,9 +16,6 @@ use crate::metrics::Metrics;
 use crate::protocol::Status;
 use crate::store::Store;
 
-/// Most hook statuses kept waiting for presences at once.
-const MAX_PENDING_HOOKS: usize = 10_000;
-
 /// Everything the tasks of one replica share. Each field says why it exists.
 pub struct Node {
     pub config: Config,
@@ -42,7 +39,8 @@ pub struct Node {
     pub started: Instant,
     conn_seq: AtomicU64,
     /// Hook statuses waiting (at most `HOOK_PENDING_MS`) for a presence to connect, by
-    /// `pid:cwd`. Lost if the replica dies; a hook reports again on the next change.
+    /// [`Node::hook_key`] (a hash of `pid:cwd`), at most `HOOK_PENDING_MAX` of them. Lost if
+    /// the replica dies; a hook reports again on the next change.
     pub hook_pending: Mutex<HashMap<String, (Status, Instant)>>,
     /// Meshes this replica is subscribed to on the bus. The async lock serialises
     /// (un)subscription with the hub's view, so a mesh is subscribed exactly while it has
@@ -53,6 +51,17 @@ pub struct Node {
     /// `MembersChanged` event, which reaches every replica with sockets in the mesh), when
     /// the last local socket of the mesh leaves, and after `MEMBER_CACHE_TTL`.
     members: Mutex<HashMap<String, CachedMembers>>,
+    /// Set while this replica heals after it was declared dead (a pause or a partition
+    /// longer than `NODE_DEAD_AFTER_MS`): its sockets are being closed `1001`, readiness
+    /// answers 503 and handshakes are refused until a clean heartbeat after they are gone.
+    pub healing: AtomicBool,
+    /// The connections the current heal closed; healed once none is left in the hub.
+    pub heal_conns: Mutex<HashSet<String>>,
+    /// Connections told to re-sync that have not finished yet: the re-sync is complete
+    /// (and the replica reports itself re-synced to the cluster) once none is left.
+    pub resync_waiting: Mutex<HashSet<String>>,
+    /// Rung when the presence backend lost its data: re-sync now, bus recovery or not.
+    pub resync_requested: tokio::sync::Notify,
 }
 
 /// How long cached member rows are trusted without an invalidation.
@@ -97,7 +106,33 @@ impl Node {
             hook_pending: Mutex::new(HashMap::new()),
             subscriptions: tokio::sync::Mutex::new(HashSet::new()),
             members: Mutex::new(HashMap::new()),
+            healing: AtomicBool::new(false),
+            heal_conns: Mutex::new(HashSet::new()),
+            resync_waiting: Mutex::new(HashSet::new()),
+            resync_requested: tokio::sync::Notify::new(),
         }
+    }
+
+    /// Why this replica must not take new sessions nor trust the shared presence state
+    /// now, if it must not: it is healing after being declared dead, or the cluster is
+    /// re-syncing after a Redis data loss. Readiness answers 503 with it and handshakes
+    /// are refused `internal` (retryable).
+    pub fn sync_problem(&self) -> Option<&'static str> {
+        if self.healing.load(Ordering::SeqCst) {
+            Some("healing: this replica was declared dead")
+        } else if self.presence.resync_pending() {
+            Some("re-syncing after a Redis data loss")
+        } else {
+            None
+        }
+    }
+
+    /// A session finished its part of the re-sync (or needs none).
+    pub fn resync_done(&self, conn_id: &str) {
+        self.resync_waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(conn_id);
     }
 
     /// The mesh's member rows, from the cache while this replica has sockets in the mesh.
@@ -236,30 +271,48 @@ impl Node {
         });
     }
 
-    /// The key of the hook rate limit and pending statuses.
-    pub fn hook_key(pid: Option<i64>, cwd: &str) -> String {
-        format!("{}:{cwd}", pid.map(|p| p.to_string()).unwrap_or_default())
+    /// The key of a hook's rate limit and pending status: a hash of `pid:cwd`, so that
+    /// what an unauthenticated caller sends never becomes a map key or a Redis key name as
+    /// is (fixed length, whatever the `cwd`).
+    pub fn hook_key(pid: i64, cwd: &str) -> String {
+        use sha2::Digest;
+        let digest = sha2::Sha256::new()
+            .chain_update(pid.to_string())
+            .chain_update(b":")
+            .chain_update(cwd)
+            .finalize();
+        hex::encode(&digest[..16])
     }
 
-    /// Keeps a hook status for a presence about to connect. Expired entries are dropped
-    /// first, and the map is bounded so an unauthenticated caller cannot grow it at will.
-    pub fn remember_pending_hook(&self, pid: Option<i64>, cwd: &str, status: Status) {
+    /// Keeps a hook status for the process `pid` in `cwd`, about to connect. Expired entries
+    /// are dropped first, and the map is bounded (`HOOK_PENDING_MAX`) so an unauthenticated
+    /// caller cannot grow it at will: beyond the bound a new status is dropped and counted.
+    /// Returns whether the status was kept.
+    pub fn remember_pending_hook(&self, pid: i64, cwd: &str, status: Status) -> bool {
+        let key = Self::hook_key(pid, cwd);
         let mut pending = self.hook_pending.lock().unwrap_or_else(|p| p.into_inner());
         let ttl = self.config.hook_pending;
         pending.retain(|_, (_, at)| at.elapsed() < ttl);
-        if pending.len() < MAX_PENDING_HOOKS {
-            pending.insert(Self::hook_key(pid, cwd), (status, Instant::now()));
+        if pending.len() < self.config.hook_pending_max || pending.contains_key(&key) {
+            pending.insert(key, (status, Instant::now()));
+            true
+        } else {
+            self.metrics.hook_pending_dropped.inc();
+            false
         }
     }
 
-    /// Takes a pending hook status for a presence that just connected.
+    /// Takes the pending hook status of a presence that just connected. Only a status
+    /// reported for exactly this `pid` and `cwd` applies: a presence without a pid gets
+    /// none.
     pub fn take_pending_hook(&self, pid: Option<i64>, cwd: &str) -> Option<Status> {
+        let pid = pid?;
+        let key = Self::hook_key(pid, cwd);
         let mut pending = self.hook_pending.lock().unwrap_or_else(|p| p.into_inner());
         let ttl = self.config.hook_pending;
-        pending.retain(|_, (_, at)| at.elapsed() < ttl);
         pending
-            .remove(&Self::hook_key(pid, cwd))
-            .or_else(|| pending.remove(&Self::hook_key(None, cwd)))
+            .remove(&key)
+            .filter(|(_, at)| at.elapsed() < ttl)
             .map(|(s, _)| s)
     }
 }

@@ -571,6 +571,89 @@ async fn expire_due_hands_each_record_out_once(p: &dyn Presence) {
     assert!(p.list("m2").await.unwrap().is_empty());
 }
 
+async fn live_count_follows_every_change_of_liveness(p: &dyn Presence) {
+    async fn counts(p: &dyn Presence) -> (usize, usize) {
+        (
+            p.live_count("m1").await.unwrap(),
+            p.live_count("m2").await.unwrap(),
+        )
+    }
+    assert_eq!(counts(p).await, (0, 0));
+    for (id, conn) in [("p1", "n1/1"), ("p2", "n1/2"), ("p3", "n2/1")] {
+        p.attach(record("m1", id, conn)).await.unwrap();
+    }
+    p.attach(record("m2", "q1", "n1/3")).await.unwrap();
+    assert_eq!(counts(p).await, (3, 1));
+    // A live record taken over by another connection (a reattach elsewhere) counts once.
+    p.attach(record("m1", "p1", "n2/2")).await.unwrap();
+    assert_eq!(counts(p).await, (3, 1));
+    // Grace does not count; a second release changes nothing; a reattach counts again.
+    assert!(p.release("m1", "p2", "n1/2", 1_000).await.unwrap());
+    assert!(!p.release("m1", "p2", "n1/2", 1_000).await.unwrap());
+    assert_eq!(counts(p).await, (2, 1));
+    p.attach(record("m1", "p2", "n2/3")).await.unwrap();
+    assert_eq!(counts(p).await, (3, 1));
+    // Removal by a stale owner changes nothing; by the owner it does.
+    assert!(p.remove("m1", "p1", "n1/1").await.unwrap().is_none());
+    assert_eq!(counts(p).await, (3, 1));
+    assert!(p.remove("m1", "p1", "n2/2").await.unwrap().is_some());
+    assert_eq!(counts(p).await, (2, 1));
+    // Expiry (the timer and the backstop) removes records that no longer counted.
+    assert!(p.release("m1", "p2", "n2/3", 1_000).await.unwrap());
+    assert!(p.release("m1", "p3", "n2/1", 2_000).await.unwrap());
+    assert_eq!(counts(p).await, (0, 1));
+    assert!(p.expire("m1", "p2", 1_000).await.unwrap().is_some());
+    assert_eq!(ids(&p.expire_due(2_000).await.unwrap()), ["p3"]);
+    assert_eq!(counts(p).await, (0, 1));
+    // And a mesh fills up again from zero.
+    p.attach(record("m1", "p4", "n1/9")).await.unwrap();
+    assert_eq!(counts(p).await, (1, 1));
+}
+
+async fn proven_session_keys_are_remembered_per_mesh_for_their_ttl(p: &dyn Presence) {
+    let (k, short) = ("cd".repeat(32), "ef".repeat(32));
+    assert_eq!(p.session_key_prover("m1", &k).await.unwrap(), None);
+    p.remember_session_key("m1", &k, "alice", Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(
+        p.session_key_prover("m1", &k).await.unwrap().as_deref(),
+        Some("alice")
+    );
+    assert_eq!(
+        p.session_key_prover("m2", &k).await.unwrap(),
+        None,
+        "per mesh"
+    );
+    // The same member proving it again with a shorter TTL does not shorten the memory.
+    p.remember_session_key("m1", &k, "alice", Duration::from_millis(1))
+        .await
+        .unwrap();
+    p.remember_session_key("m1", &short, "bob", Duration::from_millis(150))
+        .await
+        .unwrap();
+    assert_eq!(
+        p.session_key_prover("m1", &short).await.unwrap().as_deref(),
+        Some("bob")
+    );
+    poll_until("the short memory ends", WAIT, async || {
+        p.session_key_prover("m1", &short).await.unwrap().is_none()
+    })
+    .await;
+    assert_eq!(
+        p.session_key_prover("m1", &k).await.unwrap().as_deref(),
+        Some("alice")
+    );
+    // Another member that proved the key too takes it over.
+    p.remember_session_key("m1", &k, "carol", Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(
+        p.session_key_prover("m1", &k).await.unwrap().as_deref(),
+        Some("carol")
+    );
+}
+
 macro_rules! presence_contract {
     ($($name:ident),* $(,)?) => {
         mod presence_memory {
@@ -595,6 +678,8 @@ presence_contract!(
     signatures_are_remembered_for_their_ttl,
     send_tokens_limit_the_burst,
     expire_due_hands_each_record_out_once,
+    live_count_follows_every_change_of_liveness,
+    proven_session_keys_are_remembered_per_mesh_for_their_ttl,
 );
 
 // A single node never dies: on the memory backend heartbeat and reaping do nothing by design.
@@ -604,8 +689,8 @@ async fn redis_presence_reaps_only_the_live_records_of_dead_nodes() {
     let server = RedisServer::start();
     let p = redis_presence(&server, &prefix()).await;
     let now = common::now_ms();
-    p.heartbeat("A", now - 60_000).await.unwrap();
-    p.heartbeat("B", now).await.unwrap();
+    p.heartbeat("A", now - 60_000, 8_000).await.unwrap();
+    p.heartbeat("B", now, 8_000).await.unwrap();
 
     let a1 = record("m1", "p1", "A/1");
     p.attach(a1.clone()).await.unwrap();
@@ -654,6 +739,26 @@ async fn redis_presence_reaps_only_the_live_records_of_dead_nodes() {
 }
 
 #[tokio::test]
+async fn redis_presence_reaping_a_dead_node_frees_its_live_count() {
+    let server = RedisServer::start();
+    let p = redis_presence(&server, &prefix()).await;
+    let now = common::now_ms();
+    p.heartbeat("A", now - 60_000, 8_000).await.unwrap();
+    p.heartbeat("B", now, 8_000).await.unwrap();
+    p.attach(record("m1", "a1", "A/1")).await.unwrap();
+    p.attach(record("m1", "a2", "A/2")).await.unwrap();
+    assert!(p.release("m1", "a2", "A/2", now + 60_000).await.unwrap());
+    p.attach(record("m1", "b1", "B/1")).await.unwrap();
+    p.attach(record("m2", "moved", "A/3")).await.unwrap();
+    p.attach(record("m2", "moved", "B/9")).await.unwrap();
+    assert_eq!(p.live_count("m1").await.unwrap(), 2);
+    assert_eq!(p.live_count("m2").await.unwrap(), 1);
+    assert_eq!(ids(&p.reap_dead_nodes(now - 10_000).await.unwrap()), ["a1"]);
+    assert_eq!(p.live_count("m1").await.unwrap(), 1, "only B's record");
+    assert_eq!(p.live_count("m2").await.unwrap(), 1, "reattached on B");
+}
+
+#[tokio::test]
 async fn redis_presence_concurrent_reapers_get_each_record_once() {
     let server = RedisServer::start();
     let prefix = prefix();
@@ -663,9 +768,9 @@ async fn redis_presence_concurrent_reapers_get_each_record_once() {
         redis_presence(&server, &prefix).await,
     );
     let now = common::now_ms();
-    p.heartbeat("A", now - 60_000).await.unwrap();
-    q.heartbeat("C", now - 60_000).await.unwrap();
-    p.heartbeat("B", now).await.unwrap();
+    p.heartbeat("A", now - 60_000, 8_000).await.unwrap();
+    q.heartbeat("C", now - 60_000, 8_000).await.unwrap();
+    p.heartbeat("B", now, 8_000).await.unwrap();
     let mut want = Vec::new();
     for i in 0..30 {
         for node in ["A", "C"] {

@@ -45,7 +45,7 @@ async fn an_acknowledged_message_survives_sigkill_of_the_broker() {
     );
     eventually("the schema version gauge", async || {
         b.metrics()
-            .contains("broker_schema_version 1")
+            .contains("broker_schema_version 2")
             .then_some(())
     })
     .await;
@@ -245,7 +245,7 @@ async fn readiness_honours_expected_migration() {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_broker"));
     cmd.env_clear()
         .env("DATABASE_URL", &url)
-        .env("EXPECTED_MIGRATION", "2")
+        .env("EXPECTED_MIGRATION", "3")
         .env("BROKER_PORT", "0")
         .env("BROKER_HOST", "127.0.0.1")
         .env("BROKER_ADMIN_TOKEN", TOKEN)
@@ -275,4 +275,152 @@ async fn readiness_honours_expected_migration() {
     assert!(body.contains("EXPECTED_MIGRATION"), "{body}");
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// PostgreSQL killed (`-m immediate`) while sends are being committed: no send answered
+/// as refused is ever delivered (a commit whose outcome the broker could not learn is
+/// answered "outcome unknown", not refused), and retries with the same
+/// `client_message_id` (after an unknown outcome, or even after a success) answer the
+/// original `messageId` and deliver exactly once.
+#[tokio::test]
+async fn a_postgres_crash_mid_commit_reports_no_delivered_send_as_refused() {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    let cluster = tokio::task::spawn_blocking(PgCluster::start).await.unwrap();
+    let url = pg::create_db(&cluster.url("postgres")).await;
+    pg::migrate(&url).await;
+    let b = Broker::start(&[("DATABASE_URL", url.as_str()), ("BROKER_SEND_BURST", "0")]);
+    let mesh = b.create_mesh("crash", None);
+    let bob = member(&b, &mesh, "bob", json!({}));
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for k in 0..8 {
+        let sender = member(&b, &mesh, &format!("sender{k}"), json!({}));
+        let (mut c, _) = Client::join(&b.ws_url(), sender.hello(&mesh, json!({}))).await;
+        let (stop, acked, target) = (stop.clone(), acked.clone(), bob.identity.pubkey.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut outcomes = Vec::new();
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let cid = format!("s{k}-{i}");
+                i += 1;
+                let reply = c
+                    .request(
+                        json!({"type": "send", "targetSpec": target, "priority": "now",
+                        "nonce": "bm9uY2U=", "ciphertext": cid, "client_message_id": cid}),
+                    )
+                    .await;
+                if reply["queued"] == true {
+                    acked.fetch_add(1, Ordering::Relaxed);
+                }
+                outcomes.push((cid, reply));
+            }
+            (c, outcomes)
+        }));
+    }
+    eventually("sends are flowing", async || {
+        (acked.load(Ordering::Relaxed) >= 200).then_some(())
+    })
+    .await;
+    let cluster = tokio::task::spawn_blocking(move || {
+        cluster.stop_immediate();
+        cluster
+    })
+    .await
+    .unwrap();
+    eventually("readiness turns 503", async || {
+        matches!(b.try_http("GET", "/health/ready", None, None), Ok((503, _))).then_some(())
+    })
+    .await;
+    let _cluster = tokio::task::spawn_blocking(move || {
+        cluster.restart();
+        cluster
+    })
+    .await
+    .unwrap();
+    eventually("readiness recovers", async || {
+        matches!(b.try_http("GET", "/health/ready", None, None), Ok((200, _))).then_some(())
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+
+    // cid → messageId of every send that must be delivered once; cids that must not be.
+    let mut expected: HashMap<String, String> = HashMap::new();
+    let mut refused = Vec::new();
+    let mut unknown = 0;
+    for t in tasks {
+        let (mut c, outcomes) = t.await.unwrap();
+        for (n, (cid, reply)) in outcomes.into_iter().enumerate() {
+            let error = reply["error"].as_str().unwrap_or_default().to_string();
+            let retry = if reply["queued"] == true {
+                // Every tenth success is retried too: it must answer the same id.
+                n % 10 == 0
+            } else if error.contains("outcome unknown") {
+                unknown += 1;
+                true
+            } else {
+                assert!(error.contains("unavailable"), "{reply}");
+                refused.push(cid.clone());
+                false
+            };
+            if reply["queued"] == true {
+                expected.insert(cid.clone(), reply["messageId"].as_str().unwrap().into());
+            }
+            if retry {
+                let again = c
+                    .request(
+                        json!({"type": "send", "targetSpec": bob.identity.pubkey, "priority": "now",
+                        "nonce": "bm9uY2U=", "ciphertext": cid, "client_message_id": cid}),
+                    )
+                    .await;
+                assert_eq!(again["queued"], true, "retry of {cid}: {again}");
+                let id = again["messageId"].as_str().unwrap().to_string();
+                if let Some(first) = expected.get(&cid) {
+                    assert_eq!(
+                        &id, first,
+                        "a retry of {cid} answers the original messageId"
+                    );
+                }
+                expected.insert(cid, id);
+            }
+        }
+    }
+    assert!(!refused.is_empty(), "the outage refused some sends");
+    eprintln!(
+        "{} to deliver, {} refused, {unknown} with an unknown outcome",
+        expected.len(),
+        refused.len()
+    );
+
+    let (mut bc, _) = Client::join(&b.ws_url(), bob.hello(&mesh, json!({}))).await;
+    let mut delivered: HashMap<String, Vec<String>> = HashMap::new();
+    while let Some(Event::Frame(v)) = bc.next_within(Duration::from_secs(1)).await {
+        if !is_push(&v) {
+            continue;
+        }
+        let id = v["messageId"].as_str().unwrap().to_string();
+        bc.send(json!({"type": "client_ack", "brokerMessageId": id}))
+            .await;
+        delivered
+            .entry(v["ciphertext"].as_str().unwrap().to_string())
+            .or_default()
+            .push(id);
+    }
+    for cid in &refused {
+        assert!(
+            !delivered.contains_key(cid),
+            "{cid} was answered as refused but delivered (unknown outcomes: {unknown})"
+        );
+    }
+    for (cid, id) in &expected {
+        assert_eq!(
+            delivered.get(cid),
+            Some(&vec![id.clone()]),
+            "{cid} is delivered exactly once, as {id}"
+        );
+    }
+    assert_eq!(delivered.len(), expected.len(), "nothing else is delivered");
 }

@@ -459,7 +459,75 @@ macro_rules! contract {
     };
 }
 
-contract!(meshes_and_members, invites, queue, peer_state_and_audit);
+/// Sends are idempotent per (sender member, client_message_id), delivered or not, until the
+/// TTL sweep; concurrent duplicates answer one id and queue one row.
+async fn idempotent_enqueue(s: &dyn Store) {
+    let t = 2_000_000;
+    let with = |id: &str, sender: &str, cid: Option<&str>| QueuedMessage {
+        sender_member_id: sender.into(),
+        client_message_id: cid.map(str::to_string),
+        ..message(id, "m1", "bob", Priority::Now, None, t)
+    };
+    assert_eq!(
+        s.enqueue(with("a1", "alice", Some("x"))).await.unwrap(),
+        "a1"
+    );
+    assert_eq!(
+        s.enqueue(with("a2", "alice", Some("x"))).await.unwrap(),
+        "a1",
+        "a retry answers the original id"
+    );
+    assert_eq!(
+        s.enqueue(with("c1", "carol", Some("x"))).await.unwrap(),
+        "c1"
+    );
+    assert_eq!(s.enqueue(with("n1", "alice", None)).await.unwrap(), "n1");
+    assert_eq!(s.enqueue(with("n2", "alice", None)).await.unwrap(), "n2");
+    assert_eq!(
+        s.queue_depth().await.unwrap(),
+        4,
+        "the retry queued nothing"
+    );
+    let got = s.claim(claim("m1", "bob", t)).await.unwrap();
+    assert_eq!(ids(&got), vec!["a1", "c1", "n1", "n2"]);
+    assert!(
+        s.mark_delivered("m1", "bob", MessageRef::Broker("a1"))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        s.enqueue(with("a3", "alice", Some("x"))).await.unwrap(),
+        "a1",
+        "still idempotent after delivery"
+    );
+    assert_eq!(s.queue_depth().await.unwrap(), 3);
+
+    // Concurrent duplicates (one batch or several): one id, one row.
+    let dupes = (0..16).map(|i| s.enqueue(with(&format!("d{i}"), "dave", Some("y"))));
+    let answers = futures_util::future::join_all(dupes).await;
+    let first = answers[0].clone().unwrap();
+    assert!(
+        answers.iter().all(|a| a.as_ref() == Ok(&first)),
+        "{answers:?}"
+    );
+    assert_eq!(s.queue_depth().await.unwrap(), 4);
+
+    // The TTL sweep ends the window.
+    s.sweep_expired(t + 1).await.unwrap();
+    assert_eq!(s.queue_depth().await.unwrap(), 0);
+    assert_eq!(
+        s.enqueue(with("a4", "alice", Some("x"))).await.unwrap(),
+        "a4"
+    );
+}
+
+contract!(
+    meshes_and_members,
+    invites,
+    queue,
+    peer_state_and_audit,
+    idempotent_enqueue
+);
 
 #[tokio::test]
 async fn postgres_reports_its_schema_version() {

@@ -213,6 +213,23 @@ fn run(mut cmd: Command) -> Run {
 /// `should_not_exist` and then fails.
 struct BrokenMigrations(PathBuf);
 
+/// The versions of the shipped migrations, in order.
+fn shipped_versions() -> Vec<i64> {
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+    let mut versions: Vec<i64> = std::fs::read_dir(&shipped)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter_map(|n| n.strip_prefix('V')?.split("__").next()?.parse().ok())
+        .collect();
+    versions.sort_unstable();
+    versions
+}
+
+/// The version of the broken migration: one after the newest shipped one.
+fn broken_version() -> i64 {
+    shipped_versions().last().copied().unwrap_or(0) + 1
+}
+
 impl BrokenMigrations {
     fn create() -> Self {
         let dir = std::env::temp_dir().join(format!("migrator-test-{}", random_hex()));
@@ -230,7 +247,7 @@ impl BrokenMigrations {
         // The failure must come at execution, after the CREATE TABLE ran: a syntax error
         // would reject the whole batch before any statement of it executes.
         std::fs::write(
-            dir.join("V2__broken.sql"),
+            dir.join(format!("V{}__broken.sql", broken_version())),
             "CREATE TABLE should_not_exist (id integer);\nINSERT INTO no_such_table VALUES (1);\n",
         )
         .unwrap();
@@ -273,7 +290,7 @@ async fn fresh_database_gets_the_initial_schema() {
         Some(true),
         "message_queue_pending should be a partial index on message_queue"
     );
-    assert_eq!(history(&client).await, [1]);
+    assert_eq!(history(&client).await, shipped_versions());
 
     drop(client);
     db.remove().await;
@@ -288,7 +305,7 @@ async fn rerun_is_a_no_op() {
     again.assert_success();
     assert!(again.stdout.contains("schema is current"), "{again:?}");
     assert_eq!(again.applied_count(1, "initial_schema"), 0, "{again:?}");
-    assert_eq!(history(&db.client().await).await, [1]);
+    assert_eq!(history(&db.client().await).await, shipped_versions());
 
     db.remove().await;
 }
@@ -351,7 +368,7 @@ async fn concurrent_migrators_apply_each_migration_once() {
     );
 
     let client = db.client().await;
-    assert_eq!(history(&client).await, [1]);
+    assert_eq!(history(&client).await, shipped_versions());
     for table in V1_TABLES {
         assert!(table_exists(&client, table).await, "table {table} missing");
     }
@@ -395,7 +412,7 @@ async fn broken_migration_after_v1_keeps_v1() {
     out.assert_failure();
 
     let client = db.client().await;
-    assert_eq!(history(&client).await, [1]);
+    assert_eq!(history(&client).await, shipped_versions());
     assert!(table_exists(&client, "meshes").await);
     assert!(
         !table_exists(&client, "should_not_exist").await,
@@ -410,7 +427,7 @@ async fn broken_migration_after_v1_keeps_v1() {
         "{status:?}"
     );
     assert_eq!(
-        status.status_of(2),
+        status.status_of(broken_version()),
         Some(("pending".into(), "broken".into())),
         "{status:?}"
     );
@@ -470,7 +487,7 @@ async fn held_lock_bounds_the_wait() {
     let out = run(cmd);
     out.assert_success();
     assert_eq!(out.applied_count(1, "initial_schema"), 1, "{out:?}");
-    assert_eq!(history(&holder).await, [1]);
+    assert_eq!(history(&holder).await, shipped_versions());
 
     drop(holder);
     db.remove().await;

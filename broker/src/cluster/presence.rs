@@ -14,7 +14,7 @@
 //! - Records are ephemeral: nothing here survives a restart of the backend, and nothing
 //!   here is durable state.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -111,6 +111,17 @@ impl PresencePatch {
     }
 }
 
+/// What a heartbeat found out about this replica's standing in the cluster.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Heartbeat {
+    /// A survivor declared this replica dead and reaped its presences since the last
+    /// heartbeat (its tombstone was there, or its heartbeat entry had been removed).
+    pub reaped: bool,
+    /// The backend lost its data (a Redis restart): its epoch changed. Presences must be
+    /// re-registered; until the whole cluster has, [`Presence::resync_pending`] holds.
+    pub data_lost: bool,
+}
+
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("presence unavailable: {0}")]
 pub struct PresenceError(pub String);
@@ -162,8 +173,16 @@ pub trait Presence: Send + Sync + 'static {
     /// Whether the backend answers now (readiness).
     async fn healthy(&self) -> bool;
 
-    /// Records `node_id` alive at `now_ms` (cluster heartbeat).
-    async fn heartbeat(&self, node_id: &str, now_ms: i64) -> PresenceResult<()>;
+    /// Records `node_id` alive at `now_ms` (cluster heartbeat) and reports what the
+    /// replica must react to: it was declared dead meanwhile, or the backend lost its data.
+    /// Also advances the cluster's re-sync barrier after a data loss (see
+    /// [`Presence::resync_pending`]); a replica silent for `dead_after_ms` is not waited for.
+    async fn heartbeat(
+        &self,
+        node_id: &str,
+        now_ms: i64,
+        dead_after_ms: i64,
+    ) -> PresenceResult<Heartbeat>;
     /// Forgets `node_id`'s heartbeat (clean shutdown: its presences are all in grace).
     async fn leave(&self, node_id: &str) -> PresenceResult<()>;
     /// Ends the live records of every node whose last heartbeat is older than
@@ -172,10 +191,50 @@ pub trait Presence: Send + Sync + 'static {
     /// Removes records whose grace ended by `now_ms`; each is returned to exactly one caller.
     /// This is the backstop for grace timers lost with a replica.
     async fn expire_due(&self, now_ms: i64) -> PresenceResult<Vec<PresenceRecord>>;
+
+    /// How many records of the mesh are live, in O(1): the handshake's capacity check.
+    /// Exact across replicas: a record counts from the attach that makes it live until it
+    /// goes into grace or is removed, expired or reaped (every such change is atomic with
+    /// the count), and a re-registration after a backend restart counts it again.
+    async fn live_count(&self, mesh_id: &str) -> PresenceResult<usize>;
+    /// Remembers for `ttl` that `member_id` proved `session_key` in the mesh (a verified
+    /// `session_hello`). A later call for the same member never shortens the memory; a
+    /// call for another member (who proved it too) takes it over.
+    async fn remember_session_key(
+        &self,
+        mesh_id: &str,
+        session_key: &str,
+        member_id: &str,
+        ttl: Duration,
+    ) -> PresenceResult<()>;
+    /// The member that proved `session_key` in the mesh within the remembered TTL.
+    async fn session_key_prover(
+        &self,
+        mesh_id: &str,
+        session_key: &str,
+    ) -> PresenceResult<Option<String>>;
+
+    /// After a data loss of the backend, until every live replica has re-registered its
+    /// presences: [`Presence::list`] fails as during an outage (fan-out, `list_peers` and
+    /// handshakes never act on the half-empty state). Never in a single-node backend.
+    fn resync_pending(&self) -> bool {
+        false
+    }
+    /// [`Presence::list`] for the re-sync itself, which must read while `resync_pending`.
+    async fn list_for_resync(&self, mesh_id: &str) -> PresenceResult<Vec<PresenceRecord>> {
+        self.list(mesh_id).await
+    }
+    /// This replica has re-registered every local presence in the current epoch.
+    async fn resynced(&self, _node_id: &str) -> PresenceResult<()> {
+        Ok(())
+    }
 }
 
 /// Token buckets kept before the full (idle) ones are forgotten.
 const MAX_IDLE_BUCKETS: usize = 10_000;
+
+/// Proven session keys kept before the expired ones are swept.
+const PROVEN_KEYS_SWEEP_AT: usize = 10_000;
 
 /// In-process presence: single node only.
 #[derive(Debug, Default)]
@@ -188,6 +247,10 @@ struct MemoryInner {
     meshes: HashMap<String, HashMap<String, PresenceRecord>>,
     signatures: HashMap<String, Instant>,
     buckets: HashMap<String, (f64, Instant)>,
+    /// Live presence ids per mesh, kept with every change of liveness (`live_count`).
+    live: HashMap<String, HashSet<String>>,
+    /// (mesh, proven session key) → (member id, remembered until).
+    proven_keys: HashMap<(String, String), (String, Instant)>,
 }
 
 impl MemoryPresence {
@@ -213,7 +276,23 @@ impl MemoryInner {
             .filter(|r| r.conn_id == conn_id)
     }
 
+    /// Keeps `live` in step with one record's liveness.
+    fn set_live(&mut self, mesh_id: &str, presence_id: &str, live: bool) {
+        if live {
+            self.live
+                .entry(mesh_id.to_string())
+                .or_default()
+                .insert(presence_id.to_string());
+        } else if let Some(ids) = self.live.get_mut(mesh_id) {
+            ids.remove(presence_id);
+            if ids.is_empty() {
+                self.live.remove(mesh_id);
+            }
+        }
+    }
+
     fn take(&mut self, mesh_id: &str, presence_id: &str) -> Option<PresenceRecord> {
+        self.set_live(mesh_id, presence_id, false);
         let mesh = self.meshes.get_mut(mesh_id)?;
         let record = mesh.remove(presence_id);
         if mesh.is_empty() {
@@ -246,6 +325,7 @@ impl Presence for MemoryPresence {
 
     async fn attach(&self, record: PresenceRecord) -> PresenceResult<Option<PresenceRecord>> {
         let mut inner = self.lock();
+        inner.set_live(&record.mesh_id, &record.presence_id, record.is_live());
         let mesh = inner.meshes.entry(record.mesh_id.clone()).or_default();
         Ok(mesh.insert(record.presence_id.clone(), record))
     }
@@ -278,6 +358,7 @@ impl Presence for MemoryPresence {
         match inner.owned(mesh_id, presence_id, conn_id) {
             Some(r) if r.is_live() => {
                 r.grace_until = Some(grace_until);
+                inner.set_live(mesh_id, presence_id, false);
                 Ok(true)
             }
             _ => Ok(false),
@@ -360,8 +441,13 @@ impl Presence for MemoryPresence {
     }
 
     // One node: there is no other replica to watch or to be reaped by.
-    async fn heartbeat(&self, _node_id: &str, _now_ms: i64) -> PresenceResult<()> {
-        Ok(())
+    async fn heartbeat(
+        &self,
+        _node_id: &str,
+        _now_ms: i64,
+        _dead_after_ms: i64,
+    ) -> PresenceResult<Heartbeat> {
+        Ok(Heartbeat::default())
     }
 
     async fn leave(&self, _node_id: &str) -> PresenceResult<()> {
@@ -385,5 +471,45 @@ impl Presence for MemoryPresence {
             .into_iter()
             .filter_map(|(m, p)| inner.take(&m, &p))
             .collect())
+    }
+
+    async fn live_count(&self, mesh_id: &str) -> PresenceResult<usize> {
+        Ok(self.lock().live.get(mesh_id).map_or(0, HashSet::len))
+    }
+
+    async fn remember_session_key(
+        &self,
+        mesh_id: &str,
+        session_key: &str,
+        member_id: &str,
+        ttl: Duration,
+    ) -> PresenceResult<()> {
+        let mut inner = self.lock();
+        let now = Instant::now();
+        if inner.proven_keys.len() >= PROVEN_KEYS_SWEEP_AT {
+            inner.proven_keys.retain(|_, (_, until)| *until > now);
+        }
+        let until = now + ttl;
+        let entry = inner
+            .proven_keys
+            .entry((mesh_id.to_string(), session_key.to_string()))
+            .or_insert_with(|| (member_id.to_string(), until));
+        if entry.0 != member_id || entry.1 < until {
+            *entry = (member_id.to_string(), until);
+        }
+        Ok(())
+    }
+
+    async fn session_key_prover(
+        &self,
+        mesh_id: &str,
+        session_key: &str,
+    ) -> PresenceResult<Option<String>> {
+        let inner = self.lock();
+        Ok(inner
+            .proven_keys
+            .get(&(mesh_id.to_string(), session_key.to_string()))
+            .filter(|(_, until)| *until > Instant::now())
+            .map(|(member, _)| member.clone()))
     }
 }

@@ -5,18 +5,28 @@
 //! `P:owner:{mesh}` hash id → `conn|grace` (grace 0 = live); `P:grace` zset of records in
 //! grace by deadline; `P:nodep:{node}` set of a node's live records; `P:nodes` zset of
 //! node heartbeats; `P:reap:{node}` the claim of the replica reaping a dead node;
-//! `P:sig:{signature}` replay guard; `P:rate:{key}` token buckets.
+//! `P:sig:{signature}` replay guard; `P:rate:{key}` token buckets; `P:live:{mesh}` set of
+//! the mesh's live presence ids (the O(1) capacity count, kept by every script that changes
+//! liveness); `P:skey:{mesh}:{session key}` the member that proved a session key (TTL);
+//! `P:reaped:{node}` the tombstone a reaper leaves for the node it declared dead;
+//! `P:epoch:current` the data epoch (a random id each time Redis starts empty) and, after a
+//! data loss, `P:epoch:lost` / `P:epoch:expect` / `P:epoch:synced`, the re-sync barrier.
 //! The scripts name some keys at run time, so this backend needs one Redis (or a Redis
 //! with every key in one slot), not Redis Cluster.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 
-use super::presence::{Presence, PresenceError, PresencePatch, PresenceRecord, PresenceResult};
+use prometheus_client::metrics::counter::Counter;
+
+use super::presence::{
+    Heartbeat, Presence, PresenceError, PresencePatch, PresenceRecord, PresenceResult,
+};
 
 fn err(e: redis::RedisError) -> PresenceError {
     PresenceError(e.to_string())
@@ -32,6 +42,96 @@ pub struct RedisPresence {
     remove: Script,
     reap: Script,
     take_token: Script,
+    remember_key: Script,
+    heartbeat: Script,
+    /// What this replica knows of the backend's data epoch and the re-sync barrier.
+    epoch: Mutex<EpochState>,
+    /// The signatures this replica accepted within their replay window: a second guard
+    /// that survives a Redis data loss, and what it re-seeds the new Redis with.
+    replay: Mutex<ReplayCache>,
+}
+
+/// How long a reaped replica's tombstone waits for it to come back and read it.
+const TOMBSTONE_TTL_MS: u64 = 3_600_000;
+/// Signatures re-seeded per pipeline after a data loss.
+const RESEED_CHUNK: usize = 500;
+
+/// The backend's data epoch as this replica saw it, and the cluster's re-sync barrier.
+///
+/// Every heartbeat creates `P:epoch:current` (a random id) if it is missing and reads it
+/// back; another epoch than the one seen before means Redis lost its data. The replica
+/// that notices writes `P:epoch:lost` (when) and adds to `P:epoch:expect` itself and every
+/// replica it saw alive before the loss; each replica adds itself to `P:epoch:synced` once
+/// it re-registered its presences. Until every expected replica is in `P:epoch:synced` (or
+/// silent for `NODE_DEAD_AFTER_MS`; at most 4 × `NODE_DEAD_AFTER_MS` in all), every
+/// replica's `list` fails as during an outage.
+#[derive(Debug, Default)]
+struct EpochState {
+    /// `None` until the first heartbeat.
+    known: Option<String>,
+    /// The re-sync barrier is up: `list` fails.
+    pending: bool,
+    /// Replicas alive at the last heartbeat before a loss (who re-syncs must be waited for).
+    alive: Vec<String>,
+    /// The node ids this instance heartbeated for (one in production).
+    beating: HashSet<String>,
+}
+
+/// Bounded FIFO of accepted signatures and the end of their replay window. The window is
+/// the same for every hello (2 × `TIMESTAMP_SKEW_MS`), so the oldest entry ends first;
+/// each lookup checks the entry's own end anyway.
+#[derive(Debug, Default)]
+struct ReplayCache {
+    order: VecDeque<(Arc<str>, i64)>,
+    until: HashMap<Arc<str>, i64>,
+    max: usize,
+    evicted: Counter,
+}
+
+impl ReplayCache {
+    fn pop_front(&mut self) -> Option<i64> {
+        let (sig, until) = self.order.pop_front()?;
+        if self.until.get(&sig) == Some(&until) {
+            self.until.remove(&sig);
+        }
+        Some(until)
+    }
+
+    fn prune(&mut self, now: i64) {
+        while self.order.front().is_some_and(|(_, until)| *until <= now) {
+            self.pop_front();
+        }
+    }
+
+    fn contains(&mut self, sig: &str, now: i64) -> bool {
+        self.prune(now);
+        self.until.get(sig).is_some_and(|until| *until > now)
+    }
+
+    fn insert(&mut self, sig: &str, until: i64, now: i64) {
+        self.prune(now);
+        if self.max == 0 {
+            return;
+        }
+        while self.order.len() >= self.max {
+            if self.pop_front().is_some_and(|u| u > now) {
+                self.evicted.inc();
+            }
+        }
+        let sig: Arc<str> = Arc::from(sig);
+        self.until.insert(sig.clone(), until);
+        self.order.push_back((sig, until));
+    }
+
+    /// The signatures whose window is still open, with its end.
+    fn open(&mut self, now: i64) -> Vec<(String, i64)> {
+        self.prune(now);
+        self.until
+            .iter()
+            .filter(|(_, until)| **until > now)
+            .map(|(s, u)| (s.to_string(), *u))
+            .collect()
+    }
 }
 
 impl std::fmt::Debug for RedisPresence {
@@ -69,7 +169,122 @@ impl RedisPresence {
             remove: Script::new(include_str!("lua/remove.lua")),
             reap: Script::new(include_str!("lua/reap.lua")),
             take_token: Script::new(include_str!("lua/take_token.lua")),
+            remember_key: Script::new(include_str!("lua/remember_key.lua")),
+            heartbeat: Script::new(include_str!("lua/heartbeat.lua")),
+            epoch: Mutex::new(EpochState::default()),
+            replay: Mutex::new(ReplayCache {
+                max: 100_000,
+                ..ReplayCache::default()
+            }),
         }
+    }
+
+    /// Bounds the local replay cache (`REPLAY_CACHE_MAX`) and counts the signatures it
+    /// forgets early (`broker_replay_cache_evictions_total`).
+    pub fn with_replay_cache(self, max: usize, evicted: Counter) -> Self {
+        {
+            let mut cache = self.replay.lock().unwrap_or_else(|p| p.into_inner());
+            cache.max = max;
+            cache.evicted = evicted;
+        }
+        self
+    }
+
+    fn epoch_state(&self) -> std::sync::MutexGuard<'_, EpochState> {
+        self.epoch.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn replay_cache(&self) -> std::sync::MutexGuard<'_, ReplayCache> {
+        self.replay.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Every record of the mesh; with `gated`, fails while the re-sync barrier is up, and
+    /// puts it up if the epoch changed under this replica (a restart noticed by a read
+    /// before any heartbeat).
+    async fn list_records(
+        &self,
+        mesh_id: &str,
+        gated: bool,
+    ) -> PresenceResult<Vec<PresenceRecord>> {
+        let mut c = self.conn.clone();
+        let (mut records, mut owners, epoch): (
+            HashMap<String, String>,
+            HashMap<String, String>,
+            Option<String>,
+        ) = redis::pipe()
+            .hgetall(self.key("presence", mesh_id))
+            .hgetall(self.key("owner", mesh_id))
+            .get(self.key("epoch", "current"))
+            .query_async(&mut c)
+            .await
+            .map_err(err)?;
+        if gated {
+            let mut st = self.epoch_state();
+            if st.known.is_some() && st.known != epoch {
+                st.pending = true;
+            }
+            if st.pending {
+                return Err(PresenceError(
+                    "re-syncing after a Redis data loss; retry shortly".into(),
+                ));
+            }
+        }
+        let ids: Vec<String> = records.keys().cloned().collect();
+        let mut out: Vec<PresenceRecord> = ids
+            .iter()
+            .filter_map(|id| decode(records.remove(id), owners.remove(id)))
+            .collect();
+        out.sort_by(|a, b| {
+            a.connected_at
+                .cmp(&b.connected_at)
+                .then(a.presence_id.cmp(&b.presence_id))
+        });
+        Ok(out)
+    }
+
+    /// After a data loss: puts up the barrier in the new Redis and writes back the
+    /// signatures this replica accepted whose replay window is still open.
+    async fn on_data_loss(
+        &self,
+        node_id: &str,
+        now_ms: i64,
+        alive: Vec<String>,
+    ) -> PresenceResult<()> {
+        let mut c = self.conn.clone();
+        let mut expect: Vec<String> = alive;
+        expect.push(node_id.to_string());
+        redis::pipe()
+            .cmd("SET")
+            .arg(self.key("epoch", "lost"))
+            .arg(now_ms)
+            .arg("NX")
+            .ignore()
+            .sadd(self.key("epoch", "expect"), expect)
+            .ignore()
+            .srem(self.key("epoch", "synced"), node_id)
+            .ignore()
+            .query_async::<()>(&mut c)
+            .await
+            .map_err(err)?;
+        let open = self.replay_cache().open(now_ms);
+        for chunk in open.chunks(RESEED_CHUNK) {
+            let mut pipe = redis::pipe();
+            for (sig, until) in chunk {
+                pipe.cmd("SET")
+                    .arg(self.key("sig", sig))
+                    .arg(1)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg((until - now_ms).max(1))
+                    .ignore();
+            }
+            pipe.query_async::<()>(&mut c).await.map_err(err)?;
+        }
+        tracing::warn!(
+            reseeded = open.len(),
+            "Redis lost its data: replay guard re-seeded, presences re-sync"
+        );
+        Ok(())
     }
 
     fn key(&self, kind: &str, id: &str) -> String {
@@ -115,6 +330,7 @@ impl RedisPresence {
             .key(self.key("presence", mesh_id))
             .key(self.key("owner", mesh_id))
             .key(self.grace_key())
+            .key(self.key("live", mesh_id))
             .arg(presence_id)
             .arg(now_ms)
             .arg(format!("{mesh_id}|{presence_id}"))
@@ -132,25 +348,7 @@ impl Presence for RedisPresence {
     }
 
     async fn list(&self, mesh_id: &str) -> PresenceResult<Vec<PresenceRecord>> {
-        let mut c = self.conn.clone();
-        let (mut records, mut owners): (HashMap<String, String>, HashMap<String, String>) =
-            redis::pipe()
-                .hgetall(self.key("presence", mesh_id))
-                .hgetall(self.key("owner", mesh_id))
-                .query_async(&mut c)
-                .await
-                .map_err(err)?;
-        let ids: Vec<String> = records.keys().cloned().collect();
-        let mut out: Vec<PresenceRecord> = ids
-            .iter()
-            .filter_map(|id| decode(records.remove(id), owners.remove(id)))
-            .collect();
-        out.sort_by(|a, b| {
-            a.connected_at
-                .cmp(&b.connected_at)
-                .then(a.presence_id.cmp(&b.presence_id))
-        });
-        Ok(out)
+        self.list_records(mesh_id, true).await
     }
 
     async fn attach(&self, record: PresenceRecord) -> PresenceResult<Option<PresenceRecord>> {
@@ -162,6 +360,7 @@ impl Presence for RedisPresence {
             .key(self.key("owner", &record.mesh_id))
             .key(self.grace_key())
             .key(self.key("nodep", node_of(&record.conn_id)))
+            .key(self.key("live", &record.mesh_id))
             .arg(&record.presence_id)
             .arg(json)
             .arg(&record.conn_id)
@@ -215,6 +414,7 @@ impl Presence for RedisPresence {
             .key(self.key("owner", mesh_id))
             .key(self.grace_key())
             .key(self.key("nodep", node_of(conn_id)))
+            .key(self.key("live", mesh_id))
             .arg(presence_id)
             .arg(conn_id)
             .arg(grace_until)
@@ -247,6 +447,7 @@ impl Presence for RedisPresence {
             .key(self.key("owner", mesh_id))
             .key(self.grace_key())
             .key(self.key("nodep", node_of(conn_id)))
+            .key(self.key("live", mesh_id))
             .arg(presence_id)
             .arg(conn_id)
             .arg(format!("{mesh_id}|{presence_id}"))
@@ -257,6 +458,12 @@ impl Presence for RedisPresence {
     }
 
     async fn remember_signature(&self, signature: &str, ttl: Duration) -> PresenceResult<bool> {
+        let now = crate::ids::now_ms();
+        // Redis is the cluster-wide guard; this replica's own memory also holds when Redis
+        // lost its data.
+        if self.replay_cache().contains(signature, now) {
+            return Ok(false);
+        }
         let mut c = self.conn.clone();
         let set: Option<String> = redis::cmd("SET")
             .arg(self.key("sig", signature))
@@ -267,6 +474,10 @@ impl Presence for RedisPresence {
             .query_async(&mut c)
             .await
             .map_err(err)?;
+        if set.is_some() {
+            let until = now + ttl.as_millis() as i64;
+            self.replay_cache().insert(signature, until, now);
+        }
         Ok(set.is_some())
     }
 
@@ -288,16 +499,97 @@ impl Presence for RedisPresence {
     }
 
     async fn healthy(&self) -> bool {
+        // Reading the epoch proves Redis answers and notices a restart at once: readiness
+        // must not say 200 between a data loss and the next heartbeat.
         let mut c = self.conn.clone();
-        redis::cmd("PING")
-            .query_async::<String>(&mut c)
+        let Ok(epoch) = c
+            .get::<_, Option<String>>(self.key("epoch", "current"))
             .await
-            .is_ok()
+        else {
+            return false;
+        };
+        let mut st = self.epoch_state();
+        if st.known.is_some() && st.known != epoch {
+            st.pending = true;
+            return false;
+        }
+        true
     }
 
-    async fn heartbeat(&self, node_id: &str, now_ms: i64) -> PresenceResult<()> {
+    async fn heartbeat(
+        &self,
+        node_id: &str,
+        now_ms: i64,
+        dead_after_ms: i64,
+    ) -> PresenceResult<Heartbeat> {
         let mut c = self.conn.clone();
-        c.zadd::<_, _, _, ()>(self.nodes_key(), node_id, now_ms)
+        type Reply = (
+            String,
+            i64,
+            i64,
+            Vec<String>,
+            Vec<String>,
+            Vec<String>,
+            String,
+        );
+        let (epoch, tombstone, listed, alive, expect, synced, lost): Reply = self
+            .heartbeat
+            .key(self.nodes_key())
+            .key(self.key("epoch", "current"))
+            .key(self.key("reaped", node_id))
+            .key(self.key("epoch", "expect"))
+            .key(self.key("epoch", "synced"))
+            .key(self.key("epoch", "lost"))
+            .arg(node_id)
+            .arg(now_ms)
+            .arg(crate::ids::random_id(16))
+            .arg(now_ms - dead_after_ms)
+            .invoke_async(&mut c)
+            .await
+            .map_err(err)?;
+        let (data_lost, reaped, alive_before) = {
+            let mut st = self.epoch_state();
+            let first = st.known.is_none();
+            let data_lost = !first && st.known.as_deref() != Some(epoch.as_str());
+            let first_beat = st.beating.insert(node_id.to_string());
+            // Missing from the nodes while the epoch is unchanged: a survivor removed us.
+            let reaped = tombstone == 1 || (!first_beat && !data_lost && listed == 0);
+            st.known = Some(epoch);
+            let alive_before = std::mem::replace(&mut st.alive, alive.clone());
+            if data_lost {
+                st.pending = true;
+            } else if let Ok(lost_at) = lost.parse::<i64>() {
+                let alive: HashSet<&String> = alive.iter().collect();
+                let synced: HashSet<&String> = synced.iter().collect();
+                let since = now_ms - lost_at;
+                let waited_for = |n: &String| {
+                    !synced.contains(n) && (alive.contains(n) || since <= dead_after_ms)
+                };
+                // Bounded: a replica that heartbeats but never finishes its re-sync does
+                // not keep the cluster unusable.
+                st.pending = since <= 4 * dead_after_ms && expect.iter().any(waited_for);
+            } else {
+                st.pending = false;
+            }
+            (data_lost, reaped, alive_before)
+        };
+        if data_lost {
+            self.on_data_loss(node_id, now_ms, alive_before).await?;
+        }
+        Ok(Heartbeat { reaped, data_lost })
+    }
+
+    fn resync_pending(&self) -> bool {
+        self.epoch_state().pending
+    }
+
+    async fn list_for_resync(&self, mesh_id: &str) -> PresenceResult<Vec<PresenceRecord>> {
+        self.list_records(mesh_id, false).await
+    }
+
+    async fn resynced(&self, node_id: &str) -> PresenceResult<()> {
+        let mut c = self.conn.clone();
+        c.sadd::<_, _, ()>(self.key("epoch", "synced"), node_id)
             .await
             .map_err(err)
     }
@@ -339,6 +631,7 @@ impl Presence for RedisPresence {
                     .reap
                     .key(self.key("presence", mesh_id))
                     .key(self.key("owner", mesh_id))
+                    .key(self.key("live", mesh_id))
                     .arg(presence_id)
                     .arg(&node)
                     .invoke_async(&mut c)
@@ -346,9 +639,17 @@ impl Presence for RedisPresence {
                     .map_err(err)?;
                 reaped.extend(out.and_then(|(r, o)| decode(r, o)));
             }
+            // The tombstone tells the node, should it come back (a pause, a partition), that
+            // it was declared dead: it heals instead of serving sockets nobody can reach.
             redis::pipe()
                 .del(self.key("nodep", &node))
                 .zrem(self.nodes_key(), &node)
+                .cmd("SET")
+                .arg(self.key("reaped", &node))
+                .arg(1)
+                .arg("PX")
+                .arg(TOMBSTONE_TTL_MS)
+                .ignore()
                 .query_async::<()>(&mut c)
                 .await
                 .map_err(err)?;
@@ -373,5 +674,69 @@ impl Presence for RedisPresence {
             out.extend(self.expire_one(mesh_id, presence_id, now_ms).await?);
         }
         Ok(out)
+    }
+
+    async fn live_count(&self, mesh_id: &str) -> PresenceResult<usize> {
+        let mut c = self.conn.clone();
+        c.scard(self.key("live", mesh_id)).await.map_err(err)
+    }
+
+    async fn remember_session_key(
+        &self,
+        mesh_id: &str,
+        session_key: &str,
+        member_id: &str,
+        ttl: Duration,
+    ) -> PresenceResult<()> {
+        let mut c = self.conn.clone();
+        self.remember_key
+            .key(self.key("skey", &format!("{mesh_id}:{session_key}")))
+            .arg(member_id)
+            .arg(ttl.as_millis().max(1) as u64)
+            .invoke_async::<i64>(&mut c)
+            .await
+            .map(drop)
+            .map_err(err)
+    }
+
+    async fn session_key_prover(
+        &self,
+        mesh_id: &str,
+        session_key: &str,
+    ) -> PresenceResult<Option<String>> {
+        let mut c = self.conn.clone();
+        c.get(self.key("skey", &format!("{mesh_id}:{session_key}")))
+            .await
+            .map_err(err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_replay_cache_remembers_each_signature_for_its_own_window_and_stays_bounded() {
+        let evicted = Counter::default();
+        let mut cache = ReplayCache {
+            max: 2,
+            evicted: evicted.clone(),
+            ..ReplayCache::default()
+        };
+        cache.insert("long", 10_000, 0);
+        cache.insert("short", 100, 0);
+        assert!(cache.contains("short", 99));
+        // Behind an entry that lasts longer, a short one still ends on time.
+        assert!(!cache.contains("short", 100));
+        assert!(cache.contains("long", 100));
+        assert_eq!(cache.open(100), vec![("long".to_string(), 10_000)]);
+        // Full: the oldest entry whose window is still open is dropped, and counted.
+        cache.insert("a", 10_000, 200);
+        cache.insert("b", 10_000, 300);
+        assert!(!cache.contains("long", 300));
+        assert!(cache.contains("a", 300) && cache.contains("b", 300));
+        assert!(cache.order.len() <= 2 && cache.until.len() <= 2);
+        assert!(evicted.get() >= 1);
+        assert!(!cache.contains("a", 10_000));
     }
 }

@@ -35,6 +35,7 @@ fn store_error(e: StoreError) -> (StatusCode, String) {
         StoreError::Conflict(m) => (StatusCode::CONFLICT, m),
         StoreError::Invalid(m) => (StatusCode::BAD_REQUEST, m),
         StoreError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, m),
+        StoreError::OutcomeUnknown(m) => (StatusCode::SERVICE_UNAVAILABLE, m),
     }
 }
 
@@ -290,6 +291,16 @@ async fn create_invite(node: &Node, mesh_id: &str, req: Request<Incoming>) -> Ap
     let lifetime = b.expires_in_seconds.unwrap_or(DEFAULT_INVITE_SECONDS);
     if lifetime <= 0 {
         return Err(bad("expiresInSeconds must be positive"));
+    }
+    // No wrap to a negative expiry, and an `expires_at` every JSON client reads exactly.
+    const MAX_EXPIRES_AT: i64 = (1 << 53) - 1;
+    if (now_ms() / 1000)
+        .checked_add(lifetime)
+        .is_none_or(|at| at > MAX_EXPIRES_AT)
+    {
+        return Err(bad(format!(
+            "expiresInSeconds is out of range: the expiry must be at most {MAX_EXPIRES_AT} (Unix seconds)"
+        )));
     }
     if b.max_uses == Some(0) {
         return Err(bad("maxUses must be at least 1"));

@@ -5,7 +5,10 @@ mod hook;
 mod join;
 
 use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,9 +18,11 @@ use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use crate::node::Node;
@@ -27,40 +32,228 @@ pub type HttpResponse = Response<Full<Bytes>>;
 /// How long an idle keep-alive HTTP connection may delay shutdown.
 const HTTP_SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
+/// How long the listener waits after a failed accept (out of file descriptors and
+/// similar) before it tries again: the pending connection stays in the backlog, so retrying
+/// at once would spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// What a connection over `MAX_HTTP_CONNECTIONS` is told before it is closed.
+const OVER_CAPACITY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\n\
+    Content-Type: application/json\r\nContent-Length: 25\r\n\r\n{\"error\":\"over capacity\"}";
+
+/// How long a refused connection is kept to deliver its 503 before it is closed.
+const REFUSAL_LINGER: Duration = Duration::from_secs(1);
+/// Refused connections delivering their 503 at once; beyond it they are closed at once.
+const MAX_REFUSALS_IN_FLIGHT: usize = 64;
+
 /// Accepts connections until shutdown begins.
 pub async fn accept_loop(node: Arc<Node>, listener: TcpListener) {
+    let mut failing = false;
+    let refusals = Arc::new(AtomicUsize::new(0));
     loop {
         let (stream, peer) = tokio::select! {
             _ = node.stopping.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
-                    // Out of file descriptors and similar: back off instead of spinning.
-                    warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    node.metrics.http_accept_errors.inc();
+                    // Once per streak: under EMFILE this fails every backoff period.
+                    if !failing {
+                        warn!(error = %e, "accept failed; retrying until it succeeds");
+                        failing = true;
+                    }
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
                     continue;
                 }
             },
         };
+        if std::mem::take(&mut failing) {
+            warn!("accepting again");
+        }
+        // Only this loop opens HTTP connections, so the check and the increment below
+        // cannot race another opener.
+        let open = node.metrics.http_connections_open.get();
+        if open >= i64::try_from(node.config.max_http_connections).unwrap_or(i64::MAX) {
+            node.metrics.close_http_connection("capacity");
+            if refusals.fetch_add(1, Ordering::Relaxed) < MAX_REFUSALS_IN_FLIGHT {
+                let refusals = refusals.clone();
+                node.tracker.spawn(async move {
+                    let _ = tokio::time::timeout(REFUSAL_LINGER, refuse(stream)).await;
+                    refusals.fetch_sub(1, Ordering::Relaxed);
+                });
+            } else {
+                refusals.fetch_sub(1, Ordering::Relaxed);
+            }
+            continue;
+        }
         // Without TCP_NODELAY small frames wait for Nagle: a loopback round trip took
         // tens of milliseconds instead of one.
         let _ = stream.set_nodelay(true);
-        let conn_node = node.clone();
-        node.tracker.spawn(async move {
-            let stopping = conn_node.stopping.clone();
-            let svc = service_fn(move |req| route(conn_node.clone(), req));
-            let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).with_upgrades();
-            tokio::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => if let Err(e) = r { debug!(%peer, error = %e, "http connection ended") },
-                _ = stopping.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(HTTP_SHUTDOWN_GRACE, conn.as_mut()).await;
-                }
-            }
-        });
+        node.metrics.http_connections_open.inc();
+        node.tracker.spawn(serve_http(node.clone(), stream, peer));
     }
     debug!("listener closed");
+}
+
+/// Answers 503 and closes. The request is read (and discarded) until the client closes:
+/// closing with unread bytes would reset the connection and lose the answer.
+async fn refuse(mut stream: TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    if stream.write_all(OVER_CAPACITY).await.is_err() || stream.shutdown().await.is_err() {
+        return;
+    }
+    let mut sink = [0u8; 1024];
+    while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+}
+
+/// Serves one HTTP/1 connection until it closes, is upgraded to a WebSocket (which then
+/// belongs to its session and the ping/pong timeout), times out, or shutdown ends it.
+///
+/// Two timeouts bound what a stalled client holds: hyper's header-read timeout (a request
+/// head must be complete this long after the connection opened or after the previous
+/// response), and the idle timeout (no byte moved in either direction: a stalled body, a
+/// response the client does not read).
+async fn serve_http(node: Arc<Node>, stream: TcpStream, peer: std::net::SocketAddr) {
+    let opened = Instant::now();
+    let activity = Arc::new(AtomicU64::new(0));
+    let eof = Arc::new(AtomicBool::new(false));
+    let io = Tracked {
+        inner: stream,
+        opened,
+        activity: activity.clone(),
+        eof: eof.clone(),
+    };
+    let stopping = node.stopping.clone();
+    let idle = node.config.http_idle_timeout;
+    let header_timeout = node.config.http_header_read_timeout;
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    let conn_node = node.clone();
+    let svc = service_fn(move |mut req: Request<Incoming>| {
+        // The source address, for handlers that limit per client (the hook route).
+        req.extensions_mut().insert(peer);
+        route(conn_node.clone(), req)
+    });
+    // Boxed rather than pinned on the stack, so it can be dropped (the socket closed)
+    // after the metrics below are updated.
+    let mut conn = Box::pin(
+        builder
+            .serve_connection(TokioIo::new(io), svc)
+            .with_upgrades(),
+    );
+    let closed_by = loop {
+        let last = opened + Duration::from_millis(activity.load(Ordering::Relaxed));
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = &r && !e.is_timeout() {
+                    debug!(%peer, error = %e, "http connection ended");
+                }
+                // hyper reports the header timeout of a connection that sent no byte of
+                // its next request as a clean close: it is told apart by the silence.
+                let last = opened + Duration::from_millis(activity.load(Ordering::Relaxed));
+                let silent = !eof.load(Ordering::Relaxed) && last.elapsed() >= header_timeout;
+                break match r {
+                    Err(e) if e.is_timeout() => Some("header_timeout"),
+                    _ if silent => Some("header_timeout"),
+                    _ => None,
+                };
+            }
+            _ = stopping.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                let _ = tokio::time::timeout(HTTP_SHUTDOWN_GRACE, conn.as_mut()).await;
+                break None;
+            }
+            // Re-armed from the latest activity each time it fires early.
+            _ = tokio::time::sleep_until(last + idle) => {
+                let last = opened + Duration::from_millis(activity.load(Ordering::Relaxed));
+                if last.elapsed() >= idle {
+                    break Some("idle_timeout");
+                }
+            }
+        }
+    };
+    // Counted before the socket closes, so a client that saw the close also sees the count.
+    node.metrics.http_connections_open.dec();
+    if let Some(reason) = closed_by {
+        debug!(%peer, reason, "http connection closed by a timeout");
+        node.metrics.close_http_connection(reason);
+    }
+    drop(conn);
+}
+
+/// A TCP stream that records when a byte last moved in either direction (milliseconds
+/// since `opened`), for the idle timeout.
+struct Tracked {
+    inner: TcpStream,
+    opened: Instant,
+    activity: Arc<AtomicU64>,
+    /// Set when the client closed its side (a read returned no byte).
+    eof: Arc<AtomicBool>,
+}
+
+impl Tracked {
+    fn touch(&self) {
+        let ms = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.activity.store(ms, Ordering::Relaxed);
+    }
+}
+
+impl AsyncRead for Tracked {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let room = buf.remaining() > 0;
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.touch();
+        } else if room && matches!(r, Poll::Ready(Ok(()))) {
+            self.eof.store(true, Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+impl AsyncWrite for Tracked {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.touch();
+        }
+        r
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.touch();
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 pub fn json_response(status: StatusCode, body: &Value) -> HttpResponse {
@@ -203,6 +396,8 @@ async fn ready(node: &Node) -> HttpResponse {
         Some("database unreachable")
     } else if !schema_is_expected(node).await {
         Some("schema older than EXPECTED_MIGRATION")
+    } else if let Some(why) = node.sync_problem() {
+        Some(why)
     } else if !node.presence.healthy().await || !node.bus.healthy().await {
         Some("pubsub unavailable")
     } else {

@@ -52,6 +52,16 @@ pub(crate) async fn announce(
         return;
     }
     let frame = protocol::system_push(mesh_id, event, data, now_ms());
+    // An event no recipient's queue can take would close every recipient 1013.
+    if frame.len() > node.config.outbound_queue_bytes {
+        node.metrics.reply_too_large("system_event");
+        warn!(
+            event,
+            bytes = frame.len(),
+            "system event larger than the outbound bound; not announced"
+        );
+        return;
+    }
     let event = MeshEvent::Deliver {
         presence_ids: presence_ids.into(),
         priority: None,
@@ -123,6 +133,18 @@ pub(super) async fn attach(
     ctl_tx: mpsc::UnboundedSender<Control>,
 ) -> Result<(), HandshakeError> {
     let node = s.node.clone();
+    // Healing after being declared dead, or re-syncing after a Redis data loss: the
+    // shared state is not to be trusted yet. Refused as during an outage (retryable).
+    if let Some(why) = node.sync_problem() {
+        return Err(unavailable(why));
+    }
+    // What the hello announces is bounded like the frames that change it later.
+    if let Err(r) = super::handlers::check_hello_meta(&node.config, &v.meta) {
+        return Err(HandshakeError {
+            code: r.code,
+            message: r.message,
+        });
+    }
     let now = now_ms();
     let mesh_id = v.mesh.id.clone();
     tracing::Span::current().record("mesh_id", mesh_id.as_str());
@@ -169,9 +191,12 @@ pub(super) async fn attach(
                 .filter(|g| !g.is_empty())
         })
         .unwrap_or_else(|| v.member.default_groups.clone());
+    let groups = super::handlers::bounded_groups(&node.config, groups);
     let cwd = v.meta.cwd.clone().unwrap_or_default();
     let status = node
         .take_pending_hook(v.meta.pid, &cwd)
+        // A hook never clears dnd, not even through a reattach.
+        .filter(|_| previous.is_none_or(|p| p.status != Status::Dnd))
         .or_else(|| previous.map(|p| p.status))
         .unwrap_or(Status::Idle);
     let display_name = v
@@ -289,8 +314,9 @@ pub(super) async fn attach(
         .observe(s.opened.elapsed().as_secs_f64());
     handle.open_gate(node.config.held_queue_bytes);
 
-    if !node.is_accepting() {
-        // Shutdown began during this handshake: this socket missed the closing round.
+    if !node.is_accepting() || node.healing.load(std::sync::atomic::Ordering::SeqCst) {
+        // Shutdown (or a heal) began during this handshake: this socket missed the
+        // closing round.
         let _ = handle.control.send(Control::Close {
             code: 1001,
             reason: "going_away".into(),
@@ -373,10 +399,20 @@ pub(super) fn take_held(handle: &SessionHandle) -> Vec<bytes::Bytes> {
 }
 
 impl Session {
-    /// After a bus outage: restore this connection's presence record (the backend may have
-    /// lost it) unless another connection took it over meanwhile, then drain the queue for
-    /// doorbells that were lost.
+    /// After a bus outage or a Redis data loss: restore this connection's presence record
+    /// (the backend may have lost it) unless another connection took it over meanwhile,
+    /// then drain the queue for doorbells that were lost. Reports itself done to the
+    /// re-sync, which waits for every session before the replica counts as re-synced.
     pub(super) async fn resync(
+        &mut self,
+        owners: Option<Arc<std::collections::HashMap<String, String>>>,
+    ) -> Option<AfterClose> {
+        let after = self.resync_presence(owners).await;
+        self.node.resync_done(&self.conn_id);
+        after
+    }
+
+    async fn resync_presence(
         &mut self,
         owners: Option<Arc<std::collections::HashMap<String, String>>>,
     ) -> Option<AfterClose> {
@@ -394,7 +430,7 @@ impl Session {
         }
         let owner = match owners {
             Some(owners) => owners.get(&a.record.presence_id).cloned(),
-            None => match node.presence.list(&a.mesh.id).await {
+            None => match node.presence.list_for_resync(&a.mesh.id).await {
                 Ok(records) => records
                     .into_iter()
                     .find(|r| r.presence_id == a.record.presence_id)
@@ -412,13 +448,52 @@ impl Session {
                 return Some(AfterClose::Grace);
             }
             Some(_) => {}
-            None => {
-                if let Err(e) = node.presence.attach(a.record.clone()).await {
-                    warn!(error = %e, "resync: presence not restored");
-                }
-            }
+            None => match node.presence.attach(a.record.clone()).await {
+                Ok(_) => announce_return(&node, &a.record).await,
+                Err(e) => warn!(error = %e, "resync: presence not restored"),
+            },
         }
         self.drain(false).await;
         None
     }
+}
+
+/// A presence the re-sync brought back: if it had been ended meanwhile (a survivor reaped
+/// it while this replica was cut off, so its peers were told `peer_left`; its saved peer
+/// state is newer than its connection), its peers are told `peer_returned`, as an attach
+/// tells them of a returning member. A record lost with an emptied Redis, which nobody
+/// ended, comes back silently.
+async fn announce_return(node: &Arc<Node>, record: &PresenceRecord) {
+    let state = match node
+        .store
+        .peer_state(&record.mesh_id, &record.member_id)
+        .await
+    {
+        Ok(Some(state)) if state.last_seen_at >= record.connected_at => state,
+        Ok(_) => {
+            debug!(presence_id = %record.presence_id, "resync: presence restored silently");
+            return;
+        }
+        Err(e) => {
+            warn!(error = %e, "resync: peer state unavailable; return not announced");
+            return;
+        }
+    };
+    let records = node
+        .presence
+        .list_for_resync(&record.mesh_id)
+        .await
+        .unwrap_or_default();
+    let to = join_leave_recipients(&records, record);
+    debug!(presence_id = %record.presence_id, recipients = to.len(), "resync: presence restored, return announced");
+    let pubkey = record.routing_key().to_string();
+    let data = json!({"name": record.display_name, "pubkey": pubkey, "groups": record.groups,
+        "lastSeenAt": ids::iso8601_ms(state.last_seen_at), "summary": state.summary});
+    announce(node, &record.mesh_id, to, "peer_returned", data).await;
+    node.audit(
+        &record.mesh_id,
+        "peer_joined",
+        Some(&record.member_id),
+        json!({"pubkey": pubkey, "groups": record.groups, "restored": true, "role": record.peer_role.as_str(), "resync": true}),
+    );
 }

@@ -2,17 +2,18 @@
 
 use std::collections::HashMap;
 
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 use tracing::warn;
 
 use super::{Incoming, Session};
 use crate::cluster::bus::{AfterClose, MeshEvent};
 use crate::cluster::presence::PresencePatch;
+use crate::config::Config;
 use crate::ids::{self, now_ms};
 use crate::protocol::target::{self, Target};
 use crate::protocol::{self, Ack, ClientMessage, Group, Inbound, Push, Status};
 use crate::routing::{self, Sender};
-use crate::store::{Claim, Member, MessageRef, QueuedMessage};
+use crate::store::{Claim, Member, MessageRef, QueuedMessage, StoreError};
 
 impl Session {
     /// Handles one frame; `Some` ends the session with that presence outcome.
@@ -48,7 +49,11 @@ impl Session {
                     req_id,
                 );
             }
-            ClientMessage::Send(send) => self.send(&send, req_id).await,
+            ClientMessage::Send(send) => {
+                if let Some(after) = self.send(&send, req_id).await {
+                    return Some(after);
+                }
+            }
             ClientMessage::ClientAck(a) => {
                 let reference = match (&a.broker_message_id, &a.client_message_id) {
                     (Some(id), _) => MessageRef::Broker(id),
@@ -59,31 +64,14 @@ impl Session {
             }
             ClientMessage::ListPeers => self.list_peers(req_id).await,
             ClientMessage::SetStatus(status) => self.set_status(status).await,
-            ClientMessage::SetSummary(summary) => {
-                self.with_record(|r| r.summary = Some(summary.clone()));
-                self.update_presence(PresencePatch::Summary(summary)).await;
-            }
+            ClientMessage::SetSummary(summary) => self.set_summary(summary, req_id).await,
             ClientMessage::SetVisible(visible) => {
                 self.set_visible(visible).await;
                 self.reply_empty_ack(req_id);
             }
-            ClientMessage::SetProfile(profile) => {
-                self.with_record(|r| r.profile.extend(profile.clone()));
-                self.update_presence(PresencePatch::Profile(profile)).await;
-                self.reply_empty_ack(req_id);
-            }
-            ClientMessage::SetStats(stats) => {
-                self.with_record(|r| r.stats = Some(stats.clone()));
-                self.update_presence(PresencePatch::Stats(stats)).await;
-            }
-            ClientMessage::JoinGroup(group) => {
-                let groups = self.with_record(|r| {
-                    r.groups.retain(|g| g.name != group.name);
-                    r.groups.push(group.clone());
-                    r.groups.clone()
-                });
-                self.update_presence(PresencePatch::Groups(groups)).await;
-            }
+            ClientMessage::SetProfile(profile) => self.set_profile(profile, req_id).await,
+            ClientMessage::SetStats(stats) => self.set_stats(stats, req_id).await,
+            ClientMessage::JoinGroup(group) => self.join_group(group, req_id).await,
             ClientMessage::LeaveGroup(name) => {
                 let groups = self.with_record(|r| {
                     r.groups.retain(|g: &Group| g.name != name);
@@ -144,8 +132,9 @@ impl Session {
     }
 
     /// One `send`, in a span of its own: each message is the root of its own trace (the
-    /// connection's span stays its parent for logs only).
-    async fn send(&mut self, send: &protocol::Send, req_id: Option<&str>) {
+    /// connection's span stays its parent for logs only). `Some` ends the session (the
+    /// sender's member row is revoked).
+    async fn send(&mut self, send: &protocol::Send, req_id: Option<&str>) -> Option<AfterClose> {
         let span = tracing::info_span!(
             "send",
             target = send.target_spec.get(..8).unwrap_or(&send.target_spec),
@@ -160,10 +149,14 @@ impl Session {
         if !trace_id.is_empty() {
             span.record("trace_id", tracing::field::display(&trace_id));
         }
-        tracing::Instrument::instrument(self.send_inner(send, req_id), span).await;
+        tracing::Instrument::instrument(self.send_inner(send, req_id), span).await
     }
 
-    async fn send_inner(&mut self, send: &protocol::Send, req_id: Option<&str>) {
+    async fn send_inner(
+        &mut self,
+        send: &protocol::Send,
+        req_id: Option<&str>,
+    ) -> Option<AfterClose> {
         let node = self.node.clone();
         let a = self.attached.as_ref().expect("attached");
         let ack_id = send
@@ -174,7 +167,33 @@ impl Session {
         let reject = |s: &Session, reason: &'static str, error: &str| {
             s.node.metrics.reject_message(reason);
             s.reply_ack(ack_id, "", Some(error), req_id);
+            None
         };
+
+        // The sender's own row, as the send path sees it (the cache expires within
+        // seconds and is dropped cluster-wide on a ban): a ban that could not reach this
+        // socket (bus down, written behind the broker's back) still stops its sends.
+        let members = match node.mesh_members(&a.mesh.id).await {
+            Ok(m) => m,
+            Err(e) => return reject(self, "store", &e.to_string()),
+        };
+        if !members
+            .iter()
+            .any(|m| m.id == a.member.id && m.revoked_at.is_none())
+        {
+            node.metrics.reject_message("revoked");
+            let message = format!(
+                "You've been removed from {:?}. Contact the mesh owner to rejoin.",
+                a.mesh.name
+            );
+            let frame = protocol::with_req_id(
+                json!({"type": "error", "code": "revoked", "message": message, "id": ack_id}),
+                req_id,
+            );
+            self.reply(protocol::encode(&frame));
+            self.out.close(4002, "banned");
+            return Some(AfterClose::End);
+        }
 
         let bucket = format!("{}:{}", a.mesh.id, a.member.id);
         match node
@@ -217,10 +236,6 @@ impl Session {
                 // a key that is no member's is looked up among session keys.
                 // Presence is read only for session keys, which keeps it off the hot path;
                 // without presence (Redis down) member keys still route, durably.
-                let members = match node.mesh_members(&a.mesh.id).await {
-                    Ok(m) => m,
-                    Err(e) => return reject(self, "store", &e.to_string()),
-                };
                 let recipient = match members.iter().find(|m| m.pubkey == key) {
                     Some(m) => Some(m),
                     None => match node.presence.list(&a.mesh.id).await {
@@ -257,9 +272,15 @@ impl Session {
                     client_message_id: send.client_message_id.clone(),
                     created_at: now,
                 };
-                if let Err(e) = node.store.enqueue(queued).await {
-                    return reject(self, "store", &e.to_string());
-                }
+                let message_id = match node.store.enqueue(queued).await {
+                    Ok(id) => id,
+                    // Not a refusal: the message may be queued. The error tells the
+                    // client to retry with the same client_message_id, which is idempotent.
+                    Err(e @ StoreError::OutcomeUnknown(_)) => {
+                        return reject(self, "outcome_unknown", &e.to_string());
+                    }
+                    Err(e) => return reject(self, "store", &e.to_string()),
+                };
                 self.reply_ack(ack_id, &message_id, None, req_id);
                 node.metrics.routed(send.priority);
                 tracing::debug!(message_id, "direct message queued");
@@ -278,10 +299,6 @@ impl Session {
                 };
                 let records = match node.presence.list(&a.mesh.id).await {
                     Ok(r) => r,
-                    Err(e) => return reject(self, "store", &e.to_string()),
-                };
-                let members = match node.mesh_members(&a.mesh.id).await {
-                    Ok(m) => m,
                     Err(e) => return reject(self, "store", &e.to_string()),
                 };
                 let by_id: HashMap<&str, &Member> =
@@ -321,6 +338,7 @@ impl Session {
             Some(&a.member.id),
             json!({"targetSpec": send.target_spec, "priority": send.priority.as_str()}),
         );
+        None
     }
 
     /// Claims and pushes this connection's queued direct messages, in queue order.
@@ -350,7 +368,21 @@ impl Session {
         let claimed = match node.store.claim(claim).await {
             Ok(c) => c,
             Err(e) => {
-                warn!(error = %e, "queue drain failed");
+                // The claim may have committed with its reply lost: its rows are then
+                // hidden until `now + lease_ms`. Drain again soon (a claim that did not
+                // happen) and when that lease ends (one that did).
+                warn!(error = %e, "queue drain failed; re-drain scheduled");
+                let soon = now_ms() + CLAIM_RETRY_MS + now_ms().rem_euclid(CLAIM_RETRY_MS);
+                let pending = |until| super::Pushed {
+                    until,
+                    client_id: None,
+                };
+                a.unacked
+                    .insert(format!("{}:retry", super::REDRAIN), pending(soon));
+                a.unacked.insert(
+                    format!("{}:lease:{}", super::REDRAIN, now + lease_ms),
+                    pending(now + lease_ms),
+                );
                 return;
             }
         };
@@ -378,7 +410,13 @@ impl Session {
             node.metrics
                 .delivery_seconds
                 .observe((now_ms() - m.created_at).max(0) as f64 / 1000.0);
-            a.unacked.insert(m.id, now + lease_ms);
+            a.unacked.insert(
+                m.id,
+                super::Pushed {
+                    until: now + lease_ms,
+                    client_id: m.client_message_id,
+                },
+            );
             pushed += 1;
         }
         tracing::Span::current().record("pushed", pushed);
@@ -392,15 +430,34 @@ impl Session {
         let Some(a) = self.attached.as_mut() else {
             return;
         };
-        if let MessageRef::Broker(id) = reference {
-            a.unacked.remove(id);
-        }
-        if let Err(e) = node
-            .store
-            .mark_delivered(&a.mesh.id, &a.member.id, reference)
-            .await
-        {
-            warn!(error = %e, "client_ack not recorded; the message will be pushed again");
+        // By client id: only the messages pushed to this connection with that id (other
+        // senders may use the same client id for messages this connection never got).
+        let ids: Vec<String> = match reference {
+            MessageRef::Broker(id) => {
+                a.unacked.remove(id);
+                vec![id.to_string()]
+            }
+            MessageRef::Client(client_id) => {
+                let ids: Vec<String> = a
+                    .unacked
+                    .iter()
+                    .filter(|(_, p)| p.client_id.as_deref() == Some(client_id))
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                for id in &ids {
+                    a.unacked.remove(id);
+                }
+                ids
+            }
+        };
+        for id in ids {
+            if let Err(e) = node
+                .store
+                .mark_delivered(&a.mesh.id, &a.member.id, MessageRef::Broker(&id))
+                .await
+            {
+                warn!(error = %e, "client_ack not recorded; the message will be pushed again");
+            }
         }
     }
 
@@ -447,7 +504,21 @@ impl Session {
             })
             .collect();
         let frame = protocol::with_req_id(json!({"type": "peers_list", "peers": peers}), req_id);
-        self.reply(protocol::encode(&frame));
+        let frame = protocol::encode(&frame);
+        // A reply the requester's queue can never take would close it 1013: refuse it instead.
+        let bound = self.node.config.outbound_queue_bytes;
+        if frame.len() > bound {
+            self.node.metrics.reply_too_large("peers_list");
+            return self.reply_error(
+                "reply_too_large",
+                &format!(
+                    "the peer list is {} bytes, more than this connection's outbound bound of {bound}",
+                    frame.len()
+                ),
+                req_id,
+            );
+        }
+        self.reply(frame);
     }
 
     pub(super) async fn set_status(&mut self, status: Status) {
@@ -517,3 +588,141 @@ impl Session {
 }
 
 const CLAIM_BATCH_LIMIT: usize = super::CLAIM_BATCH;
+/// After a failed claim, the next drain comes this long (plus up to as much jitter, so
+/// the sockets of a replica do not retry in step) later.
+const CLAIM_RETRY_MS: i64 = 1_000;
+
+/// A presence change refused by a bound: the `error` code and its message.
+#[derive(Debug)]
+pub(crate) struct Refusal {
+    pub code: &'static str,
+    pub message: String,
+}
+
+/// A group name and role within `MAX_GROUP_NAME_BYTES`.
+pub(crate) fn check_group(config: &Config, group: &Group) -> Result<(), Refusal> {
+    let max = config.max_group_name_bytes;
+    let role = group.role.as_deref().unwrap_or("");
+    if group.name.len() > max || role.len() > max {
+        return Err(Refusal {
+            code: "name_too_long",
+            message: format!("group names and roles are at most {max} bytes"),
+        });
+    }
+    Ok(())
+}
+
+/// A free-form field of `len` bytes within `MAX_PRESENCE_FIELD_BYTES`.
+pub(crate) fn check_field(config: &Config, what: &str, len: usize) -> Result<(), Refusal> {
+    let max = config.max_presence_field_bytes;
+    if len > max {
+        return Err(Refusal {
+            code: "field_too_large",
+            message: format!("{what} is {len} bytes, at most {max} are allowed"),
+        });
+    }
+    Ok(())
+}
+
+/// What a `hello` announces about its presence, within the same bounds as the frames that
+/// change it later: groups (count, names), display name and the other strings.
+pub(crate) fn check_hello_meta(config: &Config, meta: &protocol::PeerMeta) -> Result<(), Refusal> {
+    if let Some(groups) = &meta.groups {
+        let max = config.max_groups_per_presence;
+        if groups.len() > max {
+            return Err(Refusal {
+                code: "too_many_groups",
+                message: format!("a presence is in at most {max} groups"),
+            });
+        }
+        for g in groups {
+            check_group(config, g)?;
+        }
+    }
+    let strings = [
+        ("displayName", &meta.display_name),
+        ("sessionId", &meta.session_id),
+        ("cwd", &meta.cwd),
+        ("hostname", &meta.hostname),
+        ("peerType", &meta.peer_type),
+        ("channel", &meta.channel),
+        ("model", &meta.model),
+    ];
+    for (what, value) in strings {
+        if let Some(v) = value {
+            check_field(config, what, v.len())?;
+        }
+    }
+    Ok(())
+}
+
+/// Groups a presence inherits (its earlier record, its saved state, the member's defaults),
+/// cut to the bounds: they may predate them.
+pub(crate) fn bounded_groups(config: &Config, mut groups: Vec<Group>) -> Vec<Group> {
+    groups.retain(|g| check_group(config, g).is_ok());
+    groups.truncate(config.max_groups_per_presence);
+    groups
+}
+
+/// The group and free-form presence fields, each checked against its bound first: one
+/// member must not grow its presence until the peer lists and events about it no longer
+/// fit other sockets' outbound queues.
+impl Session {
+    /// Answers a refused change with an `error` and counts it.
+    fn refuse_update(&self, refusal: Refusal, req_id: Option<&str>) {
+        self.node.metrics.reject_presence_update(refusal.code);
+        self.reply_error(refusal.code, &refusal.message, req_id);
+    }
+
+    async fn set_summary(&mut self, summary: String, req_id: Option<&str>) {
+        if let Err(r) = check_field(&self.node.config, "summary", summary.len()) {
+            return self.refuse_update(r, req_id);
+        }
+        self.with_record(|r| r.summary = Some(summary.clone()));
+        self.update_presence(PresencePatch::Summary(summary)).await;
+    }
+
+    async fn set_profile(&mut self, profile: Map<String, Value>, req_id: Option<&str>) {
+        let mut merged = self.with_record(|r| r.profile.clone());
+        merged.extend(profile.clone());
+        let len = Value::Object(merged).to_string().len();
+        if let Err(r) = check_field(&self.node.config, "profile", len) {
+            return self.refuse_update(r, req_id);
+        }
+        self.with_record(|r| r.profile.extend(profile.clone()));
+        self.update_presence(PresencePatch::Profile(profile)).await;
+        self.reply_empty_ack(req_id);
+    }
+
+    async fn set_stats(&mut self, stats: Value, req_id: Option<&str>) {
+        if let Err(r) = check_field(&self.node.config, "stats", stats.to_string().len()) {
+            return self.refuse_update(r, req_id);
+        }
+        self.with_record(|r| r.stats = Some(stats.clone()));
+        self.update_presence(PresencePatch::Stats(stats)).await;
+    }
+
+    async fn join_group(&mut self, group: Group, req_id: Option<&str>) {
+        if let Err(r) = check_group(&self.node.config, &group) {
+            return self.refuse_update(r, req_id);
+        }
+        let max = self.node.config.max_groups_per_presence;
+        let groups = self.with_record(|r| {
+            let new = !r.groups.iter().any(|g| g.name == group.name);
+            if new && r.groups.len() >= max {
+                return None;
+            }
+            r.groups.retain(|g| g.name != group.name);
+            r.groups.push(group.clone());
+            Some(r.groups.clone())
+        });
+        let Some(groups) = groups else {
+            let refusal = Refusal {
+                code: "too_many_groups",
+                message: format!("a presence is in at most {max} groups"),
+            };
+            return self.refuse_update(refusal, req_id);
+        };
+        self.update_presence(PresencePatch::Groups(groups)).await;
+    }
+}

@@ -9,7 +9,13 @@
 //! The reader never runs handlers, so a slow handler cannot interleave with the next
 //! frame; the writer is the only owner of the write half, so pongs, pushes and close
 //! frames never race each other.
+//!
+//! The reader reassembles fragmented messages itself (`Assembler`), bounded in bytes
+//! (`MAX_MESSAGE_BYTES`) and frames (`MAX_MESSAGE_FRAGMENTS`) while they accumulate, and
+//! closes the socket on what RFC 6455 forbids: 1009 over a bound, 1007 for text that is
+//! not UTF-8, 1002 for a broken frame sequence.
 
+mod drop_guard;
 mod events;
 mod handlers;
 mod moderation;
@@ -23,7 +29,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use fastwebsockets::{FragmentCollectorRead, Frame, OpCode, WebSocket, WebSocketError};
+use fastwebsockets::{Frame, OpCode, WebSocket, WebSocketError, WebSocketRead};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -62,13 +68,14 @@ where
     ws.set_auto_pong(true);
     ws.set_auto_close(true);
     let (rd, wr) = ws.split(tokio::io::split);
-    let rd = FragmentCollectorRead::new(rd);
+    let assembler = Assembler::new(max, node.config.max_message_fragments);
 
     let conn_id = node.next_conn_id();
     let (out, out_rx) = Outbound::new(
         node.config.outbound_queue_bytes,
         node.metrics.outbound_queue_bytes.clone(),
         node.metrics.slow_consumer_closes.clone(),
+        node.metrics.ws_pongs_coalesced.clone(),
     );
     let kill = node.kill.child_token();
     let closing = CancellationToken::new();
@@ -94,14 +101,15 @@ where
         });
     }
     {
-        let (out, kill, closing, last_pong) = (
-            out.clone(),
-            kill.clone(),
-            closing.clone(),
-            last_pong.clone(),
-        );
-        node.tracker
-            .spawn(read_loop(rd, in_tx, out, kill, closing, last_pong, max));
+        let reader = Reader {
+            tx: in_tx,
+            out: out.clone(),
+            kill: kill.clone(),
+            closing: closing.clone(),
+            last_pong: last_pong.clone(),
+            node: node.clone(),
+        };
+        node.tracker.spawn(reader.run(rd, assembler));
     }
 
     let session = Session {
@@ -124,64 +132,289 @@ where
     node.metrics.connections_active.dec();
 }
 
-async fn read_loop<S: AsyncRead + Unpin>(
-    mut rd: FragmentCollectorRead<S>,
+/// Why the reader refuses what the client sent; each closes the socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    /// A frame, or a fragmented message so far, over `MAX_MESSAGE_BYTES` (1009).
+    TooLarge,
+    /// A fragmented message over `MAX_MESSAGE_FRAGMENTS` frames (1009).
+    TooManyFragments,
+    /// A text message that is not UTF-8 (1007, RFC 6455 §8.1).
+    InvalidUtf8,
+    /// A frame sequence RFC 6455 forbids: a continuation without a start, a new message
+    /// inside a fragmented one, reserved bits, an unknown opcode (1002).
+    Protocol,
+}
+
+impl Refusal {
+    fn close(self) -> (u16, &'static str) {
+        match self {
+            Refusal::TooLarge => (1009, "frame too large"),
+            Refusal::TooManyFragments => (1009, "too many fragments"),
+            Refusal::InvalidUtf8 => (1007, "invalid utf-8"),
+            Refusal::Protocol => (1002, "protocol error"),
+        }
+    }
+
+    fn metric(self) -> &'static str {
+        match self {
+            Refusal::TooLarge => "too_large",
+            Refusal::TooManyFragments => "too_many_fragments",
+            Refusal::InvalidUtf8 => "invalid_utf8",
+            Refusal::Protocol => "protocol",
+        }
+    }
+}
+
+/// A fragmented message being reassembled.
+#[derive(Debug)]
+struct Partial {
+    text: bool,
+    /// The text so far; binary messages are refused by the session, so only their size is
+    /// tracked.
+    buf: Vec<u8>,
+    len: usize,
+    frames: usize,
+}
+
+/// Reassembles fragmented messages, bounded in bytes and in frames *while they
+/// accumulate* (fastwebsockets' `FragmentCollectorRead` buffers without a bound).
+#[derive(Debug)]
+struct Assembler {
+    max_bytes: usize,
+    max_fragments: usize,
+    partial: Option<Partial>,
+}
+
+impl Assembler {
+    fn new(max_bytes: usize, max_fragments: usize) -> Self {
+        Assembler {
+            max_bytes,
+            max_fragments,
+            partial: None,
+        }
+    }
+
+    /// Takes one data frame; `Some` when it completes a message.
+    fn push(
+        &mut self,
+        fin: bool,
+        opcode: OpCode,
+        payload: &[u8],
+    ) -> Result<Option<Incoming>, Refusal> {
+        match opcode {
+            OpCode::Text | OpCode::Binary => {
+                if self.partial.is_some() {
+                    return Err(Refusal::Protocol);
+                }
+                if payload.len() > self.max_bytes {
+                    return Err(Refusal::TooLarge);
+                }
+                let text = opcode == OpCode::Text;
+                if fin {
+                    return complete(text, Bytes::copy_from_slice(payload)).map(Some);
+                }
+                self.partial = Some(Partial {
+                    text,
+                    buf: if text { payload.to_vec() } else { Vec::new() },
+                    len: payload.len(),
+                    frames: 1,
+                });
+                Ok(None)
+            }
+            OpCode::Continuation => {
+                let Some(p) = self.partial.as_mut() else {
+                    return Err(Refusal::Protocol);
+                };
+                p.frames += 1;
+                p.len += payload.len();
+                if p.len > self.max_bytes {
+                    return Err(Refusal::TooLarge);
+                }
+                if p.frames > self.max_fragments {
+                    return Err(Refusal::TooManyFragments);
+                }
+                if p.text {
+                    p.buf.extend_from_slice(payload);
+                }
+                if !fin {
+                    return Ok(None);
+                }
+                match self.partial.take() {
+                    Some(p) => complete(p.text, Bytes::from(p.buf)).map(Some),
+                    None => Ok(None),
+                }
+            }
+            _ => Ok(None),
+        }
+    }
+}
+
+fn complete(text: bool, payload: Bytes) -> Result<Incoming, Refusal> {
+    if !text {
+        return Ok(Incoming::Binary);
+    }
+    if std::str::from_utf8(&payload).is_err() {
+        return Err(Refusal::InvalidUtf8);
+    }
+    Ok(Incoming::Text(payload))
+}
+
+#[cfg(test)]
+mod assembler_tests {
+    use super::*;
+
+    fn text(r: Result<Option<Incoming>, Refusal>) -> Option<String> {
+        match r {
+            Ok(Some(Incoming::Text(t))) => Some(String::from_utf8(t.to_vec()).unwrap_or_default()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn fragments_reassemble_including_a_code_point_split_across_them() {
+        let mut a = Assembler::new(16, 4);
+        assert!(matches!(a.push(false, OpCode::Text, b"caf\xc3"), Ok(None)));
+        assert_eq!(
+            text(a.push(true, OpCode::Continuation, b"\xa9!")),
+            Some("café!".into())
+        );
+        assert_eq!(
+            text(a.push(true, OpCode::Text, b"next")),
+            Some("next".into())
+        );
+    }
+
+    #[test]
+    fn bounds_hold_while_the_message_accumulates() {
+        let mut a = Assembler::new(16, 4);
+        assert!(matches!(a.push(false, OpCode::Text, &[b'x'; 10]), Ok(None)));
+        assert_eq!(
+            a.push(false, OpCode::Continuation, &[b'x'; 7]).err(),
+            Some(Refusal::TooLarge)
+        );
+        let mut a = Assembler::new(16, 3);
+        assert!(matches!(a.push(false, OpCode::Text, b""), Ok(None)));
+        assert!(matches!(a.push(false, OpCode::Continuation, b""), Ok(None)));
+        assert!(matches!(a.push(false, OpCode::Continuation, b""), Ok(None)));
+        assert_eq!(
+            a.push(false, OpCode::Continuation, b"").err(),
+            Some(Refusal::TooManyFragments)
+        );
+        let mut a = Assembler::new(16, 4);
+        assert_eq!(
+            a.push(true, OpCode::Text, &[b'x'; 17]).err(),
+            Some(Refusal::TooLarge)
+        );
+    }
+
+    #[test]
+    fn invalid_utf8_and_bad_sequences_are_refused() {
+        let mut a = Assembler::new(16, 4);
+        assert!(matches!(a.push(false, OpCode::Text, b"ab\xc3"), Ok(None)));
+        assert_eq!(
+            a.push(true, OpCode::Continuation, b"x").err(),
+            Some(Refusal::InvalidUtf8)
+        );
+        let mut a = Assembler::new(16, 4);
+        assert_eq!(
+            a.push(true, OpCode::Continuation, b"x").err(),
+            Some(Refusal::Protocol)
+        );
+        let mut a = Assembler::new(16, 4);
+        assert!(matches!(a.push(false, OpCode::Binary, b"ab"), Ok(None)));
+        assert_eq!(
+            a.push(true, OpCode::Text, b"x").err(),
+            Some(Refusal::Protocol)
+        );
+    }
+}
+
+/// The reader task's handles.
+struct Reader {
     tx: mpsc::Sender<Incoming>,
     out: Outbound,
     kill: CancellationToken,
     closing: CancellationToken,
     last_pong: Arc<AtomicI64>,
-    max: usize,
-) {
-    // After our side closed, keep reading (and discarding) briefly so the client's close
-    // reply is consumed and the kernel does not reset the connection under our close frame.
-    let linger = async {
-        closing.cancelled().await;
-        tokio::time::sleep(CLOSE_LINGER).await;
-    };
-    tokio::pin!(linger);
-    let mut obligated = |frame: Frame<'_>| {
-        let item = match frame.opcode {
-            OpCode::Close => OutFrame::CloseEcho(frame.payload.to_vec()),
-            _ => OutFrame::Pong(frame.payload.to_vec()),
+    /// For `broker_ws_messages_refused_total`.
+    node: Arc<Node>,
+}
+
+impl Reader {
+    async fn run<S: AsyncRead + Unpin>(self, mut rd: WebSocketRead<S>, mut assembler: Assembler) {
+        // After our side closed, wait briefly before dropping the read half, so the client
+        // reads our close frame before the kernel resets the connection.
+        let linger = async {
+            self.closing.cancelled().await;
+            tokio::time::sleep(CLOSE_LINGER).await;
         };
-        out.control(item);
-        std::future::ready(Ok::<(), std::io::Error>(()))
-    };
-    loop {
-        let frame = tokio::select! {
-            biased;
-            _ = kill.cancelled() => break,
-            _ = &mut linger => break,
-            frame = rd.read_frame(&mut obligated) => frame,
+        tokio::pin!(linger);
+        let out = self.out.clone();
+        // Pings are answered through the one pending-pong slot, so a ping flood from a
+        // client that never reads queues one pong, not one per ping.
+        let mut obligated = |frame: Frame<'_>| {
+            match frame.opcode {
+                OpCode::Close => out.control(OutFrame::CloseEcho(frame.payload.to_vec())),
+                _ => out.pong(&frame.payload),
+            }
+            std::future::ready(Ok::<(), std::io::Error>(()))
         };
-        if frame.is_ok() {
-            // Any frame proves the client alive, not only a pong: a reader that waited on a
-            // busy session must not count the pongs queued behind that wait as missing.
-            last_pong.store(now_ms(), Ordering::Relaxed);
+        let refusal = loop {
+            let frame = tokio::select! {
+                biased;
+                _ = self.kill.cancelled() => return,
+                _ = &mut linger => return,
+                frame = rd.read_frame(&mut obligated) => frame,
+            };
+            if frame.is_ok() {
+                // Any frame proves the client alive, not only a pong: a reader that waited
+                // on a busy session must not count the pongs queued behind that wait as
+                // missing.
+                self.last_pong.store(now_ms(), Ordering::Relaxed);
+            }
+            let frame = match frame {
+                Ok(f) => f,
+                Err(WebSocketError::FrameTooLarge) => break Refusal::TooLarge,
+                Err(WebSocketError::InvalidUTF8) => break Refusal::InvalidUtf8,
+                Err(
+                    WebSocketError::ReservedBitsNotZero
+                    | WebSocketError::ControlFrameFragmented
+                    | WebSocketError::PingFrameTooLarge
+                    | WebSocketError::InvalidValue
+                    | WebSocketError::InvalidCloseFrame,
+                ) => break Refusal::Protocol,
+                Err(e) => {
+                    debug!(error = %e, "socket read ended");
+                    return;
+                }
+            };
+            let incoming = match frame.opcode {
+                OpCode::Close => return,
+                OpCode::Pong | OpCode::Ping => continue,
+                opcode => match assembler.push(frame.fin, opcode, &frame.payload) {
+                    Ok(Some(incoming)) => incoming,
+                    Ok(None) => continue,
+                    Err(refusal) => break refusal,
+                },
+            };
+            if self.closing.is_cancelled() || self.tx.send(incoming).await.is_err() {
+                return;
+            }
+        };
+        self.node.metrics.refuse_ws_message(refusal.metric());
+        debug!(?refusal, "inbound message refused: closing");
+        if refusal == Refusal::TooLarge {
+            // The session closes 1009 (in order after the frames before this one).
+            let _ = self.tx.send(Incoming::TooLarge).await;
+        } else {
+            let (code, reason) = refusal.close();
+            self.out.close(code, reason);
         }
-        let incoming = match frame {
-            Ok(f) => match f.opcode {
-                OpCode::Text if f.payload.len() > max => Incoming::TooLarge,
-                OpCode::Text => Incoming::Text(Bytes::copy_from_slice(&f.payload)),
-                OpCode::Binary => Incoming::Binary,
-                OpCode::Pong => continue,
-                OpCode::Close => break,
-                _ => continue,
-            },
-            Err(WebSocketError::FrameTooLarge) => Incoming::TooLarge,
-            Err(e) => {
-                debug!(error = %e, "socket read ended");
-                break;
-            }
-        };
-        let too_large = matches!(incoming, Incoming::TooLarge);
-        if closing.is_cancelled() || tx.send(incoming).await.is_err() || too_large {
-            // After an oversized frame the stream position is unknown: read no further.
-            if too_large {
-                linger.as_mut().await;
-            }
-            break;
+        // After a refused frame the stream position may be unknown: read no further.
+        tokio::select! {
+            _ = self.kill.cancelled() => {}
+            _ = &mut linger => {}
         }
     }
 }
@@ -193,9 +426,24 @@ struct Attached {
     member: crate::store::Member,
     /// This connection's view of its presence record (the shared one is in `Presence`).
     record: crate::cluster::presence::PresenceRecord,
-    /// Pushed direct messages not yet confirmed by `client_ack`: id → lease end (ms epoch).
-    unacked: HashMap<String, i64>,
+    /// Pushed direct messages not yet confirmed by `client_ack` (id → lease end and client
+    /// id), and the re-drains scheduled after a failed claim (keys starting with
+    /// [`REDRAIN`], never a message id). The earliest entry arms the re-push timer.
+    unacked: HashMap<String, Pushed>,
 }
+
+/// One entry of [`Attached::unacked`].
+#[derive(Debug, Clone)]
+struct Pushed {
+    /// When the lease ends (ms epoch): the message is claimed and pushed again then.
+    until: i64,
+    /// The push's `client_message_id`: a `client_ack` by client id confirms only the
+    /// messages pushed to this connection with that id.
+    client_id: Option<String>,
+}
+
+/// Key prefix of the scheduled re-drains in [`Attached::unacked`] (message ids are base62).
+const REDRAIN: &str = "\u{0}redrain";
 
 struct Session {
     node: Arc<Node>,
@@ -355,7 +603,7 @@ impl Session {
     /// Milliseconds until the earliest un-acked push's lease ends.
     fn next_repush_in(&self) -> Option<Duration> {
         let a = self.attached.as_ref()?;
-        let earliest = a.unacked.values().min()?;
+        let earliest = a.unacked.values().map(|p| p.until).min()?;
         // A small margin so the store sees the lease as ended when the timer fires.
         Some(Duration::from_millis(
             (earliest - now_ms()).max(0) as u64 + 20,
@@ -366,7 +614,7 @@ impl Session {
         self.drain(false).await;
         let now = now_ms();
         if let Some(a) = &mut self.attached {
-            a.unacked.retain(|_, until| *until > now);
+            a.unacked.retain(|_, p| p.until > now);
         }
     }
 

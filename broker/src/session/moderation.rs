@@ -81,12 +81,11 @@ impl Session {
             return;
         }
         let a = self.attached.as_ref().expect("attached");
-        let records = self
-            .node
-            .presence
-            .list(&a.mesh.id)
-            .await
-            .unwrap_or_default();
+        // An unreadable presence list is not "nobody is connected": fail closed.
+        let records = match self.node.presence.list(&a.mesh.id).await {
+            Ok(r) => r,
+            Err(e) => return self.reply_error("internal", &e.to_string(), req_id),
+        };
         let now = now_ms();
         let selected: Vec<&PresenceRecord> = records
             .iter()
@@ -178,16 +177,29 @@ impl Session {
             return self.reply_error("internal", &e.to_string(), req_id);
         }
         self.node.members_changed(&a.mesh.id).await;
+        let mut payload = json!({"target": target, "targetPubkey": victim.pubkey});
+        if let Some(reason) = reason {
+            payload["reason"] = json!(reason);
+        }
+        // The ban is written; without the presence list its sockets cannot be closed
+        // now. Say so rather than acknowledge a ban that left them open (their next send
+        // is refused `revoked` all the same, and their next hello too).
+        let records = match self.node.presence.list(&a.mesh.id).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.node
+                    .audit(&a.mesh.id, "member_banned", Some(&a.member.id), payload);
+                let message = format!(
+                    "{} is banned, but its open connections could not be listed ({e}); they are refused at their next send",
+                    victim.display_name
+                );
+                return self.reply_error("internal", &message, req_id);
+            }
+        };
         self.reply_frame(
             json!({"type": "ban_ack", "banned": victim.display_name}),
             req_id,
         );
-        let records = self
-            .node
-            .presence
-            .list(&a.mesh.id)
-            .await
-            .unwrap_or_default();
         let (live, grace): (Vec<&PresenceRecord>, Vec<&PresenceRecord>) = records
             .iter()
             .filter(|r| r.member_id == victim.id)
@@ -208,10 +220,6 @@ impl Session {
             {
                 super::events::end_presence(&self.node, record).await;
             }
-        }
-        let mut payload = json!({"target": target, "targetPubkey": victim.pubkey});
-        if let Some(reason) = reason {
-            payload["reason"] = json!(reason);
         }
         self.node
             .audit(&a.mesh.id, "member_banned", Some(&a.member.id), payload);
@@ -248,12 +256,11 @@ impl Session {
             return;
         }
         let a = self.attached.as_ref().expect("attached");
-        let members = self
-            .node
-            .store
-            .members(&a.mesh.id)
-            .await
-            .unwrap_or_default();
+        // An unreadable member table is not "nobody is banned": fail closed.
+        let members = match self.node.store.members(&a.mesh.id).await {
+            Ok(m) => m,
+            Err(e) => return self.reply_error("internal", &e.to_string(), req_id),
+        };
         let bans: Vec<Value> = members
             .iter()
             .filter_map(|m| {

@@ -5,9 +5,14 @@
 //! close can always be queued. When the bound would be exceeded the queue is marked
 //! overflowed: the writer drops what is still queued and closes the socket 1013
 //! `slow_consumer` as soon as its current write completes.
+//!
+//! Pongs are coalesced instead of counted: a socket has one pending-pong slot, and the
+//! channel carries a marker only when the slot was empty. A client that floods pings and
+//! never reads therefore costs one slot, not one queued pong per ping; the latest ping's
+//! payload wins (RFC 6455 §5.5.3 allows answering only the most recent ping).
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -25,7 +30,8 @@ pub const SLOW_CONSUMER: (u16, &str) = (1013, "slow_consumer");
 pub enum OutFrame {
     Text(Bytes),
     Ping,
-    Pong(Vec<u8>),
+    /// Marker: write the pending pong (see [`Outbound::pong`]), if it is still pending.
+    Pong,
     /// A close frame with code and reason; the writer stops after it.
     Close(u16, String),
     /// The echo of a client's close frame (raw payload); the writer stops after it.
@@ -44,6 +50,11 @@ struct OutState {
     slow_closes: Counter,
     /// This replica's total of queued bytes (`broker_outbound_queue_bytes`).
     gauge: Gauge,
+    /// The payload of the pong owed to the client's latest ping; `Some` while a marker for
+    /// it is in the channel, so a ping flood queues at most one pong.
+    pending_pong: Mutex<Option<Vec<u8>>>,
+    /// `broker_ws_pongs_coalesced_total`: pings answered by an already pending pong.
+    pongs_coalesced: Counter,
 }
 
 /// The sending side of a socket's outbound queue; cheap to clone.
@@ -58,6 +69,7 @@ impl Outbound {
         limit: usize,
         gauge: Gauge,
         slow_closes: Counter,
+        pongs_coalesced: Counter,
     ) -> (Outbound, mpsc::UnboundedReceiver<OutFrame>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let state = Arc::new(OutState {
@@ -67,6 +79,8 @@ impl Outbound {
             overflow: CancellationToken::new(),
             slow_closes,
             gauge,
+            pending_pong: Mutex::new(None),
+            pongs_coalesced,
         });
         (Outbound { tx, state }, rx)
     }
@@ -100,6 +114,33 @@ impl Outbound {
 
     pub fn control(&self, frame: OutFrame) {
         let _ = self.tx.send(frame);
+    }
+
+    /// Owes the client a pong with `payload`. A pong already pending takes the new payload
+    /// instead of queueing a second one.
+    pub fn pong(&self, payload: &[u8]) {
+        let mut slot = self.lock_pong();
+        if let Some(pending) = slot.as_mut() {
+            pending.clear();
+            pending.extend_from_slice(payload);
+            self.state.pongs_coalesced.inc();
+            return;
+        }
+        *slot = Some(payload.to_vec());
+        drop(slot);
+        let _ = self.tx.send(OutFrame::Pong);
+    }
+
+    fn take_pong(&self) -> Option<Vec<u8>> {
+        self.lock_pong().take()
+    }
+
+    fn lock_pong(&self) -> std::sync::MutexGuard<'_, Option<Vec<u8>>> {
+        // The slot holds plain bytes: a panic while it was held cannot leave it inconsistent.
+        self.state
+            .pending_pong
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     pub fn close(&self, code: u16, reason: &str) {
@@ -163,13 +204,23 @@ where
         if out.overflowed() {
             break WriterEnd::SlowConsumer;
         }
+        let pong = match item {
+            OutFrame::Pong => match out.take_pong() {
+                Some(p) => Some(p),
+                None => continue,
+            },
+            _ => None,
+        };
         let (frame, last) = match &item {
             OutFrame::Text(b) => (Frame::text(Payload::Borrowed(b)), false),
             OutFrame::Ping => (
                 Frame::new(true, OpCode::Ping, None, Payload::Borrowed(&[])),
                 false,
             ),
-            OutFrame::Pong(p) => (Frame::pong(Payload::Borrowed(p)), false),
+            OutFrame::Pong => (
+                Frame::pong(Payload::Borrowed(pong.as_deref().unwrap_or_default())),
+                false,
+            ),
             OutFrame::Close(code, reason) => (Frame::close(*code, reason.as_bytes()), true),
             OutFrame::CloseEcho(raw) => (Frame::close_raw(Payload::Borrowed(raw)), true),
         };

@@ -29,6 +29,9 @@ struct Inner {
     /// a drain or an ack touches only its recipient's backlog.
     queue: HashMap<(String, String), BTreeMap<u64, Row>>,
     next_seq: u64,
+    /// Idempotency keys: (sender member, client_message_id) → (messageId, created_at),
+    /// kept after delivery and swept with the queue TTL.
+    dedup: HashMap<(String, String), (String, i64)>,
     peer_state: HashMap<(String, String), PeerState>,
     audit: HashMap<String, Vec<AuditEntry>>,
 }
@@ -229,8 +232,18 @@ impl Store for MemoryStore {
         })
     }
 
-    async fn enqueue(&self, message: QueuedMessage) -> StoreResult<()> {
+    async fn enqueue(&self, message: QueuedMessage) -> StoreResult<String> {
         let mut inner = self.lock();
+        if let Some(client_id) = &message.client_message_id {
+            let key = (message.sender_member_id.clone(), client_id.clone());
+            if let Some((original, _)) = inner.dedup.get(&key) {
+                return Ok(original.clone());
+            }
+            inner
+                .dedup
+                .insert(key, (message.id.clone(), message.created_at));
+        }
+        let id = message.id.clone();
         inner.next_seq += 1;
         let seq = inner.next_seq;
         let key = (message.mesh_id.clone(), message.target_member_id.clone());
@@ -239,7 +252,7 @@ impl Store for MemoryStore {
             claimed_until: 0,
         };
         inner.queue.entry(key).or_default().insert(seq, row);
-        Ok(())
+        Ok(id)
     }
 
     async fn claim(&self, c: Claim<'_>) -> StoreResult<Vec<QueuedMessage>> {
@@ -303,6 +316,9 @@ impl Store for MemoryStore {
             swept += before - queue.len();
             !queue.is_empty()
         });
+        inner
+            .dedup
+            .retain(|_, (_, created_at)| *created_at >= before_ms);
         Ok(swept as u64)
     }
 

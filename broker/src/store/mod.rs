@@ -14,7 +14,10 @@
 //!   connection) takes it at once. A message is at-least-once: it is claimed again until
 //!   [`Store::mark_delivered`] names it.
 //! - **Expiry:** undelivered messages older than the queue TTL are removed by
-//!   [`Store::sweep_expired`], which the broker calls on a timer.
+//!   [`Store::sweep_expired`], which the broker calls on a timer; so are the
+//!   idempotency keys (`sender member`, `client_message_id`) of older sends.
+//! - **Idempotent sends:** [`Store::enqueue`] of a sender's `client_message_id` seen
+//!   before (within the TTL) queues nothing and answers the original `messageId`.
 //! - **No sockets:** a store knows nothing of connections; the broker rings the doorbell.
 
 pub mod memory;
@@ -230,6 +233,11 @@ pub enum StoreError {
     Invalid(String),
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// A write whose commit may or may not have happened (the connection broke while the
+    /// commit was in flight) and that could not be resolved. Never report it as refused:
+    /// the caller retries with the same idempotency key.
+    #[error("store outcome unknown: {0}")]
+    OutcomeUnknown(String),
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -279,8 +287,11 @@ pub trait Store: Send + Sync + 'static {
         now_s: i64,
     ) -> StoreResult<Enrolment>;
 
-    /// Durably queues a direct message.
-    async fn enqueue(&self, message: QueuedMessage) -> StoreResult<()>;
+    /// Durably queues a direct message and returns its `messageId`. A message with a
+    /// `client_message_id` its sender already used (within the queue TTL, delivered or
+    /// not) is not queued again: the original's id is returned. A failure whose commit
+    /// outcome is unknown is [`StoreError::OutcomeUnknown`], never `Unavailable`.
+    async fn enqueue(&self, message: QueuedMessage) -> StoreResult<String>;
     /// Claims deliverable messages for one connection, in queue order.
     async fn claim(&self, claim: Claim<'_>) -> StoreResult<Vec<QueuedMessage>>;
     /// Marks a message of this recipient delivered; `false` when there was none to mark.

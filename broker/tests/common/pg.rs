@@ -186,6 +186,27 @@ impl PgCluster {
         );
     }
 
+    /// Stops the server with `-m immediate`: every backend dies at once, mid-commit
+    /// included, as in a crash; the next start runs crash recovery.
+    pub fn stop_immediate(&self) {
+        let out = run_pg(
+            "pg_ctl",
+            &[
+                "-D",
+                path(&self.dir.join("data")),
+                "-m",
+                "immediate",
+                "-w",
+                "stop",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "pg_ctl stop failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Starts the server again on the same port and data.
     pub fn restart(&self) {
         self.start_server();

@@ -1,5 +1,5 @@
 -- Insert a presence record or take it over (reattach); returns {old record, old owner}.
--- KEYS: presence hash, owner hash, grace zset, node set of the new owner
+-- KEYS: presence hash, owner hash, grace zset, node set of the new owner, mesh's live set
 -- ARGV: presence id, record JSON, conn id, "mesh|presence", node-set key prefix
 local old = redis.call('HGET', KEYS[1], ARGV[1])
 local old_owner = redis.call('HGET', KEYS[2], ARGV[1])
@@ -11,4 +11,5 @@ if old_owner then
   if old_node then redis.call('SREM', ARGV[5] .. old_node, ARGV[4]) end
 end
 redis.call('SADD', KEYS[4], ARGV[4])
+redis.call('SADD', KEYS[5], ARGV[1])
 return {old or false, old_owner or false}

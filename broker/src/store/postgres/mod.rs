@@ -25,7 +25,7 @@ use crate::ids;
 use crate::protocol::Group;
 
 /// The newest migration this broker was built for (`migrator/migrations/V{n}__*.sql`).
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// How long a query may wait for a pooled connection or a new one before it fails.
 const POOL_TIMEOUT: Duration = Duration::from_secs(2);
@@ -42,7 +42,7 @@ pub struct StoreMetrics {
 pub struct PgStore {
     pool: Pool,
     metrics: queue::Metrics,
-    enqueuer: queue::Batcher<QueuedMessage, ()>,
+    enqueuer: queue::Batcher<QueuedMessage, Option<String>>,
     acker: queue::Batcher<queue::AckItem, bool>,
     auditor: queue::Batcher<audit::AuditItem, ()>,
 }
@@ -136,10 +136,13 @@ impl PgStore {
 const MEMBER_COLUMNS: &str = "id, mesh_id, pubkey, display_name, role, user_id, revoked_at, peer_grants, \
                               default_groups, role_tag, message_mode, created_at";
 
-fn member_from_row(r: &Row) -> Member {
+/// A member row. Grants that do not parse are an error, never "no grants" (which would
+/// mean the permissive defaults).
+fn member_from_row(r: &Row) -> StoreResult<Member> {
     let grants: Value = r.get("peer_grants");
     let groups: Value = r.get("default_groups");
-    Member {
+    let peer_grants = parse_grants(grants)?;
+    Ok(Member {
         id: r.get("id"),
         mesh_id: r.get("mesh_id"),
         pubkey: r.get("pubkey"),
@@ -147,12 +150,17 @@ fn member_from_row(r: &Row) -> Member {
         role: Role::parse(r.get("role")).unwrap_or(Role::Member),
         user_id: r.get("user_id"),
         revoked_at: r.get("revoked_at"),
-        peer_grants: serde_json::from_value(grants).unwrap_or_default(),
+        peer_grants,
         default_groups: serde_json::from_value(groups).unwrap_or_default(),
         role_tag: r.get("role_tag"),
         message_mode: r.get("message_mode"),
         created_at: r.get("created_at"),
-    }
+    })
+}
+
+fn parse_grants(grants: Value) -> StoreResult<BTreeMap<String, Vec<String>>> {
+    serde_json::from_value(grants)
+        .map_err(|e| StoreError::Unavailable(format!("unreadable peer_grants: {e}")))
 }
 
 fn mesh_from_row(r: &Row) -> Mesh {
@@ -282,38 +290,37 @@ impl Store for PgStore {
                 }
                 e => e,
             })?;
-        Ok(member_from_row(&row))
+        member_from_row(&row)
     }
 
     async fn members(&self, mesh_id: &str) -> StoreResult<Vec<Member>> {
         let sql = format!(
             "SELECT {MEMBER_COLUMNS} FROM members WHERE mesh_id = $1 ORDER BY created_at, id"
         );
-        Ok(self
-            .query(&sql, &[&mesh_id])
+        self.query(&sql, &[&mesh_id])
             .await?
             .iter()
             .map(member_from_row)
-            .collect())
+            .collect()
     }
 
     async fn member_by_pubkey(&self, mesh_id: &str, pubkey: &str) -> StoreResult<Option<Member>> {
         let sql =
             format!("SELECT {MEMBER_COLUMNS} FROM members WHERE mesh_id = $1 AND pubkey = $2");
-        Ok(self
-            .query(&sql, &[&mesh_id, &pubkey])
+        self.query(&sql, &[&mesh_id, &pubkey])
             .await?
             .first()
-            .map(member_from_row))
+            .map(member_from_row)
+            .transpose()
     }
 
     async fn member(&self, mesh_id: &str, member_id: &str) -> StoreResult<Option<Member>> {
         let sql = format!("SELECT {MEMBER_COLUMNS} FROM members WHERE mesh_id = $1 AND id = $2");
-        Ok(self
-            .query(&sql, &[&mesh_id, &member_id])
+        self.query(&sql, &[&mesh_id, &member_id])
             .await?
             .first()
-            .map(member_from_row))
+            .map(member_from_row)
+            .transpose()
     }
 
     async fn update_grants(
@@ -343,7 +350,7 @@ impl Store for PgStore {
             )
             .await?;
         let row = rows.first().ok_or(StoreError::NotFound)?;
-        Ok(serde_json::from_value(row.get::<_, Value>(0)).unwrap_or_default())
+        parse_grants(row.get::<_, Value>(0))
     }
 
     async fn set_revoked(
@@ -412,7 +419,7 @@ impl Store for PgStore {
             .map_err(pg_error)?
         {
             return Ok(Enrolment {
-                member: member_from_row(&existing),
+                member: member_from_row(&existing)?,
                 already_member: true,
             });
         }
@@ -433,13 +440,27 @@ impl Store for PgStore {
         .map_err(pg_error)?;
         tx.commit().await.map_err(pg_error)?;
         Ok(Enrolment {
-            member: member_from_row(&row),
+            member: member_from_row(&row)?,
             already_member: false,
         })
     }
 
-    async fn enqueue(&self, message: QueuedMessage) -> StoreResult<()> {
-        self.enqueuer.submit(message).await
+    async fn enqueue(&self, message: QueuedMessage) -> StoreResult<String> {
+        let unresolved = match self.enqueuer.submit(message.clone()).await {
+            Ok(Some(id)) => return Ok(id),
+            // A concurrent send with the same key has not committed yet.
+            Ok(None) => "a send with this client_message_id is in flight".to_string(),
+            Err(StoreError::OutcomeUnknown(e)) => e,
+            Err(e) => return Err(e),
+        };
+        // The commit may have happened: answer what the database says now, or that the
+        // outcome is unknown (the client retries with the same client_message_id).
+        match queue::resolve_send(self, &message).await {
+            Ok(Some(id)) => Ok(id),
+            Ok(None) | Err(_) => Err(StoreError::OutcomeUnknown(format!(
+                "{unresolved}; the message may have been queued: retry with the same client_message_id"
+            ))),
+        }
     }
 
     async fn claim(&self, c: Claim<'_>) -> StoreResult<Vec<QueuedMessage>> {

@@ -102,10 +102,14 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
     }
 }
 
+/// Writes one batch of sends; each item answers the `messageId` it is known by (its own,
+/// or an earlier send's with the same sender and `client_message_id`), `None` when a
+/// concurrent writer holds its key uncommitted. A failure after the statement may have
+/// reached the server is [`StoreError::OutcomeUnknown`]: the commit may have happened.
 pub(super) async fn insert_batch(
     c: deadpool_postgres::Object,
     batch: Vec<QueuedMessage>,
-) -> StoreResult<Vec<()>> {
+) -> StoreResult<Vec<Option<String>>> {
     let stmt = c
         .prepare_cached(include_str!("sql/enqueue.sql"))
         .await
@@ -115,27 +119,69 @@ pub(super) async fn insert_batch(
         batch.iter().map(f).collect::<Vec<Option<String>>>()
     };
     let created: Vec<i64> = batch.iter().map(|m| m.created_at).collect();
-    c.execute(
-        &stmt,
-        &[
-            &col(|m| m.id.clone()),
-            &col(|m| m.mesh_id.clone()),
-            &col(|m| m.sender_member_id.clone()),
-            &col(|m| m.sender_pubkey.clone()),
-            &col(|m| m.sender_member_pubkey.clone()),
-            &col(|m| m.sender_name.clone()),
-            &col(|m| m.target_member_id.clone()),
-            &opt(|m| m.target_session_key.clone()),
-            &col(|m| m.priority.as_str().to_string()),
-            &col(|m| m.nonce.clone()),
-            &col(|m| m.ciphertext.clone()),
-            &opt(|m| m.client_message_id.clone()),
-            &created,
-        ],
-    )
-    .await
-    .map_err(pg_error)?;
-    Ok(vec![(); batch.len()])
+    let rows = c
+        .query(
+            &stmt,
+            &[
+                &col(|m| m.id.clone()),
+                &col(|m| m.mesh_id.clone()),
+                &col(|m| m.sender_member_id.clone()),
+                &col(|m| m.sender_pubkey.clone()),
+                &col(|m| m.sender_member_pubkey.clone()),
+                &col(|m| m.sender_name.clone()),
+                &col(|m| m.target_member_id.clone()),
+                &opt(|m| m.target_session_key.clone()),
+                &col(|m| m.priority.as_str().to_string()),
+                &col(|m| m.nonce.clone()),
+                &col(|m| m.ciphertext.clone()),
+                &opt(|m| m.client_message_id.clone()),
+                &created,
+            ],
+        )
+        .await
+        .map_err(commit_error)?;
+    let mut ids: Vec<Option<String>> = vec![None; batch.len()];
+    for r in &rows {
+        let ord = r.get::<_, i64>(0);
+        if let Some(slot) = usize::try_from(ord - 1).ok().and_then(|i| ids.get_mut(i)) {
+            *slot = r.get::<_, Option<String>>(1);
+        }
+    }
+    Ok(ids)
+}
+
+/// The error of an autocommit write that was sent to the server. An error the server
+/// reported for the statement itself (constraint, syntax, serialization) means it rolled
+/// back. A broken connection, a shutdown or crash of the server (SQLSTATE classes 08, 57,
+/// 58, XX) may come after the commit record was written: the outcome is unknown.
+fn commit_error(e: tokio_postgres::Error) -> StoreError {
+    let definite = e.code().is_some_and(|c| {
+        !["08", "57", "58", "XX"]
+            .iter()
+            .any(|class| c.code().starts_with(class))
+    });
+    if definite {
+        pg_error(e)
+    } else {
+        StoreError::OutcomeUnknown(e.to_string())
+    }
+}
+
+/// After [`StoreError::OutcomeUnknown`]: the `messageId` the send is known by if it (or
+/// an earlier send with its key) committed, on a fresh connection.
+pub(super) async fn resolve_send(
+    store: &PgStore,
+    m: &QueuedMessage,
+) -> StoreResult<Option<String>> {
+    let rows = store
+        .query(
+            "SELECT id FROM message_queue WHERE id = $1 \
+             UNION ALL SELECT message_id FROM message_dedup \
+             WHERE sender_member_id = $2 AND client_message_id = $3 LIMIT 1",
+            &[&m.id, &m.sender_member_id, &m.client_message_id],
+        )
+        .await?;
+    Ok(rows.first().map(|r| r.get::<_, String>(0)))
 }
 
 /// One `client_ack`.
@@ -228,10 +274,18 @@ pub(super) async fn claim(store: &PgStore, c: Claim<'_>) -> StoreResult<Vec<Queu
 
 pub(super) async fn sweep(store: &PgStore, before_ms: i64) -> StoreResult<u64> {
     // Confirmed messages are deleted at their client_ack; only the undelivered expire here.
-    store
+    let swept = store
         .execute(
             "DELETE FROM message_queue WHERE delivered_at IS NULL AND created_at < $1",
             &[&before_ms],
         )
-        .await
+        .await?;
+    // Idempotency keys live as long as an undelivered message could.
+    store
+        .execute(
+            "DELETE FROM message_dedup WHERE created_at < $1",
+            &[&before_ms],
+        )
+        .await?;
+    Ok(swept)
 }
