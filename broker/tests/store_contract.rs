@@ -1,5 +1,7 @@
-//! One contract for the `Store` seam, run against every backend: the memory store and
-//! PostgreSQL (a fresh, migrated database per test).
+//! One contract suite per capability of the `Store` seam (`MeshStore`, `InviteStore`,
+//! `QueueStore`, `AuditStore`, `PeerStateStore`), each run against every backend: the memory
+//! store and PostgreSQL (a fresh, migrated database per test). A new capability trait adds
+//! its suite here with one `contract!` line.
 #![allow(
     clippy::unwrap_used,
     reason = "tests fail loudly on the first surprise"
@@ -8,13 +10,14 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use broker::protocol::{Group, Priority};
 use broker::store::memory::MemoryStore;
 use broker::store::postgres::PgStore;
 use broker::store::{
-    Claim, Invite, Mesh, MessageRef, NewMember, PeerState, QueuedMessage, Role, Store, StoreError,
-    verify_audit,
+    AuditStore, Claim, Invite, InviteStore, Mesh, MeshStore, MessageRef, NewMember, PeerState,
+    PeerStateStore, QueueStore, QueuedMessage, Role, Store, StoreBackend, StoreError, verify_audit,
 };
 use common::pg;
 use serde_json::json;
@@ -88,7 +91,7 @@ fn ids(v: &[QueuedMessage]) -> Vec<&str> {
     v.iter().map(|m| m.id.as_str()).collect()
 }
 
-async fn meshes_and_members(s: &dyn Store) {
+async fn meshes_and_members(s: &dyn MeshStore) {
     s.create_mesh(mesh("m1")).await.unwrap();
     assert!(
         matches!(
@@ -177,7 +180,8 @@ async fn meshes_and_members(s: &dyn Store) {
     );
 }
 
-async fn invites(s: &dyn Store) {
+/// Invites belong to a mesh, so the suite creates one through `MeshStore` first.
+async fn invites<S: MeshStore + InviteStore>(s: &S) {
     s.create_mesh(mesh("m1")).await.unwrap();
     let invite = Invite {
         code: "code1".into(),
@@ -247,7 +251,7 @@ async fn invites(s: &dyn Store) {
     );
 }
 
-async fn queue(s: &dyn Store) {
+async fn queue(s: &dyn QueueStore) {
     let t = 1_000_000;
     s.enqueue(message("q1", "m1", "bob", Priority::Next, None, t))
         .await
@@ -368,7 +372,7 @@ async fn queue(s: &dyn Store) {
     assert_eq!(s.queue_depth().await.unwrap(), 1);
 }
 
-async fn peer_state_and_audit(s: &dyn Store) {
+async fn peer_state(s: &dyn PeerStateStore) {
     assert!(s.peer_state("m1", "bob").await.unwrap().is_none());
     let mut profile = serde_json::Map::new();
     profile.insert("title".into(), json!("Dr"));
@@ -394,7 +398,9 @@ async fn peer_state_and_audit(s: &dyn Store) {
     };
     s.save_peer_state("m1", "bob", newer.clone()).await.unwrap();
     assert_eq!(s.peer_state("m1", "bob").await.unwrap(), Some(newer));
+}
 
+async fn audit(s: &dyn AuditStore) {
     s.append_audit(
         "m1",
         "peer_joined",
@@ -448,20 +454,28 @@ async fn pg_store() -> PgStore {
     PgStore::new(&pg::fresh_db().await, 4).unwrap()
 }
 
+/// `contract!(suite: test, …)`: a module `suite` with every test run on each backend, as
+/// `suite::memory::test` and `suite::postgres::test`.
 macro_rules! contract {
-    ($($name:ident),* $(,)?) => {
-        mod memory {
-            $(#[tokio::test] async fn $name() { super::$name(&super::MemoryStore::new()).await; })*
-        }
-        mod postgres {
-            $(#[tokio::test] async fn $name() { super::$name(&super::pg_store().await).await; })*
+    ($suite:ident: $($name:ident),* $(,)?) => {
+        mod $suite {
+            mod memory {
+                $(#[tokio::test] async fn $name() {
+                    crate::$name(&crate::MemoryStore::new()).await;
+                })*
+            }
+            mod postgres {
+                $(#[tokio::test] async fn $name() {
+                    crate::$name(&crate::pg_store().await).await;
+                })*
+            }
         }
     };
 }
 
 /// Sends are idempotent per (sender member, client_message_id), delivered or not, until the
 /// TTL sweep; concurrent duplicates answer one id and queue one row.
-async fn idempotent_enqueue(s: &dyn Store) {
+async fn idempotent_enqueue(s: &dyn QueueStore) {
     let t = 2_000_000;
     let with = |id: &str, sender: &str, cid: Option<&str>| QueuedMessage {
         sender_member_id: sender.into(),
@@ -521,13 +535,11 @@ async fn idempotent_enqueue(s: &dyn Store) {
     );
 }
 
-contract!(
-    meshes_and_members,
-    invites,
-    queue,
-    peer_state_and_audit,
-    idempotent_enqueue
-);
+contract!(mesh_store: meshes_and_members);
+contract!(invite_store: invites);
+contract!(queue_store: queue, idempotent_enqueue);
+contract!(audit_store: audit);
+contract!(peer_state_store: peer_state);
 
 #[tokio::test]
 async fn postgres_reports_its_schema_version() {
@@ -578,6 +590,74 @@ async fn postgres_group_commit_keeps_submission_order() {
         assert_eq!(
             ids(&got),
             want.iter().map(String::as_str).collect::<Vec<_>>()
+        );
+    }
+}
+
+/// What the broker holds (`Arc<dyn Store>`) carries every capability, and narrows to each
+/// one, so a module can take only the handle it uses.
+#[tokio::test]
+async fn a_store_narrows_to_each_capability() {
+    let backends: [Arc<dyn Store>; 2] = [Arc::new(MemoryStore::new()), Arc::new(pg_store().await)];
+    for store in backends {
+        let backend: Arc<dyn StoreBackend> = store.clone();
+        assert!(backend.healthy().await, "{}", backend.kind());
+        let meshes: Arc<dyn MeshStore> = store.clone();
+        meshes.create_mesh(mesh("m1")).await.unwrap();
+        assert!(store.mesh("m1").await.unwrap().is_some());
+        let invites: Arc<dyn InviteStore> = store.clone();
+        assert!(invites.invite_by_token("nope").await.unwrap().is_none());
+        let queue: Arc<dyn QueueStore> = store.clone();
+        queue
+            .enqueue(message("q1", "m1", "bob", Priority::Now, None, 1))
+            .await
+            .unwrap();
+        assert_eq!(store.queue_depth().await.unwrap(), 1);
+        let audit: Arc<dyn AuditStore> = store.clone();
+        audit
+            .append_audit("m1", "peer_joined", None, json!({}), 1)
+            .await
+            .unwrap();
+        assert_eq!(store.audit_entries("m1").await.unwrap().len(), 1);
+        let peers: Arc<dyn PeerStateStore> = store.clone();
+        assert!(peers.peer_state("m1", "bob").await.unwrap().is_none());
+    }
+}
+
+/// Every capability of `Store` has its suite here (`contract!(snake_case_name: …)`, run on
+/// both backends), and every capability trait of `store/mod.rs` is part of `Store`: a new
+/// family cannot land as an untested trait or as one the broker's handle does not carry.
+#[test]
+fn every_capability_has_a_contract_suite() {
+    let store_rs = include_str!("../src/store/mod.rs");
+    let this = include_str!("store_contract.rs");
+    let bounds = store_rs
+        .split_once("pub trait Store:")
+        .and_then(|(_, rest)| rest.split_once('{'))
+        .map(|(bounds, _)| bounds)
+        .expect("store/mod.rs declares `pub trait Store: A + B + …`");
+    let parts: Vec<&str> = bounds.split('+').map(str::trim).collect();
+    let declared: Vec<&str> = store_rs
+        .lines()
+        .filter_map(|l| l.strip_prefix("pub trait "))
+        .filter_map(|l| l.split([':', ' ', '<']).next())
+        .filter(|name| *name != "Store")
+        .collect();
+    assert!(declared.len() >= 5, "{declared:?}");
+    for name in &declared {
+        assert!(parts.contains(name), "{name} is not a bound of `Store`");
+    }
+    for name in parts.iter().filter(|n| **n != "StoreBackend") {
+        let mut suite = String::new();
+        for (i, c) in name.char_indices() {
+            if c.is_uppercase() && i > 0 {
+                suite.push('_');
+            }
+            suite.push(c.to_ascii_lowercase());
+        }
+        assert!(
+            this.contains(&format!("contract!({suite}:")),
+            "{name} has no `contract!({suite}: …)` suite"
         );
     }
 }

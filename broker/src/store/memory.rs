@@ -1,6 +1,6 @@
-//! In-memory [`Store`]: single node only. Everything is lost when the process exits; it
-//! exists for dev mode and fast tests, and gives the same ordering and claim semantics as
-//! the durable backend.
+//! In-memory [`Store`](super::Store): single node only. Everything is lost when the process
+//! exits; it exists for dev mode and fast tests, and gives the same ordering and claim
+//! semantics as the durable backend. One impl block per capability trait.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
@@ -9,9 +9,10 @@ use async_trait::async_trait;
 
 use super::{
     AuditEntry, Claim, Enrolment, Invite, Member, Mesh, MessageRef, NewMember, PeerState,
-    QueuedMessage, Store, StoreError, StoreResult,
+    QueuedMessage, StoreError, StoreResult,
 };
 use crate::ids;
+use crate::store::{AuditStore, InviteStore, MeshStore, PeerStateStore, QueueStore, StoreBackend};
 
 /// Single node only: see the module documentation.
 #[derive(Debug, Default)]
@@ -97,7 +98,7 @@ impl Inner {
 }
 
 #[async_trait]
-impl Store for MemoryStore {
+impl StoreBackend for MemoryStore {
     fn kind(&self) -> &'static str {
         "memory"
     }
@@ -105,7 +106,10 @@ impl Store for MemoryStore {
     async fn healthy(&self) -> bool {
         true
     }
+}
 
+#[async_trait]
+impl MeshStore for MemoryStore {
     async fn create_mesh(&self, mesh: Mesh) -> StoreResult<Mesh> {
         let mut inner = self.lock();
         if inner.meshes.values().any(|m| m.slug == mesh.slug) {
@@ -179,7 +183,10 @@ impl Store for MemoryStore {
         self.lock().member_mut(mesh_id, member_id)?.revoked_at = at;
         Ok(())
     }
+}
 
+#[async_trait]
+impl InviteStore for MemoryStore {
     async fn create_invite(&self, invite: Invite) -> StoreResult<()> {
         self.lock().invites.insert(invite.code.clone(), invite);
         Ok(())
@@ -231,7 +238,10 @@ impl Store for MemoryStore {
             already_member: false,
         })
     }
+}
 
+#[async_trait]
+impl QueueStore for MemoryStore {
     async fn enqueue(&self, message: QueuedMessage) -> StoreResult<String> {
         let mut inner = self.lock();
         if let Some(client_id) = &message.client_message_id {
@@ -325,7 +335,10 @@ impl Store for MemoryStore {
     async fn queue_depth(&self) -> StoreResult<u64> {
         Ok(self.lock().queue.values().map(BTreeMap::len).sum::<usize>() as u64)
     }
+}
 
+#[async_trait]
+impl AuditStore for MemoryStore {
     async fn append_audit(
         &self,
         mesh_id: &str,
@@ -365,7 +378,10 @@ impl Store for MemoryStore {
     async fn audit_entries(&self, mesh_id: &str) -> StoreResult<Vec<AuditEntry>> {
         Ok(self.lock().audit.get(mesh_id).cloned().unwrap_or_default())
     }
+}
 
+#[async_trait]
+impl PeerStateStore for MemoryStore {
     async fn save_peer_state(
         &self,
         mesh_id: &str,

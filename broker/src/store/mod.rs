@@ -1,22 +1,33 @@
 //! Durable state: meshes, members, grants, bans, invites, the direct-message queue and the
 //! per-member peer state kept for restore.
 //!
+//! # Capabilities
+//!
+//! The seam is one trait per family of state: [`MeshStore`] (meshes, members, grants,
+//! revocation), [`InviteStore`], [`QueueStore`], [`AuditStore`], [`PeerStateStore`], and
+//! [`StoreBackend`] (kind, health, schema). [`Store`] is all of them: a backend implements
+//! the parts and the blanket impl gives it `Store`, so the broker holds one
+//! `Arc<dyn Store>` and a module may narrow it to the capability it uses
+//! (`Arc<dyn QueueStore>`). Each capability has its own contract suite, run on both
+//! backends, in `tests/store_contract.rs`; a new family adds a trait, a bound on `Store` and
+//! a suite.
+//!
 //! # Guarantees every backend gives
 //!
 //! - **Durability:** when a write method returns `Ok`, the write is as durable as the
 //!   backend can make it (committed in PostgreSQL; in memory for [`memory::MemoryStore`],
 //!   which is single node only and loses everything when the process exits).
-//! - **Queue order:** [`Store::enqueue`] assigns each message a sequence number in commit
-//!   order; [`Store::claim`] returns messages in that order, so two messages from one
+//! - **Queue order:** [`QueueStore::enqueue`] assigns each message a sequence number in commit
+//!   order; [`QueueStore::claim`] returns messages in that order, so two messages from one
 //!   sender to one recipient are claimed (and pushed) in send order.
 //! - **Claims are leases:** a claimed message is hidden from other non-stealing claims
 //!   until its lease ends or it is marked delivered; a stealing claim (a member's new
 //!   connection) takes it at once. A message is at-least-once: it is claimed again until
-//!   [`Store::mark_delivered`] names it.
+//!   [`QueueStore::mark_delivered`] names it.
 //! - **Expiry:** undelivered messages older than the queue TTL are removed by
-//!   [`Store::sweep_expired`], which the broker calls on a timer; so are the
+//!   [`QueueStore::sweep_expired`], which the broker calls on a timer; so are the
 //!   idempotency keys (`sender member`, `client_message_id`) of older sends.
-//! - **Idempotent sends:** [`Store::enqueue`] of a sender's `client_message_id` seen
+//! - **Idempotent sends:** [`QueueStore::enqueue`] of a sender's `client_message_id` seen
 //!   before (within the TTL) queues nothing and answers the original `messageId`.
 //! - **No sockets:** a store knows nothing of connections; the broker rings the doorbell.
 
@@ -242,9 +253,26 @@ pub enum StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
-/// The durable-state seam. See the module documentation for the guarantees.
+/// The durable-state seam: every capability trait below, implemented by both backends.
+/// See the module documentation for the guarantees.
+///
+/// A backend implements the parts and gets `Store` from the blanket impl, so
+/// `Arc<dyn Store>` carries every capability. A new family of durable state adds a
+/// capability trait (and its contract suite in `tests/store_contract.rs`) and a bound here,
+/// instead of growing one trait.
+pub trait Store:
+    StoreBackend + MeshStore + InviteStore + QueueStore + AuditStore + PeerStateStore
+{
+}
+
+impl<T> Store for T where
+    T: StoreBackend + MeshStore + InviteStore + QueueStore + AuditStore + PeerStateStore
+{
+}
+
+/// What the backend is and whether it answers (`/health`, readiness, start-up checks).
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait StoreBackend: Send + Sync + 'static {
     /// A short name for `/health` (`memory`, `postgres`).
     fn kind(&self) -> &'static str;
 
@@ -255,7 +283,11 @@ pub trait Store: Send + Sync + 'static {
     async fn schema_version(&self) -> StoreResult<Option<i64>> {
         Ok(None)
     }
+}
 
+/// Meshes and their members: enrolment, grants and revocation (bans).
+#[async_trait]
+pub trait MeshStore: Send + Sync + 'static {
     async fn create_mesh(&self, mesh: Mesh) -> StoreResult<Mesh>;
     async fn mesh(&self, mesh_id: &str) -> StoreResult<Option<Mesh>>;
 
@@ -275,7 +307,11 @@ pub trait Store: Send + Sync + 'static {
     /// Sets or clears `revoked_at`.
     async fn set_revoked(&self, mesh_id: &str, member_id: &str, at: Option<i64>)
     -> StoreResult<()>;
+}
 
+/// Invites and their redemption (`POST /join`).
+#[async_trait]
+pub trait InviteStore: Send + Sync + 'static {
     async fn create_invite(&self, invite: Invite) -> StoreResult<()>;
     async fn invite_by_token(&self, token: &str) -> StoreResult<Option<Invite>>;
     /// Atomically checks the invite's uses, counts one and adds the member; an existing
@@ -286,7 +322,11 @@ pub trait Store: Send + Sync + 'static {
         member: NewMember,
         now_s: i64,
     ) -> StoreResult<Enrolment>;
+}
 
+/// The direct-message queue: idempotent enqueue, lease claims, delivery, TTL sweep, depth.
+#[async_trait]
+pub trait QueueStore: Send + Sync + 'static {
     /// Durably queues a direct message and returns its `messageId`. A message with a
     /// `client_message_id` its sender already used (within the queue TTL, delivered or
     /// not) is not queued again: the original's id is returned. A failure whose commit
@@ -305,7 +345,11 @@ pub trait Store: Send + Sync + 'static {
     async fn sweep_expired(&self, before_ms: i64) -> StoreResult<u64>;
     /// Undelivered messages across all meshes (the `broker_queue_depth` gauge).
     async fn queue_depth(&self) -> StoreResult<u64>;
+}
 
+/// The per-mesh tamper-evident audit chain (spec §7).
+#[async_trait]
+pub trait AuditStore: Send + Sync + 'static {
     /// Appends an event to the mesh's audit chain; concurrent appends never fork it.
     async fn append_audit(
         &self,
@@ -317,7 +361,11 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<()>;
     /// The mesh's chain in order.
     async fn audit_entries(&self, mesh_id: &str) -> StoreResult<Vec<AuditEntry>>;
+}
 
+/// What a member leaves behind for its next connection (spec §3.4).
+#[async_trait]
+pub trait PeerStateStore: Send + Sync + 'static {
     async fn save_peer_state(
         &self,
         mesh_id: &str,

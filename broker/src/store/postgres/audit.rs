@@ -1,12 +1,13 @@
 //! The audit chain on PostgreSQL: appends serialised per mesh by a transaction-scoped
 //! advisory lock, so writers on any number of replicas extend one chain and never fork it.
 
+use async_trait::async_trait;
 use serde_json::Value;
 
 use super::{PgStore, pg_error};
 use crate::ids::iso8601_ms;
 use crate::protocol::audit::{GENESIS, canonical_json, entry_hash};
-use crate::store::{AuditEntry, StoreResult};
+use crate::store::{AuditEntry, AuditStore, StoreResult};
 
 /// First key of the advisory lock (the second is the hash of the mesh id).
 const AUDIT_LOCK_CLASS: i32 = 0x6175_6474; // "audt"
@@ -115,4 +116,29 @@ pub(super) async fn entries(store: &PgStore, mesh_id: &str) -> StoreResult<Vec<A
             hash: r.get("hash"),
         })
         .collect())
+}
+
+#[async_trait]
+impl AuditStore for PgStore {
+    async fn append_audit(
+        &self,
+        mesh_id: &str,
+        event_type: &str,
+        actor_member_id: Option<&str>,
+        payload: Value,
+        created_at: i64,
+    ) -> StoreResult<()> {
+        let item = AuditItem {
+            mesh_id: mesh_id.to_string(),
+            event_type: event_type.to_string(),
+            actor: actor_member_id.map(str::to_string),
+            payload,
+            created_at,
+        };
+        self.auditor.submit(item).await
+    }
+
+    async fn audit_entries(&self, mesh_id: &str) -> StoreResult<Vec<AuditEntry>> {
+        entries(self, mesh_id).await
+    }
 }

@@ -4,12 +4,13 @@
 use std::collections::HashSet;
 use std::future::Future;
 
+use async_trait::async_trait;
 use deadpool_postgres::Pool;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{PgStore, db_error, pg_error};
 use crate::protocol::Priority;
-use crate::store::{Claim, QueuedMessage, StoreError, StoreResult};
+use crate::store::{Claim, MessageRef, QueueStore, QueuedMessage, StoreError, StoreResult};
 
 /// Most rows one batch writes.
 const MAX_BATCH: usize = 512;
@@ -288,4 +289,67 @@ pub(super) async fn sweep(store: &PgStore, before_ms: i64) -> StoreResult<u64> {
         )
         .await?;
     Ok(swept)
+}
+
+#[async_trait]
+impl QueueStore for PgStore {
+    async fn enqueue(&self, message: QueuedMessage) -> StoreResult<String> {
+        let unresolved = match self.enqueuer.submit(message.clone()).await {
+            Ok(Some(id)) => return Ok(id),
+            // A concurrent send with the same key has not committed yet.
+            Ok(None) => "a send with this client_message_id is in flight".to_string(),
+            Err(StoreError::OutcomeUnknown(e)) => e,
+            Err(e) => return Err(e),
+        };
+        // The commit may have happened: answer what the database says now, or that the
+        // outcome is unknown (the client retries with the same client_message_id).
+        match resolve_send(self, &message).await {
+            Ok(Some(id)) => Ok(id),
+            Ok(None) | Err(_) => Err(StoreError::OutcomeUnknown(format!(
+                "{unresolved}; the message may have been queued: retry with the same client_message_id"
+            ))),
+        }
+    }
+
+    async fn claim(&self, c: Claim<'_>) -> StoreResult<Vec<QueuedMessage>> {
+        claim(self, c).await
+    }
+
+    async fn mark_delivered(
+        &self,
+        _mesh_id: &str,
+        member_id: &str,
+        message: MessageRef<'_>,
+    ) -> StoreResult<bool> {
+        let item = match message {
+            MessageRef::Broker(id) => AckItem {
+                member_id: member_id.into(),
+                id: id.into(),
+                by_client_id: false,
+            },
+            MessageRef::Client(id) => AckItem {
+                member_id: member_id.into(),
+                id: id.into(),
+                by_client_id: true,
+            },
+        };
+        self.acker.submit(item).await
+    }
+
+    async fn sweep_expired(&self, before_ms: i64) -> StoreResult<u64> {
+        sweep(self, before_ms).await
+    }
+
+    async fn queue_depth(&self) -> StoreResult<u64> {
+        let rows = self
+            .query(
+                "SELECT count(*) FROM message_queue WHERE delivered_at IS NULL",
+                &[],
+            )
+            .await?;
+        Ok(rows
+            .first()
+            .map(|r| r.get::<_, i64>(0).max(0) as u64)
+            .unwrap_or(0))
+    }
 }

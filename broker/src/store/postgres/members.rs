@@ -1,0 +1,208 @@
+//! Meshes and members on PostgreSQL: [`MeshStore`], and the member row helpers that invite
+//! redemption shares.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use serde_json::{Map, Value};
+use tokio_postgres::Row;
+
+use super::{PgStore, groups_json, pg_error};
+use crate::ids;
+use crate::store::{Member, Mesh, MeshStore, NewMember, Role, StoreError, StoreResult};
+
+pub(super) const MEMBER_COLUMNS: &str = "id, mesh_id, pubkey, display_name, role, user_id, revoked_at, peer_grants, \
+                              default_groups, role_tag, message_mode, created_at";
+
+/// A member row. Grants that do not parse are an error, never "no grants" (which would
+/// mean the permissive defaults).
+pub(super) fn member_from_row(r: &Row) -> StoreResult<Member> {
+    let grants: Value = r.get("peer_grants");
+    let groups: Value = r.get("default_groups");
+    let peer_grants = parse_grants(grants)?;
+    Ok(Member {
+        id: r.get("id"),
+        mesh_id: r.get("mesh_id"),
+        pubkey: r.get("pubkey"),
+        display_name: r.get("display_name"),
+        role: Role::parse(r.get("role")).unwrap_or(Role::Member),
+        user_id: r.get("user_id"),
+        revoked_at: r.get("revoked_at"),
+        peer_grants,
+        default_groups: serde_json::from_value(groups).unwrap_or_default(),
+        role_tag: r.get("role_tag"),
+        message_mode: r.get("message_mode"),
+        created_at: r.get("created_at"),
+    })
+}
+
+fn parse_grants(grants: Value) -> StoreResult<BTreeMap<String, Vec<String>>> {
+    serde_json::from_value(grants)
+        .map_err(|e| StoreError::Unavailable(format!("unreadable peer_grants: {e}")))
+}
+
+fn mesh_from_row(r: &Row) -> Mesh {
+    Mesh {
+        id: r.get("id"),
+        slug: r.get("slug"),
+        name: r.get("name"),
+        owner_user_id: r.get("owner_user_id"),
+        owner_seed_hex: r.get("owner_seed_hex"),
+        owner_pubkey: r.get("owner_pubkey"),
+        root_key: r.get("root_key"),
+        created_at: r.get("created_at"),
+    }
+}
+
+/// Inserts a new member row (operator API enrolment and invite redemption), on a pooled
+/// connection or inside a transaction.
+pub(super) async fn insert_member(
+    c: &impl deadpool_postgres::GenericClient,
+    mesh_id: &str,
+    m: &NewMember,
+) -> Result<Row, tokio_postgres::Error> {
+    let sql = format!(
+        "INSERT INTO members (id, mesh_id, pubkey, display_name, role, user_id, default_groups, role_tag, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING {MEMBER_COLUMNS}"
+    );
+    c.query_one(
+        &sql,
+        &[
+            &ids::random_id(24),
+            &mesh_id,
+            &m.pubkey,
+            &m.display_name,
+            &m.role.as_str(),
+            &m.user_id,
+            &groups_json(&m.default_groups),
+            &m.role_tag,
+            &ids::now_ms(),
+        ],
+    )
+    .await
+}
+
+#[async_trait]
+impl MeshStore for PgStore {
+    async fn create_mesh(&self, mesh: Mesh) -> StoreResult<Mesh> {
+        self.execute(
+            "INSERT INTO meshes (id, slug, name, owner_user_id, owner_seed_hex, owner_pubkey, root_key, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            &[
+                &mesh.id,
+                &mesh.slug,
+                &mesh.name,
+                &mesh.owner_user_id,
+                &mesh.owner_seed_hex,
+                &mesh.owner_pubkey,
+                &mesh.root_key,
+                &mesh.created_at,
+            ],
+        )
+        .await
+        .map_err(|e| match e {
+            StoreError::Conflict(_) => StoreError::Conflict(format!("slug {:?} is taken", mesh.slug)),
+            e => e,
+        })?;
+        Ok(mesh)
+    }
+
+    async fn mesh(&self, mesh_id: &str) -> StoreResult<Option<Mesh>> {
+        let rows = self
+            .query("SELECT * FROM meshes WHERE id = $1", &[&mesh_id])
+            .await?;
+        Ok(rows.first().map(mesh_from_row))
+    }
+
+    async fn add_member(&self, mesh_id: &str, m: NewMember) -> StoreResult<Member> {
+        let c = self.conn().await?;
+        let row = insert_member(&c, mesh_id, &m)
+            .await
+            .map_err(|e| match pg_error(e) {
+                StoreError::Conflict(_) => {
+                    StoreError::Conflict("pubkey is already a member of this mesh".into())
+                }
+                e => e,
+            })?;
+        member_from_row(&row)
+    }
+
+    async fn members(&self, mesh_id: &str) -> StoreResult<Vec<Member>> {
+        let sql = format!(
+            "SELECT {MEMBER_COLUMNS} FROM members WHERE mesh_id = $1 ORDER BY created_at, id"
+        );
+        self.query(&sql, &[&mesh_id])
+            .await?
+            .iter()
+            .map(member_from_row)
+            .collect()
+    }
+
+    async fn member_by_pubkey(&self, mesh_id: &str, pubkey: &str) -> StoreResult<Option<Member>> {
+        let sql =
+            format!("SELECT {MEMBER_COLUMNS} FROM members WHERE mesh_id = $1 AND pubkey = $2");
+        self.query(&sql, &[&mesh_id, &pubkey])
+            .await?
+            .first()
+            .map(member_from_row)
+            .transpose()
+    }
+
+    async fn member(&self, mesh_id: &str, member_id: &str) -> StoreResult<Option<Member>> {
+        let sql = format!("SELECT {MEMBER_COLUMNS} FROM members WHERE mesh_id = $1 AND id = $2");
+        self.query(&sql, &[&mesh_id, &member_id])
+            .await?
+            .first()
+            .map(member_from_row)
+            .transpose()
+    }
+
+    async fn update_grants(
+        &self,
+        mesh_id: &str,
+        member_id: &str,
+        patch: BTreeMap<String, Option<Vec<String>>>,
+    ) -> StoreResult<BTreeMap<String, Vec<String>>> {
+        // One statement: `||` merges the set entries, `-` removes the null ones.
+        let set: Map<String, Value> = patch
+            .iter()
+            .filter_map(|(k, v)| {
+                v.as_ref()
+                    .map(|caps| (k.clone(), Value::from(caps.clone())))
+            })
+            .collect();
+        let remove: Vec<String> = patch
+            .iter()
+            .filter(|(_, v)| v.is_none())
+            .map(|(k, _)| k.clone())
+            .collect();
+        let rows = self
+            .query(
+                "UPDATE members SET peer_grants = (peer_grants || $3::jsonb) - $4::text[] \
+                 WHERE mesh_id = $1 AND id = $2 RETURNING peer_grants",
+                &[&mesh_id, &member_id, &Value::Object(set), &remove],
+            )
+            .await?;
+        let row = rows.first().ok_or(StoreError::NotFound)?;
+        parse_grants(row.get::<_, Value>(0))
+    }
+
+    async fn set_revoked(
+        &self,
+        mesh_id: &str,
+        member_id: &str,
+        at: Option<i64>,
+    ) -> StoreResult<()> {
+        let n = self
+            .execute(
+                "UPDATE members SET revoked_at = $3 WHERE mesh_id = $1 AND id = $2",
+                &[&mesh_id, &member_id, &at],
+            )
+            .await?;
+        if n == 0 {
+            Err(StoreError::NotFound)
+        } else {
+            Ok(())
+        }
+    }
+}
