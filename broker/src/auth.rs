@@ -10,11 +10,33 @@
 
 use serde_json::Value;
 
+use crate::cluster::presence::Presence;
 use crate::cluster::presence::{PeerRole, PresenceRecord};
-use crate::node::Node;
+use crate::metrics::Metrics;
 use crate::protocol::signing::{self, SignatureError};
-use crate::protocol::{Hello, PeerMeta, SessionHello};
-use crate::store::{Member, Mesh};
+use crate::protocol::{Hello, PeerMeta, SessionHello, codes};
+use crate::store::{Member, Mesh, Store};
+
+/// What the handshake checks need: the store, presence, their limits and the refusal
+/// counters, not the whole node (`Node::handshake` builds it; `&Node` converts into it).
+#[derive(Clone, Copy)]
+pub struct Handshake<'a> {
+    pub store: &'a dyn Store,
+    pub presence: &'a dyn Presence,
+    pub limits: Limits,
+    pub metrics: &'a Metrics,
+}
+
+/// The configured limits a handshake enforces.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// `TIMESTAMP_SKEW_MS`: how far a hello's timestamp may be from the broker clock.
+    pub timestamp_skew: std::time::Duration,
+    /// `MAX_CONNECTIONS_PER_MESH`.
+    pub max_connections_per_mesh: usize,
+    /// `SESSION_KEY_MEMORY_MS`: how long a proven session key stays reserved.
+    pub session_key_memory: std::time::Duration,
+}
 
 /// Longest attestation lifetime a session key may be vouched for.
 const MAX_ATTESTATION_MS: i64 = 24 * 60 * 60 * 1000;
@@ -35,12 +57,13 @@ impl HandshakeError {
         }
     }
 
-    /// Close code and reason: 4002 `banned` for a revoked member, else 1008 with the code.
+    /// Close code and reason: `banned` for a revoked member, else the handshake close with
+    /// the code as its reason.
     pub fn close(&self) -> (u16, &'static str) {
         if self.code == "revoked" {
-            (4002, "banned")
+            codes::BANNED.pair()
         } else {
-            (1008, self.code)
+            codes::Close::handshake(self.code)
         }
     }
 }
@@ -77,36 +100,36 @@ fn integer_ms(v: &Value) -> Option<i64> {
 
 /// The capacity check, in O(1): the backend keeps a count of the mesh's live presences.
 /// Called only after the handshake is authenticated; the listing `attach` needs follows it.
-async fn check_capacity(node: &Node, mesh_id: &str) -> Result<Vec<PresenceRecord>> {
-    let open = node
+async fn check_capacity(deps: &Handshake<'_>, mesh_id: &str) -> Result<Vec<PresenceRecord>> {
+    let open = deps
         .presence
         .live_count(mesh_id)
         .await
         .map_err(unavailable)?;
-    if open >= node.config.max_connections_per_mesh {
+    if open >= deps.limits.max_connections_per_mesh {
         return Err(HandshakeError::new(
             "capacity",
             "mesh connection limit reached",
         ));
     }
-    node.presence.list(mesh_id).await.map_err(unavailable)
+    deps.presence.list(mesh_id).await.map_err(unavailable)
 }
 
-fn captured(node: &Node, reason: &'static str, message: &str) -> HandshakeError {
-    node.metrics.refuse_session_key(reason);
+fn captured(deps: &Handshake<'_>, reason: &'static str, message: &str) -> HandshakeError {
+    deps.metrics.refuse_session_key(reason);
     HandshakeError::new("bad_session_pubkey", message)
 }
 
 /// Skew, shape, signature and replay of a signed hello text.
 async fn check_signed(
-    node: &Node,
+    deps: &Handshake<'_>,
     timestamp: &Value,
     pubkey: &str,
     text: impl Fn(i64) -> String,
     signature: &str,
     now: i64,
 ) -> Result<()> {
-    let skew = node.config.timestamp_skew.as_millis() as i64;
+    let skew = deps.limits.timestamp_skew.as_millis() as i64;
     let ts = match integer_ms(timestamp) {
         Some(ts) if (now - ts).abs() <= skew => ts,
         _ => {
@@ -132,11 +155,11 @@ async fn check_signed(
         }
     }
     // A signature stays acceptable for `skew` on either side of its timestamp.
-    let fresh = node
+    let fresh = deps
         .presence
         .remember_signature(
             &signature.to_ascii_lowercase(),
-            node.config.timestamp_skew * 2,
+            deps.limits.timestamp_skew * 2,
         )
         .await
         .map_err(unavailable)?;
@@ -150,9 +173,9 @@ async fn check_signed(
 }
 
 /// The mesh and the non-revoked member owning `pubkey`.
-async fn find_member(node: &Node, mesh_id: &str, pubkey: &str) -> Result<(Mesh, Member)> {
-    let mesh = node.store.mesh(mesh_id).await.map_err(unavailable)?;
-    let member = node
+async fn find_member(deps: &Handshake<'_>, mesh_id: &str, pubkey: &str) -> Result<(Mesh, Member)> {
+    let mesh = deps.store.mesh(mesh_id).await.map_err(unavailable)?;
+    let member = deps
         .store
         .member_by_pubkey(mesh_id, pubkey)
         .await
@@ -173,7 +196,12 @@ async fn find_member(node: &Node, mesh_id: &str, pubkey: &str) -> Result<(Mesh, 
     }
 }
 
-pub async fn verify_hello(node: &Node, h: &Hello, now: i64) -> Result<Verified> {
+pub async fn verify_hello<'a>(
+    deps: impl Into<Handshake<'a>>,
+    h: &Hello,
+    now: i64,
+) -> Result<Verified> {
+    let deps = &deps.into();
     if let Some(sk) = &h.session_pubkey
         && !signing::is_key_hex(sk)
     {
@@ -183,13 +211,13 @@ pub async fn verify_hello(node: &Node, h: &Hello, now: i64) -> Result<Verified> 
         ));
     }
     let text = |ts| signing::hello_text(&h.mesh_id, &h.member_id, &h.pubkey, ts);
-    check_signed(node, &h.timestamp, &h.pubkey, text, &h.signature, now).await?;
-    let (mesh, member) = find_member(node, &h.mesh_id, &h.pubkey).await?;
+    check_signed(deps, &h.timestamp, &h.pubkey, text, &h.signature, now).await?;
+    let (mesh, member) = find_member(deps, &h.mesh_id, &h.pubkey).await?;
     // An unproven session key may not be another member's key: not its member key, not a
     // session key it proved (even after that session ended), not its live routing key.
     let foreign_key = h.session_pubkey.as_ref().filter(|sk| **sk != member.pubkey);
     if let Some(sk) = foreign_key {
-        if node
+        if deps
             .store
             .member_by_pubkey(&mesh.id, sk)
             .await
@@ -197,32 +225,32 @@ pub async fn verify_hello(node: &Node, h: &Hello, now: i64) -> Result<Verified> 
             .is_some()
         {
             return Err(captured(
-                node,
+                deps,
                 "member_key",
                 "sessionPubkey is another member's key",
             ));
         }
-        let prover = node
+        let prover = deps
             .presence
             .session_key_prover(&mesh.id, sk)
             .await
             .map_err(unavailable)?;
         if prover.is_some_and(|p| p != member.id) {
             return Err(captured(
-                node,
+                deps,
                 "proven_session_key",
                 "sessionPubkey is a session key another member proved",
             ));
         }
     }
-    let records = check_capacity(node, &mesh.id).await?;
+    let records = check_capacity(deps, &mesh.id).await?;
     if let Some(sk) = foreign_key
         && records
             .iter()
             .any(|r| r.is_live() && r.member_id != member.id && r.routing_key() == sk.as_str())
     {
         return Err(captured(
-            node,
+            deps,
             "live_routing_key",
             "sessionPubkey is the routing key of another member's presence",
         ));
@@ -237,7 +265,12 @@ pub async fn verify_hello(node: &Node, h: &Hello, now: i64) -> Result<Verified> 
     })
 }
 
-pub async fn verify_session_hello(node: &Node, h: &SessionHello, now: i64) -> Result<Verified> {
+pub async fn verify_session_hello<'a>(
+    deps: impl Into<Handshake<'a>>,
+    h: &SessionHello,
+    now: i64,
+) -> Result<Verified> {
+    let deps = &deps.into();
     if !signing::is_key_hex(&h.session_pubkey) {
         return Err(HandshakeError::new(
             "bad_session_pubkey",
@@ -299,7 +332,7 @@ pub async fn verify_session_hello(node: &Node, h: &SessionHello, now: i64) -> Re
         signing::session_hello_text(&h.mesh_id, &h.parent_member_pubkey, &h.session_pubkey, ts)
     };
     check_signed(
-        node,
+        deps,
         &h.timestamp,
         &h.session_pubkey,
         text,
@@ -307,7 +340,7 @@ pub async fn verify_session_hello(node: &Node, h: &SessionHello, now: i64) -> Re
         now,
     )
     .await?;
-    let (mesh, member) = find_member(node, &h.mesh_id, &h.parent_member_pubkey).await?;
+    let (mesh, member) = find_member(deps, &h.mesh_id, &h.parent_member_pubkey).await?;
     if let Some(id) = &h.parent_member_id
         && *id != member.id
     {
@@ -318,15 +351,15 @@ pub async fn verify_session_hello(node: &Node, h: &SessionHello, now: i64) -> Re
     }
     // The attestation signed this key: it stays reserved for this member at least as long
     // as the attestation lasts, so no other member's `hello` can announce it meanwhile.
-    let memory = node
-        .config
+    let memory = deps
+        .limits
         .session_key_memory
         .max(std::time::Duration::from_millis((expires_at - now) as u64));
-    node.presence
+    deps.presence
         .remember_session_key(&mesh.id, &h.session_pubkey, &member.id, memory)
         .await
         .map_err(unavailable)?;
-    let records = check_capacity(node, &mesh.id).await?;
+    let records = check_capacity(deps, &mesh.id).await?;
     Ok(Verified {
         mesh,
         member,
@@ -369,11 +402,14 @@ mod tests {
     }
 
     #[test]
-    fn revoked_closes_4002_and_others_1008() {
-        assert_eq!(HandshakeError::new("revoked", "").close(), (4002, "banned"));
+    fn revoked_closes_banned_and_others_with_their_code() {
+        assert_eq!(
+            HandshakeError::new("revoked", "").close(),
+            codes::BANNED.pair()
+        );
         assert_eq!(
             HandshakeError::new("capacity", "").close(),
-            (1008, "capacity")
+            (codes::HANDSHAKE.code, "capacity")
         );
     }
 }

@@ -9,10 +9,9 @@ use std::sync::{Arc, Mutex, RwLock};
 use bytes::Bytes;
 use tokio::sync::{Notify, mpsc};
 
-use crate::cluster::bus::{AfterClose, MeshEvent};
-use crate::metrics::Metrics;
+use crate::lifecycle::AfterClose;
+use crate::outbound::Outbound;
 use crate::protocol::{Priority, Status};
-use crate::session::outbound::Outbound;
 
 /// A command to one connection's task.
 #[derive(Debug)]
@@ -204,46 +203,61 @@ impl Hub {
             .unwrap_or_default()
     }
 
-    /// Applies one bus event to the local connections it concerns.
-    pub fn dispatch(&self, mesh_id: &str, event: MeshEvent, metrics: &Metrics, held_limit: usize) {
-        let handles = self.mesh_handles(mesh_id);
-        match event {
-            MeshEvent::Deliver {
-                presence_ids,
-                priority,
-                frame,
-            } => {
-                let wanted: HashSet<&str> = presence_ids.iter().map(String::as_str).collect();
-                for h in handles
-                    .iter()
-                    .filter(|h| wanted.contains(h.presence_id.as_str()))
-                {
-                    if h.deliver(&frame, priority, held_limit) && priority.is_some() {
-                        metrics.pushes_total.inc();
-                    }
-                }
+    /// Pushes `frame` to the local connections of these presences (held or gated as their
+    /// state says). Returns how many message pushes went out now (system events, with
+    /// `priority: None`, are not counted).
+    pub fn deliver(
+        &self,
+        mesh_id: &str,
+        presence_ids: &[String],
+        priority: Option<Priority>,
+        frame: &Bytes,
+        held_limit: usize,
+    ) -> u64 {
+        let wanted: HashSet<&str> = presence_ids.iter().map(String::as_str).collect();
+        let mut pushed = 0;
+        for h in self
+            .mesh_handles(mesh_id)
+            .iter()
+            .filter(|h| wanted.contains(h.presence_id.as_str()))
+        {
+            if h.deliver(frame, priority, held_limit) && priority.is_some() {
+                pushed += 1;
             }
-            MeshEvent::Doorbell { member_id } => {
-                for h in handles.iter().filter(|h| h.member_id == member_id) {
-                    h.drain.notify_one();
-                }
-            }
-            MeshEvent::Close {
-                conn_ids,
+        }
+        pushed
+    }
+
+    /// Rings the drain doorbell of the member's local connections.
+    pub fn ring(&self, mesh_id: &str, member_id: &str) {
+        for h in self
+            .mesh_handles(mesh_id)
+            .iter()
+            .filter(|h| h.member_id == member_id)
+        {
+            h.drain.notify_one();
+        }
+    }
+
+    /// Tells these local connections (by connection id) to close.
+    pub fn close(
+        &self,
+        mesh_id: &str,
+        conn_ids: &[String],
+        code: u16,
+        reason: &str,
+        after: AfterClose,
+    ) {
+        for h in self
+            .mesh_handles(mesh_id)
+            .iter()
+            .filter(|h| conn_ids.contains(&h.conn_id))
+        {
+            let _ = h.control.send(Control::Close {
                 code,
-                reason,
+                reason: reason.to_string(),
                 after,
-            } => {
-                for h in handles.iter().filter(|h| conn_ids.contains(&h.conn_id)) {
-                    let _ = h.control.send(Control::Close {
-                        code,
-                        reason: reason.clone(),
-                        after,
-                    });
-                }
-            }
-            // The node's member cache handles it before dispatch; sockets have nothing to do.
-            MeshEvent::MembersChanged => {}
+            });
         }
     }
 }

@@ -8,14 +8,18 @@ pub mod cluster;
 pub mod config;
 pub mod hub;
 pub mod ids;
+pub mod lifecycle;
 pub mod metrics;
 pub mod node;
+pub mod outbound;
 pub mod protocol;
 pub mod routing;
 pub mod server;
+pub mod service;
 pub mod session;
 pub mod store;
 pub mod telemetry;
+pub mod workers;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -26,17 +30,19 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tracing::info;
 
-use crate::cluster::bus::{AfterClose, Bus, BusSink, MemoryBus, MeshEvent};
+use crate::cluster::bus::{Bus, BusSink, MemoryBus};
 use crate::cluster::presence::{MemoryPresence, Presence};
 use crate::cluster::redis_bus::RedisBus;
 use crate::cluster::redis_presence::RedisPresence;
 use crate::config::Config;
 use crate::hub::Control;
+use crate::lifecycle::AfterClose;
 use crate::metrics::Metrics;
 use crate::node::Node;
-use crate::store::Store;
 use crate::store::memory::MemoryStore;
 use crate::store::postgres::{PgStore, SCHEMA_VERSION, StoreMetrics};
+use crate::store::{Store, StoreBackend};
+use crate::workers::{Restart, Workers};
 use tokio_util::sync::CancellationToken;
 
 /// Why the broker could not run.
@@ -85,11 +91,8 @@ async fn open_store(config: &Config, metrics: &Metrics) -> Result<Arc<dyn Store>
     }
 }
 
-/// How often undelivered messages past the queue TTL are swept.
-const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
-
 /// Serves `listener` until `shutdown` resolves, then shuts down in phases: readiness 503,
-/// listener closed, sockets closed 1001 spread over `SHUTDOWN_DRAIN_MS`, in-flight work
+/// listener closed, sockets closed `going_away` spread over `SHUTDOWN_DRAIN_MS`, in-flight work
 /// awaited, and everything dropped at `SHUTDOWN_DEADLINE_MS` at the latest.
 pub async fn run(
     config: Config,
@@ -98,38 +101,45 @@ pub async fn run(
 ) -> Result<(), RunError> {
     let metrics = Metrics::new();
     let store = open_store(&config, &metrics).await?;
-    let (sink, mut events) = mpsc::unbounded_channel();
+    let (sink, events) = mpsc::unbounded_channel();
     // Stops the Redis loops when this replica is done.
     let cluster_stop = CancellationToken::new();
     let _stop_guard = cluster_stop.clone().drop_guard();
     let (presence, bus) = open_cluster(&config, &metrics, sink, cluster_stop).await?;
     let clustered = config.redis_url.is_some();
     let node = Arc::new(Node::new(config, store, presence, bus, metrics));
+    let workers = Workers::new(node.tracker.clone(), &node.metrics);
 
     // Bus events reach local sockets through one dispatcher, which keeps publish order.
-    let dispatcher = {
+    // It runs until the node is killed, so the drain does not wait for it.
+    let events: workers::dispatcher::Events = Arc::new(tokio::sync::Mutex::new(events));
+    {
         let node = node.clone();
-        tokio::spawn(async move {
-            let held_limit = node.config.held_queue_bytes;
-            loop {
-                tokio::select! {
-                    _ = node.kill.cancelled() => break,
-                    ev = events.recv() => match ev {
-                        Some((mesh_id, MeshEvent::MembersChanged)) => node.forget_members(&mesh_id),
-                        Some((mesh_id, event)) => node.hub.dispatch(&mesh_id, event, &node.metrics, held_limit),
-                        None => break,
-                    },
-                }
-            }
-        })
-    };
-    node.tracker.spawn(sweep_loop(node.clone()));
-    node.tracker.spawn(health_loop(node.clone()));
+        workers.spawn_untracked("dispatcher", Restart::OnFailure, move || {
+            workers::dispatcher::run(node.clone(), events.clone())
+        });
+    }
+    {
+        let node = node.clone();
+        workers.spawn("sweep", Restart::OnFailure, move || {
+            workers::sweep::run(node.clone())
+        });
+    }
+    {
+        let node = node.clone();
+        workers.spawn("health", Restart::OnFailure, move || {
+            workers::health::run(node.clone())
+        });
+    }
     if clustered {
-        node.tracker
-            .spawn(cluster::reaper::housekeeping(node.clone()));
-        node.tracker
-            .spawn(cluster::reaper::resync_on_reconnect(node.clone()));
+        let n = node.clone();
+        workers.spawn("housekeeping", Restart::OnFailure, move || {
+            workers::housekeeping::run(n.clone())
+        });
+        let n = node.clone();
+        workers.spawn("resync", Restart::OnFailure, move || {
+            workers::resync::run(n.clone())
+        });
     }
     node.tracker
         .spawn(server::accept_loop(node.clone(), listener));
@@ -139,9 +149,13 @@ pub async fn run(
     if clustered && let Err(e) = node.presence.leave(&node.config.instance_id).await {
         tracing::warn!(error = %e, "could not remove this replica's heartbeat");
     }
-    dispatcher.abort();
+    // Everything watches `kill`, cancelled by the drain: what is left is stopped at once.
+    workers.stop(WORKER_STOP_DEADLINE).await;
     Ok(())
 }
+
+/// How long the workers get, after the drain, to notice the node was killed.
+const WORKER_STOP_DEADLINE: Duration = Duration::from_secs(1);
 
 type ClusterBackends = (Arc<dyn Presence>, Arc<dyn Bus>);
 
@@ -207,49 +221,6 @@ async fn open_cluster(
     Ok((Arc::new(presence), Arc::new(bus)))
 }
 
-/// How often the backend health gauges are refreshed.
-const HEALTH_INTERVAL: Duration = Duration::from_secs(2);
-
-/// Keeps `broker_db_healthy` and `broker_pubsub_healthy` current for alerting, whether or
-/// not anyone calls the health routes.
-async fn health_loop(node: Arc<Node>) {
-    let mut tick = tokio::time::interval(HEALTH_INTERVAL);
-    loop {
-        tokio::select! {
-            _ = node.stopping.cancelled() => break,
-            _ = tick.tick() => {}
-        }
-        node.metrics
-            .db_healthy
-            .set(i64::from(node.store.healthy().await));
-        if let Ok(v) = node.store.schema_version().await {
-            node.metrics.schema_version.set(v.unwrap_or(0));
-        }
-        let pubsub = node.bus.healthy().await && node.presence.healthy().await;
-        node.metrics.pubsub_healthy.set(i64::from(pubsub));
-    }
-}
-
-async fn sweep_loop(node: Arc<Node>) {
-    let mut tick = tokio::time::interval(SWEEP_INTERVAL);
-    loop {
-        tokio::select! {
-            _ = node.stopping.cancelled() => break,
-            _ = tick.tick() => {
-                let before = ids::now_ms() - node.config.queue_ttl.as_millis() as i64;
-                match node.store.sweep_expired(before).await {
-                    Ok(0) => {}
-                    Ok(n) => info!(swept = n, "expired queued messages removed"),
-                    Err(e) => tracing::warn!(error = %e, "queue sweep failed"),
-                }
-                if let Ok(depth) = node.store.queue_depth().await {
-                    node.metrics.queue_depth.set(depth as i64);
-                }
-            }
-        }
-    }
-}
-
 async fn drain(node: &Arc<Node>) {
     let start = tokio::time::Instant::now();
     let deadline = start + node.config.shutdown_deadline;
@@ -266,8 +237,8 @@ async fn drain(node: &Arc<Node>) {
         for (i, h) in handles.iter().enumerate() {
             tokio::time::sleep_until(start + window * i as u32 / n).await;
             let _ = h.control.send(Control::Close {
-                code: 1001,
-                reason: "going_away".into(),
+                code: protocol::codes::GOING_AWAY.code,
+                reason: protocol::codes::GOING_AWAY.reason.into(),
                 after: AfterClose::Grace,
             });
         }

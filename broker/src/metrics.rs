@@ -25,6 +25,11 @@ pub struct CapLabel {
     pub cap: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WorkerLabel {
+    pub worker: &'static str,
+}
+
 /// The broker's metrics; cloning shares them.
 #[derive(Debug)]
 pub struct Metrics {
@@ -63,6 +68,8 @@ pub struct Metrics {
     pub http_connections_open: Gauge,
     pub http_connections_closed: Family<ReasonLabel, Counter>,
     pub http_accept_errors: Counter,
+    pub worker_restarts: Family<WorkerLabel, Counter>,
+    pub workers_running: Family<WorkerLabel, Gauge>,
 }
 
 /// `(name, help)` of every metric, as the registry exposes them (docs and tests read it).
@@ -237,6 +244,16 @@ pub const CATALOGUE: &[(&str, &str, &str)] = &[
         "counter",
         "Failed accepts (out of file descriptors and similar); the listener backs off and retries.",
     ),
+    (
+        "broker_worker_restarts_total",
+        "counter",
+        "Background workers restarted by their supervisor after a panic or an error, by `worker`.",
+    ),
+    (
+        "broker_workers_running",
+        "gauge",
+        "1 while the background worker runs, by `worker` (dispatcher, sweep, health, housekeeping, resync).",
+    ),
 ];
 
 impl Metrics {
@@ -277,6 +294,8 @@ impl Metrics {
             http_connections_open: Gauge::default(),
             http_connections_closed: Family::default(),
             http_accept_errors: Counter::default(),
+            worker_restarts: Family::default(),
+            workers_running: Family::default(),
             registry: Registry::default(),
         };
         // prometheus-client appends `_total` to counters itself, so counters are registered
@@ -345,6 +364,8 @@ impl Metrics {
             m.http_connections_closed
         );
         register!("broker_http_accept_errors_total", m.http_accept_errors);
+        register!("broker_worker_restarts_total", m.worker_restarts);
+        register!("broker_workers_running", m.workers_running);
         m.pubsub_healthy.set(1);
         m.db_healthy.set(1);
         Metrics { registry, ..m }
@@ -468,6 +489,12 @@ mod tests {
         m.replica_heals
             .get_or_create(&ReasonLabel { reason: "reaped" })
             .inc();
+        m.worker_restarts
+            .get_or_create(&WorkerLabel { worker: "sweep" })
+            .inc();
+        m.workers_running
+            .get_or_create(&WorkerLabel { worker: "sweep" })
+            .set(1);
         let text = m.render();
         for (name, kind, _) in CATALOGUE {
             let probe = if *kind == "histogram" {

@@ -52,12 +52,8 @@ impl Cluster {
 }
 
 fn peer_names(list: &Value) -> Vec<String> {
-    let mut names: Vec<String> = list["peers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["displayName"].as_str().unwrap().to_string())
-        .collect();
+    let list: PeersList = parse(list);
+    let mut names: Vec<String> = list.peers.into_iter().map(|p| p.display_name).collect();
     names.sort();
     names
 }
@@ -93,8 +89,8 @@ async fn messages_reach_peers_on_the_other_replica() {
     .await;
 
     // Both replicas list the same peers.
-    let on_a = peer_names(&ac.request(json!({"type": "list_peers"})).await);
-    let on_b = peer_names(&bc.request(json!({"type": "list_peers"})).await);
+    let on_a = peer_names(&ac.request(ClientFrame::ListPeers).await);
+    let on_b = peer_names(&bc.request(ClientFrame::ListPeers).await);
     assert_eq!(on_a, vec!["alice", "bob", "carol"]);
     assert_eq!(on_a, on_b);
 }
@@ -131,7 +127,7 @@ async fn a_killed_replicas_presences_are_reaped_and_its_clients_recover_on_the_s
         killed.elapsed()
     );
     assert_eq!(
-        peer_names(&ac.request(json!({"type": "list_peers"})).await),
+        peer_names(&ac.request(ClientFrame::ListPeers).await),
         vec!["alice"]
     );
 
@@ -165,12 +161,12 @@ async fn moderation_closes_the_target_on_the_other_replica() {
     .await;
     let (mut cc, _) = Client::join(&b.ws_url(), carol.hello(&mesh, json!({}))).await;
 
-    let ack = ad.request(json!({"type": "kick", "target": "bob"})).await;
+    let ack = ad.request(ClientFrame::Kick(select("bob"))).await;
     assert_eq!(ack["affected"], json!(["bob"]));
-    assert_eq!(bs.expect_close().await, (4001, "kicked".to_string()));
-    let ack = ad.request(json!({"type": "ban", "target": "carol"})).await;
+    assert_eq!(bs.expect_close().await, close_of(codes::KICKED));
+    let ack = ad.request(ClientFrame::Ban(ban_request("carol"))).await;
     assert_eq!(ack["banned"], "carol");
-    assert_eq!(cc.expect_close().await, (4002, "banned".to_string()));
+    assert_eq!(cc.expect_close().await, close_of(codes::BANNED));
     let mut again = Client::connect(&b.ws_url()).await;
     again.send(carol.hello(&mesh, json!({}))).await;
     assert_eq!(again.expect("error").await["code"], "revoked");
@@ -205,10 +201,7 @@ async fn a_lease_reattaches_on_the_other_replica_silently() {
     )
     .await;
     assert_eq!(third["presenceId"], first["presenceId"]);
-    assert_eq!(
-        b2.expect_close().await,
-        (1000, "session_replaced".to_string())
-    );
+    assert_eq!(b2.expect_close().await, close_of(codes::SESSION_REPLACED));
     ac.expect_none(Duration::from_millis(500), is_join_or_leave)
         .await;
 }
@@ -254,7 +247,7 @@ async fn connection_cap_and_send_rate_hold_across_replicas() {
     let h = bob.hello(&mesh, json!({}));
     on_a.close().await;
     eventually("the closed socket no longer counts", async || {
-        (on_b.request(json!({"type": "list_peers"})).await["peers"]
+        (on_b.request(ClientFrame::ListPeers).await["peers"]
             .as_array()
             .unwrap()
             .len()
@@ -315,8 +308,7 @@ async fn a_redis_restart_loses_nothing_acknowledged_and_readiness_recovers() {
     );
     // Presences were re-registered in the new (empty) Redis, and fan-out works again.
     eventually("both peers are listed again", async || {
-        (peer_names(&ac.request(json!({"type": "list_peers"})).await) == ["alice", "bob"])
-            .then_some(())
+        (peer_names(&ac.request(ClientFrame::ListPeers).await) == ["alice", "bob"]).then_some(())
     })
     .await;
     ac.send_msg("*", "now", "after").await;
@@ -347,7 +339,7 @@ async fn sigterm_hands_sessions_over_to_another_replica_silently() {
         let status = b.terminate();
         (status, b)
     });
-    assert_eq!(bc.expect_close().await, (1001, "going_away".to_string()));
+    assert_eq!(bc.expect_close().await, close_of(codes::GOING_AWAY));
     let (_bc, second) = Client::join(
         &a.ws_url(),
         session_hello(&mesh, &bob.identity, &s, json!({})),

@@ -14,7 +14,7 @@ use broker::cluster::presence::{
 };
 use broker::cluster::redis_bus::RedisBus;
 use broker::cluster::redis_presence::RedisPresence;
-use broker::protocol::{Group, Priority, Status};
+use broker::protocol::{Group, Priority, Status, codes};
 use bytes::Bytes;
 use common::redis::RedisServer;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -863,14 +863,14 @@ async fn bus_delivers_each_event_once(bus: &dyn Bus, events: &mut Events) {
         MeshEvent::MembersChanged,
         MeshEvent::Close {
             conn_ids: vec!["n1/1".into(), "n2/7".into()],
-            code: 4001,
-            reason: "kicked".into(),
+            code: codes::KICKED.code,
+            reason: codes::KICKED.reason.into(),
             after: AfterClose::End,
         },
         MeshEvent::Close {
             conn_ids: vec!["n1/2".into()],
-            code: 1012,
-            reason: "restarting".into(),
+            code: codes::GOING_AWAY.code,
+            reason: codes::GOING_AWAY.reason.into(),
             after: AfterClose::Grace,
         },
     ];
@@ -1065,4 +1065,168 @@ async fn redis_bus_recovers_after_an_outage() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_bus_recovers_after_a_long_outage() {
     redis_bus_survives_an_outage(Duration::from_secs(12), Duration::from_secs(20)).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Wire format and layering
+// ---------------------------------------------------------------------------------------
+
+/// Messages exactly as the previous release's hand-written encoder published them.
+const PREVIOUS_RELEASE: &[(&[u8], &str)] = &[
+    (
+        b"{\"o\":\"n1\",\"k\":\"d\",\"p\":[\"p1\",\"p2\"],\"r\":\"low\",\"end\":false,\"t\":\"00-abc-def-01\"}\n{\"type\":\"push\"}\n\x00",
+        r#"{"deliver":{"presence_ids":["p1","p2"],"priority":"low","frame":[123,34,116,121,112,101,34,58,34,112,117,115,104,34,125,10,0]}}"#,
+    ),
+    (
+        b"{\"o\":\"n1\",\"k\":\"d\",\"p\":[\"p1\"],\"end\":false}\nx\ny",
+        r#"{"deliver":{"presence_ids":["p1"],"priority":null,"frame":[120,10,121]}}"#,
+    ),
+    (
+        b"{\"o\":\"n1\",\"k\":\"b\",\"m\":\"m1\",\"end\":false}\n",
+        r#"{"doorbell":"m1"}"#,
+    ),
+    (
+        b"{\"o\":\"n1\",\"k\":\"u\",\"end\":false,\"t\":\"00-abc-def-01\"}\n",
+        r#""members_changed""#,
+    ),
+    (
+        b"{\"o\":\"n1\",\"k\":\"c\",\"p\":[\"n/1\",\"n/2\"],\"code\":4001,\"reason\":\"kicked\",\"end\":true}\n",
+        r#"{"close":{"conn_ids":["n/1","n/2"],"code":4001,"reason":"kicked","after":"end"}}"#,
+    ),
+    (
+        b"{\"o\":\"n1\",\"k\":\"c\",\"p\":[\"n/1\"],\"code\":1000,\"reason\":\"disconnected\",\"end\":false}\n",
+        r#"{"close":{"conn_ids":["n/1"],"code":1000,"reason":"disconnected","after":"grace"}}"#,
+    ),
+];
+
+/// The header the previous release decoded, field for field: what an older replica still
+/// running during a rolling upgrade reads.
+#[derive(serde::Deserialize)]
+#[allow(dead_code, reason = "decoding is the assertion")]
+struct PreviousHeader {
+    o: String,
+    k: char,
+    #[serde(default)]
+    p: Vec<String>,
+    #[serde(default)]
+    r: Option<Priority>,
+    #[serde(default)]
+    m: Option<String>,
+    #[serde(default)]
+    code: Option<u16>,
+    #[serde(default)]
+    reason: Option<String>,
+    #[serde(default)]
+    end: bool,
+    #[serde(default)]
+    t: Option<String>,
+}
+
+/// The derived wire format reads what the previous release published, and the previous
+/// release reads what it publishes: replicas of both versions interoperate during a rollout.
+#[test]
+fn bus_wire_format_is_compatible_with_the_previous_release() {
+    use broker::cluster::bus::wire;
+    for (bytes, want) in PREVIOUS_RELEASE {
+        let env = wire::decode(Bytes::from_static(bytes)).expect("decodes");
+        assert_eq!(env.origin, "n1");
+        let want: Value = serde_json::from_str(want).unwrap();
+        assert_eq!(describe(&env.event), want);
+        // Re-encoded, it decodes to the same event, and the old header schema reads it.
+        let again = wire::encode("n2", &env.event, Some("00-x-y-01"));
+        let back = wire::decode(Bytes::from(again.clone())).expect("re-decodes");
+        assert_eq!(
+            (back.origin.as_str(), back.trace.as_deref()),
+            ("n2", Some("00-x-y-01"))
+        );
+        assert_eq!(describe(&back.event), want);
+        let split = again.iter().position(|b| *b == b'\n').unwrap();
+        let old: PreviousHeader = serde_json::from_slice(&again[..split]).expect("old reader");
+        let old_split = bytes.iter().position(|b| *b == b'\n').unwrap();
+        let expected: PreviousHeader = serde_json::from_slice(&bytes[..old_split]).unwrap();
+        assert_eq!(
+            (old.k, old.p, old.r, old.m, old.code, old.reason, old.end),
+            (
+                expected.k,
+                expected.p,
+                expected.r,
+                expected.m,
+                expected.code,
+                expected.reason,
+                expected.end
+            )
+        );
+        assert_eq!(
+            &again[split + 1..],
+            &bytes[old_split + 1..],
+            "raw frame bytes"
+        );
+    }
+    assert!(wire::decode(Bytes::from_static(b"garbage")).is_none());
+    assert!(wire::decode(Bytes::from_static(b"{\"o\":\"n\",\"k\":\"?\"}\n")).is_none());
+}
+
+/// The Rust files under `broker/src/<dir>`, with their text.
+fn sources(dir: &str) -> Vec<(String, String)> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("src")
+        .join(dir);
+    let mut out = Vec::new();
+    let mut stack = vec![root];
+    while let Some(d) = stack.pop() {
+        if d.is_file() {
+            out.push((
+                d.display().to_string(),
+                std::fs::read_to_string(&d).unwrap(),
+            ));
+            continue;
+        }
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() || path.extension().is_some_and(|e| e == "rs") {
+                stack.push(path);
+            }
+        }
+    }
+    out
+}
+
+/// `cluster/` holds the seams and their backends only: nothing from the layers above it
+/// (sessions, the node, the HTTP server, the local socket index, background workers).
+#[test]
+fn cluster_imports_nothing_from_above() {
+    let above = ["session", "node", "server", "hub", "workers", "auth"];
+    let mut offences = Vec::new();
+    for (path, text) in sources("cluster") {
+        for (n, line) in text.lines().enumerate() {
+            for module in above {
+                if line.contains(&format!("crate::{module}::"))
+                    || line.contains(&format!("crate::{module};"))
+                    || line.contains(&format!("crate::{module}}}"))
+                {
+                    offences.push(format!("{path}:{}: {}", n + 1, line.trim()));
+                }
+            }
+        }
+    }
+    assert!(
+        offences.is_empty(),
+        "cluster/ imports from above:\n{}",
+        offences.join("\n")
+    );
+}
+
+/// The socket index knows sockets, not the bus: the dispatcher translates events.
+#[test]
+fn hub_knows_no_bus_types() {
+    for (path, text) in sources("hub.rs") {
+        for (n, line) in text.lines().enumerate() {
+            assert!(
+                !line.contains("cluster::bus") && !line.contains("MeshEvent"),
+                "{path}:{}: {}",
+                n + 1,
+                line.trim()
+            );
+        }
+    }
 }

@@ -265,18 +265,18 @@ async fn a_frozen_replica_closes_its_sockets_and_is_unready_until_healed() {
     assert_eq!(left["eventData"]["name"], "bob", "b's presence was reaped");
     assert!(frozen.elapsed() > Duration::from_millis(1500));
     assert_eq!(
-        names(&ac.request(json!({"type": "list_peers"})).await),
+        names(&ac.request(ClientFrame::ListPeers).await),
         ["admin", "alice"]
     );
-    let ack = ad.request(json!({"type": "ban", "target": "bob"})).await;
+    let ack = ad.request(ClientFrame::Ban(ban_request("bob"))).await;
     assert_eq!(ack["banned"], "bob", "{ack}");
 
     let watch = ReadinessWatch::start(&b);
     signal(&b, "CONT");
     // The banned member tries to broadcast through the replica that missed the ban.
-    bc.send(json!({"type": "send", "targetSpec": "*", "priority": "now", "nonce": "bm9uY2U=", "ciphertext": "after-resume"}))
+    bc.send(send_frame("*", Priority::Now, "after-resume"))
         .await;
-    assert_eq!(bc.expect_close().await, (1001, "going_away".to_string()));
+    assert_eq!(bc.expect_close().await, close_of(codes::GOING_AWAY));
     ac.expect_none(Duration::from_millis(500), |v| {
         is_push(v) && v["ciphertext"] == "after-resume"
     })
@@ -307,7 +307,7 @@ async fn a_frozen_replica_closes_its_sockets_and_is_unready_until_healed() {
     let carol = member(&a, &mesh, "carol", json!({}));
     let (_cc, _) = Client::join(&b.ws_url(), carol.hello(&mesh, json!({}))).await;
     assert_eq!(
-        names(&ac.request(json!({"type": "list_peers"})).await),
+        names(&ac.request(ClientFrame::ListPeers).await),
         ["admin", "alice", "carol"]
     );
 }
@@ -364,7 +364,7 @@ async fn after_a_redis_restart_nothing_succeeds_against_the_empty_state() {
         .await;
     }
     assert_eq!(
-        names(&ac.request(json!({"type": "list_peers"})).await),
+        names(&ac.request(ClientFrame::ListPeers).await),
         ["alice", "bob"]
     );
     // The replay guard lost its window with the data; replaying is refused on both.
@@ -415,7 +415,7 @@ async fn a_resync_announces_the_presences_it_brings_back() {
         .await;
     }
     assert_eq!(
-        names(&ac.request(json!({"type": "list_peers"})).await),
+        names(&ac.request(ClientFrame::ListPeers).await),
         ["alice", "bob"]
     );
     // Bob's socket stayed open through all of it and is reachable again.

@@ -12,17 +12,20 @@ use std::time::Duration;
 
 use common::pg;
 use common::*;
-use serde_json::{Value, json};
+use serde_json::json;
 
 const NO_RATE_LIMIT: (&str, &str) = ("BROKER_SEND_BURST", "0");
 
-fn send_frame(target: &str, priority: &str, ciphertext: &str, client_id: Option<&str>) -> Value {
-    let mut v = json!({"type": "send", "targetSpec": target, "priority": priority,
-        "nonce": "bm9uY2U=", "ciphertext": ciphertext});
-    if let Some(c) = client_id {
-        v["client_message_id"] = json!(c);
-    }
-    v
+fn send_frame(
+    target: &str,
+    priority: Priority,
+    ciphertext: &str,
+    client_id: Option<&str>,
+) -> ClientFrame {
+    ClientFrame::Send(Box::new(broker::protocol::Send {
+        client_message_id: client_id.map(str::to_string),
+        ..send_body(target, priority, ciphertext)
+    }))
 }
 
 /// A ban written straight into PostgreSQL (no bus event, no close) still stops the
@@ -61,7 +64,7 @@ async fn a_member_revoked_behind_the_brokers_back_cannot_send_on_its_open_socket
         let reply = a
             .request(send_frame(
                 &bob.identity.pubkey,
-                "now",
+                Priority::Now,
                 &format!("m{i}"),
                 None,
             ))
@@ -75,7 +78,7 @@ async fn a_member_revoked_behind_the_brokers_back_cannot_send_on_its_open_socket
     let (reply, ciphertext) = refused;
     assert_eq!(reply["type"], "error", "{reply}");
     assert_eq!(reply["code"], "revoked", "{reply}");
-    assert_eq!(a.expect_close().await, (4002, "banned".to_string()));
+    assert_eq!(a.expect_close().await, close_of(codes::BANNED));
     bc.expect_none(Duration::from_millis(500), |v| {
         is_push(v) && v["ciphertext"] == ciphertext.as_str()
     })
@@ -90,7 +93,7 @@ async fn retried_send_is_queued_once(b: &Broker) {
     let first = a
         .request(send_frame(
             &bob.identity.pubkey,
-            "next",
+            Priority::Next,
             "once",
             Some("cm-1"),
         ))
@@ -99,7 +102,7 @@ async fn retried_send_is_queued_once(b: &Broker) {
     let retry = a
         .request(send_frame(
             &bob.identity.pubkey,
-            "next",
+            Priority::Next,
             "once",
             Some("cm-1"),
         ))
@@ -113,7 +116,7 @@ async fn retried_send_is_queued_once(b: &Broker) {
     let other = a
         .request(send_frame(
             &bob.identity.pubkey,
-            "next",
+            Priority::Next,
             "twice",
             Some("cm-2"),
         ))
@@ -123,11 +126,11 @@ async fn retried_send_is_queued_once(b: &Broker) {
     let (mut bc, _) = Client::join(&b.ws_url(), bob.hello(&mesh, json!({}))).await;
     let push = bc.expect_where("push", is_push).await;
     assert_eq!(push["messageId"], first["messageId"]);
-    bc.send(json!({"type": "client_ack", "brokerMessageId": push["messageId"]}))
+    bc.send(client_ack(push["messageId"].as_str().unwrap()))
         .await;
     let push = bc.expect_where("push", is_push).await;
     assert_eq!(push["messageId"], other["messageId"]);
-    bc.send(json!({"type": "client_ack", "brokerMessageId": push["messageId"]}))
+    bc.send(client_ack(push["messageId"].as_str().unwrap()))
         .await;
     bc.expect_none(Duration::from_millis(400), is_push).await;
 
@@ -135,7 +138,7 @@ async fn retried_send_is_queued_once(b: &Broker) {
     let late = a
         .request(send_frame(
             &bob.identity.pubkey,
-            "next",
+            Priority::Next,
             "once",
             Some("cm-1"),
         ))
@@ -262,15 +265,17 @@ async fn client_ack_by_client_id_confirms_only_what_this_connection_was_pushed()
     let (mut a, _) = Client::join(&b.ws_url(), alice.hello(&mesh, json!({}))).await;
     let (mut c, _) = Client::join(&b.ws_url(), carol.hello(&mesh, json!({}))).await;
     let (mut bc, _) = Client::join(&b.ws_url(), bob.hello(&mesh, json!({}))).await;
-    bc.send(json!({"type": "set_status", "status": "working"}))
-        .await;
-    bc.request(json!({"type": "list_peers"})).await;
+    bc.send(ClientFrame::SetStatus {
+        status: Status::Working,
+    })
+    .await;
+    bc.request(ClientFrame::ListPeers).await;
 
     // Carol's `next` message waits while bob is working; alice's `now` one is pushed.
     let held = c
         .request(send_frame(
             &bob.identity.pubkey,
-            "next",
+            Priority::Next,
             "carol",
             Some("same"),
         ))
@@ -279,7 +284,7 @@ async fn client_ack_by_client_id_confirms_only_what_this_connection_was_pushed()
     let pushed = a
         .request(send_frame(
             &bob.identity.pubkey,
-            "now",
+            Priority::Now,
             "alice",
             Some("same"),
         ))
@@ -289,16 +294,16 @@ async fn client_ack_by_client_id_confirms_only_what_this_connection_was_pushed()
     assert_eq!(push["messageId"], pushed["messageId"]);
     bc.expect_none(Duration::from_millis(200), is_push).await;
 
-    bc.send(json!({"type": "client_ack", "clientMessageId": "same"}))
-        .await;
-    bc.send(json!({"type": "set_status", "status": "idle"}))
-        .await;
+    bc.send(client_ack_by_client_id("same")).await;
+    bc.send(ClientFrame::SetStatus {
+        status: Status::Idle,
+    })
+    .await;
     let push = bc.expect_where("push", is_push).await;
     assert_eq!(push["messageId"], held["messageId"], "{push}");
     assert_eq!(push["ciphertext"], "carol");
-    bc.send(json!({"type": "client_ack", "clientMessageId": "same"}))
-        .await;
-    bc.request(json!({"type": "list_peers"})).await;
+    bc.send(client_ack_by_client_id("same")).await;
+    bc.request(ClientFrame::ListPeers).await;
     // Both confirmed: a reconnect gets nothing.
     bc.close().await;
     let (mut bc, _) = Client::join(&b.ws_url(), bob.hello(&mesh, json!({}))).await;
@@ -356,11 +361,11 @@ async fn moderation_fails_closed_while_presence_is_unreadable() {
         matches!(b.try_http("GET", "/health/ready", None, None), Ok((503, _))).then_some(())
     })
     .await;
-    let kick = ac.request(json!({"type": "kick", "target": "bob"})).await;
+    let kick = ac.request(ClientFrame::Kick(select("bob"))).await;
     assert_eq!(kick["type"], "error", "{kick}");
     assert_eq!(kick["code"], "internal", "{kick}");
 
-    let ban = ac.request(json!({"type": "ban", "target": "bob"})).await;
+    let ban = ac.request(ClientFrame::Ban(ban_request("bob"))).await;
     assert_eq!(ban["type"], "error", "{ban}");
     assert_eq!(ban["code"], "internal", "{ban}");
     assert!(
@@ -368,10 +373,15 @@ async fn moderation_fails_closed_while_presence_is_unreadable() {
         "{ban}"
     );
     let send = bc
-        .request(send_frame(&admin.identity.pubkey, "now", "after-ban", None))
+        .request(send_frame(
+            &admin.identity.pubkey,
+            Priority::Now,
+            "after-ban",
+            None,
+        ))
         .await;
     assert_eq!(send["code"], "revoked", "{send}");
-    assert_eq!(bc.expect_close().await, (4002, "banned".to_string()));
+    assert_eq!(bc.expect_close().await, close_of(codes::BANNED));
 }
 
 /// Grants that cannot be read are never read as "no grants" (the permissive defaults): a

@@ -87,10 +87,10 @@ async fn an_unacknowledged_push_survives_sigkill_and_comes_back() {
     let (mut bc, _) = Client::join(&b2.ws_url(), bob.hello(&mesh, json!({}))).await;
     let push = bc.expect_where("push", is_push).await;
     assert_eq!(push["messageId"], ack["messageId"]);
-    bc.send(json!({"type": "client_ack", "brokerMessageId": push["messageId"]}))
+    bc.send(client_ack(push["messageId"].as_str().unwrap()))
         .await;
     // Confirmed now: the next connection gets nothing.
-    bc.request(json!({"type": "list_peers"})).await;
+    bc.request(ClientFrame::ListPeers).await;
     bc.close().await;
     let (mut bc, _) = Client::join(&b2.ws_url(), bob.hello(&mesh, json!({}))).await;
     bc.expect_none(Duration::from_millis(400), is_push).await;
@@ -308,10 +308,10 @@ async fn a_postgres_crash_mid_commit_reports_no_delivered_send_as_refused() {
                 let cid = format!("s{k}-{i}");
                 i += 1;
                 let reply = c
-                    .request(
-                        json!({"type": "send", "targetSpec": target, "priority": "now",
-                        "nonce": "bm9uY2U=", "ciphertext": cid, "client_message_id": cid}),
-                    )
+                    .request(ClientFrame::Send(Box::new(broker::protocol::Send {
+                        client_message_id: Some(cid.clone()),
+                        ..send_body(&target, Priority::Now, &cid)
+                    })))
                     .await;
                 if reply["queued"] == true {
                     acked.fetch_add(1, Ordering::Relaxed);
@@ -371,10 +371,10 @@ async fn a_postgres_crash_mid_commit_reports_no_delivered_send_as_refused() {
             }
             if retry {
                 let again = c
-                    .request(
-                        json!({"type": "send", "targetSpec": bob.identity.pubkey, "priority": "now",
-                        "nonce": "bm9uY2U=", "ciphertext": cid, "client_message_id": cid}),
-                    )
+                    .request(ClientFrame::Send(Box::new(broker::protocol::Send {
+                        client_message_id: Some(cid.clone()),
+                        ..send_body(&bob.identity.pubkey, Priority::Now, &cid)
+                    })))
                     .await;
                 assert_eq!(again["queued"], true, "retry of {cid}: {again}");
                 let id = again["messageId"].as_str().unwrap().to_string();
@@ -402,8 +402,7 @@ async fn a_postgres_crash_mid_commit_reports_no_delivered_send_as_refused() {
             continue;
         }
         let id = v["messageId"].as_str().unwrap().to_string();
-        bc.send(json!({"type": "client_ack", "brokerMessageId": id}))
-            .await;
+        bc.send(client_ack(&id)).await;
         delivered
             .entry(v["ciphertext"].as_str().unwrap().to_string())
             .or_default()

@@ -487,7 +487,7 @@ async fn cookie_less_clients_are_served_correctly_wherever_they_land() {
     // Every joined peer is visible from every client, whichever replica serves it.
     for c in clients.iter_mut() {
         eventually("every client lists all four peers", async || {
-            let list = c.request(json!({"type": "list_peers"})).await;
+            let list = c.request(ClientFrame::ListPeers).await;
             (list["peers"].as_array().unwrap().len() == names.len()).then_some(())
         })
         .await;
@@ -510,7 +510,7 @@ async fn cookie_less_clients_are_served_correctly_wherever_they_land() {
         for _ in 0..2 * (names.len() - 1) {
             let push = c.expect_where("push", is_push).await;
             if !push["ciphertext"].as_str().unwrap().starts_with("all") {
-                c.send(json!({"type": "client_ack", "brokerMessageId": push["messageId"]}))
+                c.send(client_ack(push["messageId"].as_str().unwrap()))
                     .await;
             }
             got.insert(push["ciphertext"].as_str().unwrap().to_string());

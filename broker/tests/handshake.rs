@@ -22,7 +22,7 @@ async fn refused(b: &Broker, hello: Value) -> (String, (u16, String)) {
 
 fn assert_refused(got: (String, (u16, String)), code: &str) {
     assert_eq!(got.0, code);
-    assert_eq!(got.1, (1008, code.to_string()));
+    assert_eq!(got.1, handshake_close(code));
 }
 
 #[tokio::test]
@@ -155,7 +155,7 @@ async fn revoked_member_gets_revoked_and_4002() {
     let owner = member(&b, &mesh, "owner", json!({"userId": "owner-user"}));
     let bob = member(&b, &mesh, "bob", json!({}));
     let (mut admin, _) = Client::join(&b.ws_url(), owner.hello(&mesh, json!({}))).await;
-    let ack = admin.request(json!({"type": "ban", "target": "bob"})).await;
+    let ack = admin.request(ClientFrame::Ban(ban_request("bob"))).await;
     assert_eq!(ack["type"], "ban_ack");
 
     let mut c = Client::connect(&b.ws_url()).await;
@@ -166,7 +166,7 @@ async fn revoked_member_gets_revoked_and_4002() {
         err["message"],
         "You've been removed from \"Team Rocket\". Contact the mesh owner to rejoin."
     );
-    assert_eq!(c.expect_close().await, (4002, "banned".to_string()));
+    assert_eq!(c.expect_close().await, close_of(codes::BANNED));
 }
 
 #[tokio::test]
@@ -261,7 +261,11 @@ async fn frames_before_hello_get_no_hello_and_the_socket_stays_open() {
     let mesh = b.create_mesh("nohello", None);
     let alice = member(&b, &mesh, "alice", json!({}));
     let mut c = Client::connect(&b.ws_url()).await;
-    c.send(json!({"type": "list_peers", "_reqId": "r1"})).await;
+    c.send(Envelope {
+        req_id: Some("r1".into()),
+        frame: ClientFrame::ListPeers,
+    })
+    .await;
     let err = c.expect("error").await;
     assert_eq!(err["code"], "no_hello");
     assert_eq!(err["_reqId"], "r1");
@@ -276,7 +280,7 @@ async fn frames_before_hello_get_no_hello_and_the_socket_stays_open() {
 async fn a_silent_socket_is_closed_after_the_hello_timeout() {
     let b = Broker::start(&[("HELLO_TIMEOUT_MS", "300")]);
     let mut c = Client::connect(&b.ws_url()).await;
-    assert_eq!(c.expect_close().await, (1008, "hello_timeout".to_string()));
+    assert_eq!(c.expect_close().await, handshake_close("hello_timeout"));
 }
 
 #[tokio::test]

@@ -79,7 +79,7 @@ async fn refused(url: &str, hello: Value) -> (String, (u16, String)) {
 
 async fn assert_refused(url: &str, hello: Value, code: &str) {
     let got = refused(url, hello).await;
-    assert_eq!(got, (code.to_string(), (1008, code.to_string())));
+    assert_eq!(got, (code.to_string(), handshake_close(code)));
 }
 
 /// `hello` with its signature made by someone else (well-formed, does not verify).
@@ -237,10 +237,7 @@ async fn the_mesh_cap_is_exact_across_replicas_and_frees_when_a_killed_replica_i
     )
     .await;
     assert_refused(&a.ws_url(), peer.hello(&mesh, json!({})), "capacity").await;
-    assert_eq!(
-        peer_count(&w.request(json!({"type": "list_peers"})).await),
-        3
-    );
+    assert_eq!(peer_count(&w.request(ClientFrame::ListPeers).await), 3);
 }
 
 #[tokio::test]
@@ -257,7 +254,7 @@ async fn the_mesh_cap_is_exact_after_a_redis_restart() {
     c.redis.stop();
     c.redis.restart();
     eventually("both presences are re-registered", async || {
-        (peer_count(&ac.request(json!({"type": "list_peers"})).await) == 2).then_some(())
+        (peer_count(&ac.request(ClientFrame::ListPeers).await) == 2).then_some(())
     })
     .await;
     // The new Redis counts the re-registered presences: still full.

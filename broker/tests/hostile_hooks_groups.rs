@@ -81,7 +81,7 @@ async fn hook_from(addr: SocketAddr, src: &str, body: &Value) -> (u16, Value) {
 /// The status `observer` sees for the peer named `name` (a `list_peers` of its own, so
 /// every control command queued for it before this request has been applied).
 async fn status_seen(observer: &mut Client, name: &str) -> String {
-    let peers = observer.request(json!({"type": "list_peers"})).await;
+    let peers = observer.request(ClientFrame::ListPeers).await;
     assert_eq!(peers["type"], "peers_list", "{peers}");
     peers["peers"]
         .as_array()
@@ -292,33 +292,33 @@ async fn groups_and_presence_fields_are_bounded_with_clear_error_codes() {
     let alice = member(&b, &mesh, "alice", json!({}));
     let (mut ac, _) = Client::join(&b.ws_url(), alice.hello(&mesh, json!({}))).await;
     for name in ["g1", "g2", "g3"] {
-        ac.send(json!({"type": "join_group", "name": name})).await;
+        ac.send(join_group(name, None)).await;
     }
     // Joining a group again is no new group.
-    ac.send(json!({"type": "join_group", "name": "g3", "role": "lead"}))
-        .await;
-    let err = ac
-        .request(json!({"type": "join_group", "name": "g4"}))
-        .await;
+    ac.send(join_group("g3", Some("lead"))).await;
+    let err = ac.request(join_group("g4", None)).await;
     assert_eq!(err["type"], "error", "{err}");
     assert_eq!(err["code"], "too_many_groups", "{err}");
-    let err = ac
-        .request(json!({"type": "join_group", "name": "x".repeat(17)}))
-        .await;
+    let err = ac.request(join_group(&"x".repeat(17), None)).await;
     assert_eq!(err["code"], "name_too_long", "{err}");
-    let err = ac
-        .request(json!({"type": "join_group", "name": "g1", "role": "r".repeat(17)}))
-        .await;
+    let err = ac.request(join_group("g1", Some(&"r".repeat(17)))).await;
     assert_eq!(err["code"], "name_too_long", "{err}");
     for frame in [
-        json!({"type": "set_summary", "summary": "s".repeat(513)}),
-        json!({"type": "set_profile", "bio": "b".repeat(513)}),
-        json!({"type": "set_stats", "stats": {"messagesIn": 1, "blob": "x".repeat(513)}}),
+        ClientFrame::SetSummary {
+            summary: "s".repeat(513),
+        },
+        ClientFrame::SetProfile(ProfileFields {
+            bio: Some(json!("b".repeat(513))),
+            ..ProfileFields::default()
+        }),
+        ClientFrame::SetStats {
+            stats: json!({"messagesIn": 1, "blob": "x".repeat(513)}),
+        },
     ] {
         let err = ac.request(frame.clone()).await;
-        assert_eq!(err["code"], "field_too_large", "{frame}: {err}");
+        assert_eq!(err["code"], "field_too_large", "{frame:?}: {err}");
     }
-    let peers = ac.request(json!({"type": "list_peers"})).await;
+    let peers = ac.request(ClientFrame::ListPeers).await;
     let me = &peers["peers"][0];
     assert_eq!(
         me["groups"],
@@ -343,7 +343,7 @@ async fn groups_and_presence_fields_are_bounded_with_clear_error_codes() {
                 .contains(&err["code"].as_str().unwrap()),
             "{extra}: {err}"
         );
-        assert_eq!(c.expect_close().await.0, 1008, "{extra}");
+        assert_eq!(c.expect_close().await.0, codes::HANDSHAKE.code, "{extra}");
     }
     let metrics = b.metrics();
     assert!(
@@ -373,26 +373,32 @@ async fn a_member_with_a_huge_presence_cannot_get_bystanders_closed() {
     // Mallory tries to grow her presence past the others' outbound bound, every way a
     // member can: many groups with long names, a long summary, profile and stats.
     for i in 0..8 {
-        mc.send(json!({"type": "join_group", "name": format!("{i}{}", "g".repeat(30_000))}))
+        mc.send(join_group(&format!("{i}{}", "g".repeat(30_000)), None))
             .await;
     }
     for i in 0..200 {
-        mc.send(json!({"type": "join_group", "name": format!("group-{i}")}))
-            .await;
+        mc.send(join_group(&format!("group-{i}"), None)).await;
     }
     let big = "s".repeat(60_000);
-    mc.send(json!({"type": "set_summary", "summary": big}))
-        .await;
-    mc.send(json!({"type": "set_profile", "bio": big})).await;
-    mc.send(json!({"type": "set_stats", "stats": {"blob": big}}))
-        .await;
+    mc.send(ClientFrame::SetSummary {
+        summary: big.clone(),
+    })
+    .await;
+    mc.send(ClientFrame::SetProfile(ProfileFields {
+        bio: Some(json!(big)),
+        ..ProfileFields::default()
+    }))
+    .await;
+    mc.send(ClientFrame::SetStats {
+        stats: json!({"blob": big}),
+    })
+    .await;
     // Her own last request proves the others were handled.
-    mc.request(json!({"type": "set_visible", "visible": true}))
-        .await;
+    mc.request(ClientFrame::SetVisible { visible: true }).await;
 
     // The bystanders still get their peer lists, and stay connected.
     for c in [&mut bc, &mut cc] {
-        let peers = c.request(json!({"type": "list_peers"})).await;
+        let peers = c.request(ClientFrame::ListPeers).await;
         assert_eq!(peers["type"], "peers_list", "{peers}");
         assert_eq!(peers["peers"].as_array().unwrap().len(), 3, "{peers}");
     }
@@ -408,7 +414,7 @@ async fn a_member_with_a_huge_presence_cannot_get_bystanders_closed() {
     let answer = m2.next_within(WAIT).await;
     assert!(answer.is_some(), "no answer to the hello");
     for c in [&mut bc, &mut cc] {
-        let peers = c.request(json!({"type": "list_peers"})).await;
+        let peers = c.request(ClientFrame::ListPeers).await;
         assert_eq!(peers["type"], "peers_list", "{peers}");
         let ack = c.send_msg("*", "now", "still here").await;
         assert_eq!(ack["queued"], true, "{ack}");
@@ -435,19 +441,18 @@ async fn a_peer_list_larger_than_the_outbound_bound_is_an_error_for_the_requeste
     for i in 0..4 {
         let m = member(&b, &mesh, &format!("peer{i}"), json!({}));
         let (mut c, _) = Client::join(&b.ws_url(), m.hello(&mesh, json!({}))).await;
-        c.send(json!({"type": "set_summary", "summary": "s".repeat(2_900)}))
-            .await;
-        c.request(json!({"type": "set_visible", "visible": true}))
-            .await;
+        c.send(ClientFrame::SetSummary {
+            summary: "s".repeat(2_900),
+        })
+        .await;
+        c.request(ClientFrame::SetVisible { visible: true }).await;
         others.push(c);
     }
-    let err = bc.request(json!({"type": "list_peers"})).await;
+    let err = bc.request(ClientFrame::ListPeers).await;
     assert_eq!(err["type"], "error", "{err}");
     assert_eq!(err["code"], "reply_too_large", "{err}");
     // Bob is still connected and served.
-    let ack = bc
-        .request(json!({"type": "set_visible", "visible": true}))
-        .await;
+    let ack = bc.request(ClientFrame::SetVisible { visible: true }).await;
     assert_eq!(ack["type"], "ack", "{ack}");
     assert!(
         b.metrics()
@@ -516,9 +521,7 @@ async fn a_system_event_larger_than_the_outbound_bound_is_not_announced() {
     let (_cc, _) = Client::join(&b.ws_url(), carol.hello(&mesh, json!({}))).await;
     let joined = bc.expect_system("peer_joined").await;
     assert_eq!(joined["eventData"]["name"], "carol", "{joined}");
-    let ack = bc
-        .request(json!({"type": "set_visible", "visible": true}))
-        .await;
+    let ack = bc.request(ClientFrame::SetVisible { visible: true }).await;
     assert_eq!(ack["type"], "ack", "{ack}");
     eventually("the oversized announcement is counted", async || {
         b.metrics()

@@ -73,7 +73,7 @@ async fn a_session_reattaches_within_grace_silently_and_gets_its_queue() {
     );
     let push = bc.expect_where("push", is_push).await;
     assert_eq!(push["ciphertext"], "queued-in-grace");
-    bc.send(json!({"type": "client_ack", "brokerMessageId": push["messageId"]}))
+    bc.send(client_ack(push["messageId"].as_str().unwrap()))
         .await;
     a.expect_none(Duration::from_millis(400), is_join_or_leave)
         .await;
@@ -85,10 +85,7 @@ async fn a_session_reattaches_within_grace_silently_and_gets_its_queue() {
     )
     .await;
     assert_eq!(third["presenceId"], first["presenceId"]);
-    assert_eq!(
-        bc.expect_close().await,
-        (1000, "session_replaced".to_string())
-    );
+    assert_eq!(bc.expect_close().await, close_of(codes::SESSION_REPLACED));
     a.expect_none(Duration::from_millis(400), is_join_or_leave)
         .await;
     // The presence is live on the new socket, not in grace.
@@ -120,10 +117,7 @@ async fn a_hello_with_the_same_session_id_reattaches_and_replaces_the_open_socke
         bob.hello(&mesh, json!({"sessionId": "daemon-1"})),
     )
     .await;
-    assert_eq!(
-        old.expect_close().await,
-        (1000, "session_replaced".to_string())
-    );
+    assert_eq!(old.expect_close().await, close_of(codes::SESSION_REPLACED));
     assert_eq!(
         first["presenceId"], second["presenceId"],
         "member key + sessionId reattach"
@@ -145,12 +139,9 @@ async fn a_hello_with_the_same_session_id_reattaches_and_replaces_the_open_socke
     )
     .await;
     assert_ne!(p1["presenceId"], p2["presenceId"]);
-    assert_eq!(
-        c1.expect_close().await,
-        (1000, "session_replaced".to_string())
-    );
+    assert_eq!(c1.expect_close().await, close_of(codes::SESSION_REPLACED));
     let peers = eventually("only the new session is listed", async || {
-        let peers = a.request(json!({"type": "list_peers"})).await;
+        let peers = a.request(ClientFrame::ListPeers).await;
         let keys: Vec<Value> = peers["peers"]
             .as_array()
             .unwrap()
@@ -178,12 +169,13 @@ async fn state_is_restored_after_the_grace_ends() {
     let (mut bc, ack) = Client::join(&b.ws_url(), bob.hello(&mesh, json!({}))).await;
     assert_eq!(ack["restored"], Value::Null);
     assert_eq!(ack["memberProfile"]["groups"], json!([{"name": "default"}]));
-    bc.send(json!({"type": "set_summary", "summary": "fixing bugs"}))
-        .await;
-    bc.send(json!({"type": "join_group", "name": "ops", "role": "lead"}))
-        .await;
+    bc.send(ClientFrame::SetSummary {
+        summary: "fixing bugs".into(),
+    })
+    .await;
+    bc.send(join_group("ops", Some("lead"))).await;
     // list_peers is answered after the two frames above: frames are handled in order.
-    bc.request(json!({"type": "list_peers"})).await;
+    bc.request(ClientFrame::ListPeers).await;
     bc.close().await;
     a.expect_system("peer_left").await;
 
@@ -197,7 +189,7 @@ async fn state_is_restored_after_the_grace_ends() {
     assert!(ack["lastSeenAt"].as_str().unwrap().ends_with('Z'));
     let returned = a.expect_system("peer_returned").await;
     assert_eq!(returned["eventData"]["summary"], "fixing bugs");
-    let peers = a.request(json!({"type": "list_peers"})).await;
+    let peers = a.request(ClientFrame::ListPeers).await;
     let row = peers["peers"]
         .as_array()
         .unwrap()
@@ -228,7 +220,7 @@ async fn a_socket_that_never_answers_pings_is_terminated() {
     let left = a.expect_system("peer_left").await;
     assert_eq!(left["eventData"]["name"], "bob");
     // Alice keeps reading, answers pings, and stays.
-    let peers = a.request(json!({"type": "list_peers"})).await;
+    let peers = a.request(ClientFrame::ListPeers).await;
     assert_eq!(peers["peers"].as_array().unwrap().len(), 1);
 }
 
@@ -259,10 +251,7 @@ async fn a_client_that_stops_reading_is_closed_as_a_slow_consumer() {
     })
     .await;
     // Once bob reads again he finds the broadcasts that fit, then the close.
-    assert_eq!(
-        slow.expect_close().await,
-        (1013, "slow_consumer".to_string())
-    );
+    assert_eq!(slow.expect_close().await, close_of(codes::SLOW_CONSUMER));
 }
 
 #[tokio::test]
@@ -281,8 +270,8 @@ async fn sigterm_closes_sockets_going_away_and_exits() {
         let status = b.terminate();
         (status, b)
     });
-    assert_eq!(a.expect_close().await, (1001, "going_away".to_string()));
-    assert_eq!(bc.expect_close().await, (1001, "going_away".to_string()));
+    assert_eq!(a.expect_close().await, close_of(codes::GOING_AWAY));
+    assert_eq!(bc.expect_close().await, close_of(codes::GOING_AWAY));
     let (status, _b) = status.await.unwrap();
     assert!(status.success(), "exit status {status:?}");
     assert!(

@@ -50,19 +50,22 @@ async fn expect_left(c: &mut Client, name: &str, pubkey: &str) {
 
 /// The string items of `v[key]`, sorted.
 fn names(v: &Value, key: &str) -> Vec<String> {
-    let mut out: Vec<String> = v[key]
-        .as_array()
-        .unwrap_or_else(|| panic!("{key} is not a list in {v}"))
-        .iter()
-        .map(|n| n.as_str().unwrap().to_string())
-        .collect();
+    let ack: ModerationAck = parse(v);
+    let mut out = match key {
+        "kicked" => ack.kicked,
+        "affected" => ack.affected,
+        "skipped_control_plane" => ack
+            .skipped_control_plane
+            .unwrap_or_else(|| panic!("{key} is not a list in {v}")),
+        _ => panic!("a moderation ack has no list {key}"),
+    };
     out.sort();
     out
 }
 
 /// Asserts the socket still works: it answers a `list_peers`.
 async fn still_connected(c: &mut Client) {
-    let reply = c.request(json!({"type": "list_peers"})).await;
+    let reply = c.request(ClientFrame::ListPeers).await;
     assert_eq!(reply["type"], "peers_list", "{reply}");
 }
 
@@ -85,17 +88,17 @@ async fn disconnect_closes_the_target_1000_and_keeps_its_presence() {
     let (mut bob_c, bob_ack) = Client::join(&b.ws_url(), bob_hello).await;
 
     admin_c
-        .send(json!({"type": "disconnect", "target": "bob", "_reqId": "d-1"}))
+        .send(Envelope {
+            req_id: Some("d-1".into()),
+            frame: ClientFrame::Disconnect(select("bob")),
+        })
         .await;
     let ack = admin_c.expect("disconnect_ack").await;
     assert_eq!(ack["_reqId"], "d-1", "{ack}");
     // `disconnect` skips nobody: a control-plane presence is affected too.
     assert_eq!(names(&ack, "affected"), ["bob"]);
     assert_eq!(names(&ack, "kicked"), ["bob"]);
-    assert_eq!(
-        bob_c.expect_close().await,
-        (1000, "disconnected".to_string())
-    );
+    assert_eq!(bob_c.expect_close().await, close_of(codes::DISCONNECTED));
 
     // No state change: the presence waits in grace, nobody hears it left, and the client
     // reconnecting by itself gets its presence back.
@@ -118,16 +121,14 @@ async fn kick_closes_sessions_4001_and_skips_control_plane_presences() {
     let mut carol_cp = control_plane_of(&b, &mesh, &carol).await;
     let (mut carol_s, carol_key) = session_of(&b, &mesh, &carol).await;
 
-    let ack = admin_c
-        .request(json!({"type": "kick", "target": "carol"}))
-        .await;
+    let ack = admin_c.request(ClientFrame::Kick(select("carol"))).await;
     assert_eq!(ack["type"], "kick_ack", "{ack}");
     assert!(ack["_reqId"].is_string(), "{ack}");
     assert_eq!(names(&ack, "kicked"), ["carol"]);
     assert_eq!(names(&ack, "affected"), ["carol"]);
     assert_eq!(names(&ack, "skipped_control_plane"), ["carol"]);
 
-    assert_eq!(carol_s.expect_close().await, (4001, "kicked".to_string()));
+    assert_eq!(carol_s.expect_close().await, close_of(codes::KICKED));
     expect_left(&mut admin_c, "carol", &carol_key.pubkey).await;
     // The control-plane socket was skipped and still works.
     still_connected(&mut carol_cp).await;
@@ -145,27 +146,23 @@ async fn kick_selects_by_display_name_full_pubkey_and_pubkey_prefix() {
     let (mut z, z_key) = session_of(&b, &mesh, &zoe).await;
 
     let by_key = admin_c
-        .request(json!({"type": "kick", "target": xavier.identity.pubkey}))
+        .request(ClientFrame::Kick(select(&xavier.identity.pubkey)))
         .await;
     assert_eq!(names(&by_key, "kicked"), ["xavier"], "{by_key}");
-    assert_eq!(x.expect_close().await, (4001, "kicked".to_string()));
+    assert_eq!(x.expect_close().await, close_of(codes::KICKED));
     expect_left(&mut admin_c, "xavier", &x_key.pubkey).await;
 
     let prefix = &yusuf.identity.pubkey[..12];
-    let by_prefix = admin_c
-        .request(json!({"type": "kick", "target": prefix}))
-        .await;
+    let by_prefix = admin_c.request(ClientFrame::Kick(select(prefix))).await;
     assert_eq!(names(&by_prefix, "kicked"), ["yusuf"], "{by_prefix}");
-    assert_eq!(y.expect_close().await, (4001, "kicked".to_string()));
+    assert_eq!(y.expect_close().await, close_of(codes::KICKED));
     expect_left(&mut admin_c, "yusuf", &y_key.pubkey).await;
 
     // Zoe was never named so far: her socket is untouched.
     still_connected(&mut z).await;
-    let by_name = admin_c
-        .request(json!({"type": "kick", "target": "zoe"}))
-        .await;
+    let by_name = admin_c.request(ClientFrame::Kick(select("zoe"))).await;
     assert_eq!(names(&by_name, "kicked"), ["zoe"], "{by_name}");
-    assert_eq!(z.expect_close().await, (4001, "kicked".to_string()));
+    assert_eq!(z.expect_close().await, close_of(codes::KICKED));
     expect_left(&mut admin_c, "zoe", &z_key.pubkey).await;
 }
 
@@ -181,14 +178,19 @@ async fn kick_all_ends_everyone_but_the_callers_member() {
     let (mut carol_s, carol_key) = session_of(&b, &mesh, &carol).await;
     let mut dave_cp = control_plane_of(&b, &mesh, &dave).await;
 
-    let ack = admin_c.request(json!({"type": "kick", "all": true})).await;
+    let ack = admin_c
+        .request(ClientFrame::Kick(Selection {
+            all: Some(true),
+            ..Selection::default()
+        }))
+        .await;
     assert_eq!(ack["type"], "kick_ack", "{ack}");
     assert_eq!(names(&ack, "kicked"), ["bob", "carol"]);
     assert_eq!(names(&ack, "affected"), ["bob", "carol"]);
     assert_eq!(names(&ack, "skipped_control_plane"), ["dave"]);
 
-    assert_eq!(bob_s.expect_close().await, (4001, "kicked".to_string()));
-    assert_eq!(carol_s.expect_close().await, (4001, "kicked".to_string()));
+    assert_eq!(bob_s.expect_close().await, close_of(codes::KICKED));
+    assert_eq!(carol_s.expect_close().await, close_of(codes::KICKED));
     expect_left(&mut admin_c, "bob", &bob_key.pubkey).await;
     expect_left(&mut admin_c, "carol", &carol_key.pubkey).await;
     // The caller's own session and the skipped control-plane presence stay.
@@ -223,7 +225,10 @@ async fn kick_stale_selects_only_presences_without_a_recent_pong() {
 
     // An hour: nobody is that stale.
     let none = admin_c
-        .request(json!({"type": "kick", "stale": 3_600_000}))
+        .request(ClientFrame::Kick(Selection {
+            stale: Some(3_600_000),
+            ..Selection::default()
+        }))
         .await;
     assert_eq!(none["type"], "kick_ack", "{none}");
     assert!(names(&none, "kicked").is_empty(), "{none}");
@@ -232,16 +237,19 @@ async fn kick_stale_selects_only_presences_without_a_recent_pong() {
     // Two seconds: carol (silent) becomes stale; bob (answering pings) never does.
     let ack = eventually("carol to become stale", async || {
         let ack = admin_c
-            .request(json!({"type": "kick", "stale": 2000}))
+            .request(ClientFrame::Kick(Selection {
+                stale: Some(2000),
+                ..Selection::default()
+            }))
             .await;
         (!names(&ack, "kicked").is_empty()).then_some(ack)
     })
     .await;
     assert_eq!(names(&ack, "kicked"), ["carol"], "{ack}");
-    assert_eq!(carol_s.expect_close().await, (4001, "kicked".to_string()));
+    assert_eq!(carol_s.expect_close().await, close_of(codes::KICKED));
     expect_left(&mut admin_c, "carol", &carol_key.pubkey).await;
     assert!(!bob_reader.is_finished(), "bob's socket must stay open");
-    let peers = admin_c.request(json!({"type": "list_peers"})).await;
+    let peers = admin_c.request(ClientFrame::ListPeers).await;
     assert!(
         peers["peers"]
             .as_array()
@@ -262,47 +270,50 @@ async fn ban_closes_every_socket_4002_and_holds_until_unban() {
     let (mut bob_s, bob_key) = session_of(&b, &mesh, &bob).await;
 
     let ack = admin_c
-        .request(json!({"type": "ban", "target": "bob", "reason": "spam"}))
+        .request(ClientFrame::Ban(BanRequest {
+            target: "bob".into(),
+            reason: Some("spam".into()),
+        }))
         .await;
-    assert_eq!(ack["type"], "ban_ack", "{ack}");
-    assert_eq!(ack["banned"], "bob", "{ack}");
-    assert!(ack["_reqId"].is_string(), "{ack}");
-    assert_eq!(bob_cp.expect_close().await, (4002, "banned".to_string()));
-    assert_eq!(bob_s.expect_close().await, (4002, "banned".to_string()));
+    let ack: BanAck = parse(&ack);
+    assert_eq!(ack.banned, "bob", "{ack:?}");
+    assert!(ack.req_id.is_some(), "{ack:?}");
+    assert_eq!(bob_cp.expect_close().await, close_of(codes::BANNED));
+    assert_eq!(bob_s.expect_close().await, close_of(codes::BANNED));
     expect_left(&mut admin_c, "bob", &bob.identity.pubkey).await;
     expect_left(&mut admin_c, "bob", &bob_key.pubkey).await;
 
     // Every later handshake is refused: `hello` and `session_hello` alike.
     let (err, close) = refused(&b, bob.hello(&mesh, json!({}))).await;
     assert_eq!(err["code"], "revoked", "{err}");
-    assert_eq!(close, (4002, "banned".to_string()));
+    assert_eq!(close, close_of(codes::BANNED));
     let (err, close) = refused(
         &b,
         session_hello(&mesh, &bob.identity, &Identity::random(), json!({})),
     )
     .await;
     assert_eq!(err["code"], "revoked", "{err}");
-    assert_eq!(close, (4002, "banned".to_string()));
+    assert_eq!(close, close_of(codes::BANNED));
 
-    let list = admin_c.request(json!({"type": "list_bans"})).await;
-    assert_eq!(list["type"], "list_bans_result", "{list}");
-    let bans = list["bans"].as_array().unwrap();
-    assert_eq!(bans.len(), 1, "{list}");
-    assert_eq!(bans[0]["name"], "bob");
-    assert_eq!(bans[0]["pubkey"], bob.identity.pubkey.as_str());
-    let revoked_at = bans[0]["revokedAt"].as_str().unwrap();
+    let list: ListBansResult = parse(&admin_c.request(ClientFrame::ListBans).await);
+    let [ban] = &list.bans[..] else {
+        panic!("one ban: {list:?}")
+    };
+    assert_eq!(ban.name, "bob");
+    assert_eq!(ban.pubkey, bob.identity.pubkey);
+    let revoked_at = &ban.revoked_at;
     assert!(
         revoked_at.ends_with('Z') && revoked_at.contains('T'),
         "revokedAt is ISO 8601 UTC: {revoked_at}"
     );
 
     let ack = admin_c
-        .request(json!({"type": "unban", "target": "bob"}))
+        .request(ClientFrame::Unban(ban_request("bob")))
         .await;
-    assert_eq!(ack["type"], "unban_ack", "{ack}");
-    assert_eq!(ack["unbanned"], "bob", "{ack}");
-    let list = admin_c.request(json!({"type": "list_bans"})).await;
-    assert_eq!(list["bans"], json!([]), "{list}");
+    let ack: UnbanAck = parse(&ack);
+    assert_eq!(ack.unbanned, "bob", "{ack:?}");
+    let list: ListBansResult = parse(&admin_c.request(ClientFrame::ListBans).await);
+    assert_eq!(list.bans, [], "{list:?}");
     let (_bob_back, ack) = Client::join(&b.ws_url(), bob.hello(&mesh, json!({}))).await;
     assert!(ack["presenceId"].is_string(), "{ack}");
 }
@@ -313,13 +324,13 @@ async fn ban_by_pubkey_of_an_offline_member_refuses_its_next_hello() {
     let (mesh, _admin, mut admin_c) = mesh_with_admin(&b, "ban-offline").await;
     let eve = member(&b, &mesh, "eve", json!({}));
     let ack = admin_c
-        .request(json!({"type": "ban", "target": eve.identity.pubkey}))
+        .request(ClientFrame::Ban(ban_request(&eve.identity.pubkey)))
         .await;
     assert_eq!(ack["type"], "ban_ack", "{ack}");
     assert_eq!(ack["banned"], "eve", "{ack}");
     let (err, close) = refused(&b, eve.hello(&mesh, json!({}))).await;
     assert_eq!(err["code"], "revoked", "{err}");
-    assert_eq!(close, (4002, "banned".to_string()));
+    assert_eq!(close, close_of(codes::BANNED));
 }
 
 #[tokio::test]
@@ -328,24 +339,27 @@ async fn ban_refuses_the_caller_itself_and_unknown_targets() {
     let (mesh, admin, mut admin_c) = mesh_with_admin(&b, "ban-errors").await;
 
     admin_c
-        .send(json!({"type": "ban", "target": "admin", "_reqId": "self"}))
+        .send(Envelope {
+            req_id: Some("self".into()),
+            frame: ClientFrame::Ban(ban_request("admin")),
+        })
         .await;
     let err = admin_c.expect("error").await;
     assert_eq!(err["code"], "invalid", "{err}");
     assert_eq!(err["_reqId"], "self", "{err}");
     let err = admin_c
-        .request(json!({"type": "ban", "target": admin.identity.pubkey}))
+        .request(ClientFrame::Ban(ban_request(&admin.identity.pubkey)))
         .await;
     assert_eq!(err["code"], "invalid", "{err}");
 
     let err = admin_c
-        .request(json!({"type": "ban", "target": "nobody-by-that-name"}))
+        .request(ClientFrame::Ban(ban_request("nobody-by-that-name")))
         .await;
     assert_eq!(err["type"], "error", "{err}");
     assert_eq!(err["code"], "not_found", "{err}");
 
     // The caller was not banned by its own attempt: it still works and nothing is listed.
-    let list = admin_c.request(json!({"type": "list_bans"})).await;
+    let list = admin_c.request(ClientFrame::ListBans).await;
     assert_eq!(list["bans"], json!([]), "{list}");
     let (_again, _) = Client::join(&b.ws_url(), admin.hello(&mesh, json!({}))).await;
 }
@@ -360,20 +374,25 @@ async fn plain_members_are_forbidden_for_every_verb() {
     let (mut carol_s, _) = session_of(&b, &mesh, &carol).await;
 
     for (verb, frame) in [
+        ("disconnect", ClientFrame::Disconnect(select("carol"))),
+        ("kick", ClientFrame::Kick(select("carol"))),
         (
-            "disconnect",
-            json!({"type": "disconnect", "target": "carol"}),
+            "kick",
+            ClientFrame::Kick(Selection {
+                all: Some(true),
+                ..Selection::default()
+            }),
         ),
-        ("kick", json!({"type": "kick", "target": "carol"})),
-        ("kick", json!({"type": "kick", "all": true})),
-        ("ban", json!({"type": "ban", "target": "carol"})),
-        ("unban", json!({"type": "unban", "target": "carol"})),
-        ("list_bans", json!({"type": "list_bans"})),
+        ("ban", ClientFrame::Ban(ban_request("carol"))),
+        ("unban", ClientFrame::Unban(ban_request("carol"))),
+        ("list_bans", ClientFrame::ListBans),
     ] {
-        let mut frame = frame;
         let req_id = format!("r-{verb}");
-        frame["_reqId"] = json!(req_id);
-        bob_c.send(frame.clone()).await;
+        let frame = to_json(&Envelope {
+            req_id: Some(req_id.clone()),
+            frame,
+        });
+        bob_c.send(&frame).await;
         let err = bob_c.expect("error").await;
         assert_eq!(err["code"], "forbidden", "{frame} → {err}");
         assert_eq!(
@@ -399,32 +418,27 @@ async fn the_mesh_owner_may_moderate_without_the_admin_role() {
     let (mut bob_s, bob_key) = session_of(&b, &mesh, &bob).await;
     let mut carol_cp = control_plane_of(&b, &mesh, &carol).await;
 
-    let ack = owner_c
-        .request(json!({"type": "kick", "target": "bob"}))
-        .await;
+    let ack = owner_c.request(ClientFrame::Kick(select("bob"))).await;
     assert_eq!(ack["type"], "kick_ack", "{ack}");
     assert_eq!(names(&ack, "kicked"), ["bob"]);
-    assert_eq!(bob_s.expect_close().await, (4001, "kicked".to_string()));
+    assert_eq!(bob_s.expect_close().await, close_of(codes::KICKED));
     expect_left(&mut owner_c, "bob", &bob_key.pubkey).await;
 
     let ack = owner_c
-        .request(json!({"type": "disconnect", "target": "carol"}))
+        .request(ClientFrame::Disconnect(select("carol")))
         .await;
     assert_eq!(ack["type"], "disconnect_ack", "{ack}");
-    assert_eq!(
-        carol_cp.expect_close().await,
-        (1000, "disconnected".to_string())
-    );
+    assert_eq!(carol_cp.expect_close().await, close_of(codes::DISCONNECTED));
 
     let ack = owner_c
-        .request(json!({"type": "ban", "target": "carol"}))
+        .request(ClientFrame::Ban(ban_request("carol")))
         .await;
     assert_eq!(ack["banned"], "carol", "{ack}");
-    let list = owner_c.request(json!({"type": "list_bans"})).await;
+    let list = owner_c.request(ClientFrame::ListBans).await;
     assert_eq!(list["type"], "list_bans_result", "{list}");
     assert_eq!(list["bans"][0]["name"], "carol", "{list}");
     let ack = owner_c
-        .request(json!({"type": "unban", "target": "carol"}))
+        .request(ClientFrame::Unban(ban_request("carol")))
         .await;
     assert_eq!(ack["unbanned"], "carol", "{ack}");
 }

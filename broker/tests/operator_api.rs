@@ -546,7 +546,7 @@ async fn audit_chain_verifies_after_joins_and_a_message() {
 
 /// The status `observer` sees for the peer named `name`.
 async fn status_seen(observer: &mut Client, name: &str) -> Option<String> {
-    let peers = observer.request(json!({"type": "list_peers"})).await;
+    let peers = observer.request(ClientFrame::ListPeers).await;
     peers["peers"]
         .as_array()
         .unwrap()
@@ -602,7 +602,9 @@ async fn a_hook_never_clears_dnd() {
     let alice = member(&b, &mesh, "alice", json!({}));
     let (mut alice_c, _) = Client::join(&b.ws_url(), alice.hello(&mesh, json!({}))).await;
     alice_c
-        .send(json!({"type": "set_status", "status": "dnd"}))
+        .send(ClientFrame::SetStatus {
+            status: Status::Dnd,
+        })
         .await;
     assert_eq!(status_seen(&mut alice_c, "alice").await.unwrap(), "dnd");
 
@@ -620,8 +622,13 @@ async fn a_hook_never_clears_dnd() {
     }
     // Once the client itself leaves dnd, hooks apply again.
     alice_c
-        .send(json!({"type": "set_status", "status": "idle"}))
+        .send(ClientFrame::SetStatus {
+            status: Status::Idle,
+        })
         .await;
+    // The hook must not race the client's own change (frames are handled in order, so a
+    // list_peers answered idle comes after it).
+    assert_eq!(status_seen(&mut alice_c, "alice").await.unwrap(), "idle");
     let (code, _) = hook(
         &b,
         json!({"cwd": "/work", "pid": 4242, "status": "working"}),
@@ -785,7 +792,7 @@ async fn metrics_count_connections_routing_rejections_and_pushes() {
     let push = bc
         .expect_where("push", |v| v["ciphertext"] == "ZGlyZWN0")
         .await;
-    bc.send(json!({"type": "client_ack", "brokerMessageId": push["messageId"]}))
+    bc.send(client_ack(push["messageId"].as_str().unwrap()))
         .await;
     // A broadcast.
     let ack = a.send_msg("*", "next", "YnJvYWRjYXN0").await;

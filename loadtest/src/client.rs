@@ -6,10 +6,11 @@ use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use broker::protocol::{Priority, signing};
+use broker::protocol::frames::tag;
+use broker::protocol::{ClientAck, ClientFrame, Hello, PeerMeta, Priority, Send, signing};
 use futures_util::{SinkExt, StreamExt};
 use rand::RngExt;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -28,61 +29,62 @@ pub fn hello_frame(
     timestamp_ms: i64,
 ) -> String {
     let text = signing::hello_text(mesh_id, member_id, &identity.pubkey, timestamp_ms);
-    serde_json::json!({
-        "type": "hello",
-        "meshId": mesh_id,
-        "memberId": member_id,
-        "pubkey": identity.pubkey,
-        "sessionId": session_id,
-        "pid": std::process::id(),
-        "cwd": "/loadtest",
-        "peerType": "loadtest",
-        "timestamp": timestamp_ms,
-        "signature": signing::sign_hex(&identity.key, &text),
-    })
-    .to_string()
+    encode(&ClientFrame::Hello(Box::new(Hello {
+        mesh_id: mesh_id.to_string(),
+        member_id: member_id.to_string(),
+        pubkey: identity.pubkey.clone(),
+        session_pubkey: None,
+        timestamp: timestamp_ms.into(),
+        signature: signing::sign_hex(&identity.key, &text),
+        meta: PeerMeta {
+            session_id: Some(session_id.to_string()),
+            pid: Some(i64::from(std::process::id())),
+            cwd: Some("/loadtest".into()),
+            peer_type: Some("loadtest".into()),
+            ..PeerMeta::default()
+        },
+    })))
 }
 
-#[derive(Serialize)]
-struct SendFrame<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    #[serde(rename = "targetSpec")]
-    target_spec: &'a str,
-    priority: Priority,
-    nonce: &'a str,
-    ciphertext: &'a str,
-    client_message_id: &'a str,
-}
-
-/// A `send` to `target_spec` carrying `client_message_id`.
+/// A `send` to `target_spec` carrying `client_message_id`. Takes the strings by value:
+/// the hot path builds them for this frame only, so they move in without a copy.
 pub fn send_frame(
-    target_spec: &str,
+    target_spec: String,
     priority: Priority,
-    nonce: &str,
-    ciphertext: &str,
-    client_message_id: &str,
+    nonce: String,
+    ciphertext: String,
+    client_message_id: String,
 ) -> String {
-    serde_json::to_string(&SendFrame {
-        kind: "send",
+    encode(&ClientFrame::Send(Box::new(Send {
         target_spec,
         priority,
         nonce,
         ciphertext,
-        client_message_id,
-    })
-    .unwrap_or_default()
+        id: None,
+        client_message_id: Some(client_message_id),
+    })))
 }
 
 /// A `client_ack` of the broker message `broker_message_id`.
 pub fn client_ack_frame(broker_message_id: &str) -> String {
-    format!(
-        "{{\"type\":\"client_ack\",\"brokerMessageId\":{}}}",
-        serde_json::Value::from(broker_message_id)
-    )
+    encode(&ClientFrame::ClientAck(ClientAck {
+        client_message_id: None,
+        broker_message_id: Some(broker_message_id.to_string()),
+    }))
+}
+
+/// A client frame as text, through its serde derive (no `Value` in between). Frames
+/// without an `_reqId` are serialised bare, not inside an `Envelope`.
+fn encode(frame: &ClientFrame) -> String {
+    serde_json::to_string(frame).unwrap_or_default()
 }
 
 /// The fields of a broker frame the harness looks at; everything else is skipped.
+///
+/// A read view over the typed frames of `broker::protocol::frames` (`Ack`, `Push`,
+/// `ErrorFrame`, `HelloAck`), with their field names: one borrowing pass tells them apart
+/// on the hot path, where decoding into each typed frame would mean reading `type` first
+/// and allocating every field. The tests below parse frames the broker's types encode.
 #[derive(Debug, Deserialize)]
 pub struct InFrame<'a> {
     #[serde(rename = "type", borrow)]
@@ -195,8 +197,8 @@ pub async fn handshake(ws: &mut Ws, hello: String, within: Duration) -> Result<(
                         continue;
                     };
                     match f.kind.as_ref() {
-                        "hello_ack" => return Ok(()),
-                        "error" => {
+                        tag::HelloAck::TEXT => return Ok(()),
+                        tag::Error::TEXT => {
                             return Err(ConnectError::Refused(
                                 f.code.map(|c| c.into_owned()).unwrap_or_default(),
                             ));
@@ -262,7 +264,7 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use broker::protocol::{ClientMessage, Inbound, Push};
+    use broker::protocol::{Ack, ClientMessage, Inbound, Push};
     use rand::SeedableRng;
     use rand::rngs::SmallRng;
 
@@ -283,11 +285,11 @@ mod tests {
     #[test]
     fn send_and_client_ack_decode_as_the_broker_reads_them() {
         let frame = send_frame(
-            "ab".repeat(32).as_str(),
+            "ab".repeat(32),
             Priority::Now,
-            "bm9u",
-            "Y3Q=",
-            "r-1-2",
+            "bm9u".into(),
+            "Y3Q=".into(),
+            "r-1-2".into(),
         );
         let ClientMessage::Send(s) = Inbound::decode(frame.as_bytes()).expect("decodes").message
         else {
@@ -308,28 +310,38 @@ mod tests {
     #[test]
     fn a_broker_push_parses() {
         let bytes = broker::protocol::encode(&Push {
-            kind: "push",
-            message_id: "mid",
-            mesh_id: "mesh",
-            sender_pubkey: "spk",
-            sender_member_pubkey: "spk",
-            sender_name: "n",
+            kind: tag::Push,
+            message_id: "mid".into(),
+            mesh_id: "mesh".into(),
+            sender_pubkey: "spk".into(),
+            sender_member_pubkey: "spk".into(),
+            sender_name: "n".into(),
             priority: Priority::Next,
-            nonce: "no",
-            ciphertext: "ct",
+            nonce: "no".into(),
+            ciphertext: "ct".into(),
             created_at: "2026-01-01T00:00:00.000Z".into(),
-            client_message_id: Some("r-0-1"),
+            client_message_id: Some("r-0-1".into()),
         });
         let text = std::str::from_utf8(&bytes).expect("utf8");
         let f = InFrame::parse(text).expect("parses");
-        assert_eq!(f.kind, "push");
+        assert_eq!(f.kind, tag::Push::TEXT);
         assert_eq!(f.message_id.as_deref(), Some("mid"));
         assert_eq!(f.client_message_id.as_deref(), Some("r-0-1"));
         assert_eq!(f.ciphertext.as_deref(), Some("ct"));
         assert!(f.subtype.is_none());
-        let ack = InFrame::parse(r#"{"type":"ack","id":"r-0-1","messageId":"m","queued":true}"#)
-            .expect("parses");
+        let bytes = broker::protocol::encode(&Ack::queued("r-0-1", "m", None));
+        let ack = InFrame::parse(std::str::from_utf8(&bytes).expect("utf8")).expect("parses");
+        assert_eq!(ack.kind, tag::Ack::TEXT);
         assert_eq!((ack.id.as_deref(), ack.queued), (Some("r-0-1"), Some(true)));
+        assert_eq!(ack.message_id.as_deref(), Some("m"));
+        let bytes = broker::protocol::encode(&Ack::refused("r-0-2", "payload too large", None));
+        let ack = InFrame::parse(std::str::from_utf8(&bytes).expect("utf8")).expect("parses");
+        assert_eq!(ack.queued, Some(false));
+        assert_eq!(ack.error.as_deref(), Some("payload too large"));
+        let bytes = broker::protocol::error_frame("bad_signature", "no", None);
+        let err = InFrame::parse(std::str::from_utf8(&bytes).expect("utf8")).expect("parses");
+        assert_eq!(err.kind, tag::Error::TEXT);
+        assert_eq!(err.code.as_deref(), Some("bad_signature"));
     }
 
     #[test]

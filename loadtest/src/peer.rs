@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use broker::protocol::Priority;
+use broker::protocol::frames::tag;
 use crypto_box::SalsaBox;
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use hdrhistogram::Histogram;
@@ -314,13 +315,7 @@ impl Peer {
             1
         };
         self.sh.ledger().on_send(key, due, expected);
-        client::send_frame(
-            &target_spec,
-            self.sh.priority,
-            &nonce,
-            &ciphertext,
-            &client_id,
-        )
+        client::send_frame(target_spec, self.sh.priority, nonce, ciphertext, client_id)
     }
 
     /// Handles one text frame; returns the frames to write back (a `client_ack`).
@@ -330,7 +325,7 @@ impl Peer {
         };
         let now = self.sh.now_us();
         match f.kind.as_ref() {
-            "ack" => {
+            tag::Ack::TEXT => {
                 let Some(key) =
                     f.id.as_deref()
                         .and_then(|id| MsgKey::parse(&self.sh.run, id))
@@ -353,8 +348,8 @@ impl Peer {
                         .or_default() += 1;
                 }
             }
-            "push" => {
-                if f.subtype.as_deref() == Some("system") {
+            tag::Push::TEXT => {
+                if f.subtype.as_deref() == Some(tag::System::TEXT) {
                     self.sh.system_pushes.fetch_add(1, Ordering::Relaxed);
                     return;
                 }
@@ -377,7 +372,7 @@ impl Peer {
                     self.sh.open_failures.fetch_add(1, Ordering::Relaxed);
                 }
             }
-            "error" => {
+            tag::Error::TEXT => {
                 let code = f.code.as_deref().unwrap_or("?").to_string();
                 *self.sh.conn_stats().errors.entry(code).or_default() += 1;
             }

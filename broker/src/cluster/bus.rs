@@ -17,38 +17,50 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
+pub use crate::lifecycle::AfterClose;
 use crate::protocol::Priority;
 
-/// What to do with a presence after its socket is closed by a [`MeshEvent::Close`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AfterClose {
-    /// The presence enters lease grace (the client is expected back).
-    Grace,
-    /// The presence ends now, with `peer_left` (kick, ban).
-    End,
-}
-
 /// An event for the replicas that hold sockets of one mesh.
-#[derive(Debug, Clone)]
+///
+/// The serde derive *is* the wire format (see [`wire`]): a variant is tagged by `k`, its
+/// fields have the short names below, and a `Deliver`'s frame travels after the header as
+/// raw bytes. Adding an event is adding a variant here and its arm in the dispatcher.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "k")]
 pub enum MeshEvent {
     /// Push `frame` to these presences if connected here. `priority: None` is a system event
     /// and is never held back by a busy status.
+    #[serde(rename = "d")]
     Deliver {
+        #[serde(rename = "p", with = "shared_ids", default = "shared_ids::empty")]
         presence_ids: Arc<[String]>,
+        #[serde(rename = "r", default, skip_serializing_if = "Option::is_none")]
         priority: Option<Priority>,
+        /// Never inside the header: the raw frame follows it on the wire.
+        #[serde(skip)]
         frame: Bytes,
     },
     /// Queued direct messages are waiting for this member: drain its connections.
-    Doorbell { member_id: String },
+    #[serde(rename = "b")]
+    Doorbell {
+        #[serde(rename = "m")]
+        member_id: String,
+    },
     /// The mesh's members changed (enrolment, grants, ban): drop cached member rows.
+    #[serde(rename = "u")]
     MembersChanged,
     /// Close these connections (by connection id, so a reattached presence is not hit).
+    #[serde(rename = "c")]
     Close {
+        #[serde(rename = "p", default)]
         conn_ids: Vec<String>,
         code: u16,
+        #[serde(default)]
         reason: String,
+        #[serde(rename = "end", with = "end_flag", default = "end_flag::grace")]
         after: AfterClose,
     },
 }
@@ -62,6 +74,139 @@ impl MeshEvent {
             MeshEvent::Close { .. } => "close",
             MeshEvent::MembersChanged => "members_changed",
         }
+    }
+
+    /// The raw frame that travels after the header (empty for all but `Deliver`).
+    pub fn frame(&self) -> Bytes {
+        match self {
+            MeshEvent::Deliver { frame, .. } => frame.clone(),
+            _ => Bytes::new(),
+        }
+    }
+}
+
+/// `Arc<[String]>` as a JSON array (serde's `rc` feature is not enabled).
+mod shared_ids {
+    use std::sync::Arc;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(ids: &Arc<[String]>, s: S) -> Result<S::Ok, S::Error> {
+        ids[..].serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Arc<[String]>, D::Error> {
+        Ok(Vec::<String>::deserialize(d)?.into())
+    }
+
+    pub fn empty() -> Arc<[String]> {
+        Arc::from(Vec::new())
+    }
+}
+
+/// [`AfterClose`] as the boolean `end` of the wire format.
+mod end_flag {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use super::AfterClose;
+
+    pub fn serialize<S: Serializer>(after: &AfterClose, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bool(*after == AfterClose::End)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<AfterClose, D::Error> {
+        Ok(if bool::deserialize(d)? {
+            AfterClose::End
+        } else {
+            AfterClose::Grace
+        })
+    }
+
+    pub fn grace() -> AfterClose {
+        AfterClose::Grace
+    }
+}
+
+/// The one encoding of a bus message, derived from [`MeshEvent`]'s serde attributes and
+/// used by every backend (the memory bus round-trips each event through it, so a variant
+/// that does not survive the wire fails in single-node tests too).
+///
+/// A message is one compact JSON header line (`o` origin replica, `k` the variant and its
+/// fields, `t` the publisher's W3C traceparent), `\n`, then the raw frame bytes: a frame is
+/// encoded once by its publisher and never re-escaped. The field names are those of the
+/// earlier hand-written header, so replicas of either version understand each other during
+/// a rolling upgrade.
+pub mod wire {
+    use bytes::Bytes;
+    use serde::{Deserialize, Serialize};
+
+    use super::MeshEvent;
+
+    /// A decoded bus message.
+    #[derive(Debug)]
+    pub struct Envelope {
+        /// The replica (instance id) that published it.
+        pub origin: String,
+        /// W3C traceparent of the publishing span, so the trace continues on this side.
+        pub trace: Option<String>,
+        pub event: MeshEvent,
+    }
+
+    #[derive(Serialize)]
+    struct HeaderOut<'a> {
+        o: &'a str,
+        #[serde(flatten)]
+        event: &'a MeshEvent,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        t: Option<&'a str>,
+    }
+
+    #[derive(Deserialize)]
+    struct HeaderIn {
+        o: String,
+        #[serde(flatten)]
+        event: MeshEvent,
+        #[serde(default)]
+        t: Option<String>,
+    }
+
+    /// The header line alone (no newline, no frame).
+    pub fn header(origin: &str, event: &MeshEvent, trace: Option<&str>) -> Vec<u8> {
+        serde_json::to_vec(&HeaderOut {
+            o: origin,
+            event,
+            t: trace,
+        })
+        .unwrap_or_default()
+    }
+
+    /// Header, `\n`, frame.
+    pub fn encode(origin: &str, event: &MeshEvent, trace: Option<&str>) -> Vec<u8> {
+        let mut out = header(origin, event, trace);
+        out.push(b'\n');
+        if let MeshEvent::Deliver { frame, .. } = event {
+            out.extend_from_slice(frame);
+        }
+        out
+    }
+
+    /// A header and the frame that followed it (shared, not copied).
+    pub fn from_parts(header: &[u8], frame: Bytes) -> Option<Envelope> {
+        let HeaderIn { o, mut event, t } = serde_json::from_slice(header).ok()?;
+        if let MeshEvent::Deliver { frame: f, .. } = &mut event {
+            *f = frame;
+        }
+        Some(Envelope {
+            origin: o,
+            trace: t,
+            event,
+        })
+    }
+
+    /// A whole message as received; `None` when it is not one.
+    pub fn decode(payload: Bytes) -> Option<Envelope> {
+        let split = payload.iter().position(|b| *b == b'\n')?;
+        from_parts(&payload[..split], payload.slice(split + 1..))
     }
 }
 
@@ -120,8 +265,12 @@ impl Bus for MemoryBus {
             .unwrap_or_else(|p| p.into_inner())
             .contains(mesh_id);
         if subscribed {
+            // Through the one wire format, as any other backend would carry it (the frame
+            // is shared, not copied).
+            let envelope = wire::from_parts(&wire::header("", &event, None), event.frame())
+                .ok_or_else(|| BusError(format!("{} event does not encode", event.kind())))?;
             self.sink
-                .send((mesh_id.to_string(), event))
+                .send((mesh_id.to_string(), envelope.event))
                 .map_err(|_| BusError("hub has stopped".into()))?;
         }
         Ok(())

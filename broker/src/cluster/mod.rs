@@ -6,6 +6,5 @@
 
 pub mod bus;
 pub mod presence;
-pub mod reaper;
 pub mod redis_bus;
 pub mod redis_presence;

@@ -6,7 +6,7 @@
 //! reconnects, after which [`Bus::reconnects`] ticks and the replica re-syncs: it
 //! resubscribes, re-registers its presences and re-drains every session from the store.
 //!
-//! Wire format of a message: one JSON header line, `\n`, then the raw frame bytes.
+//! Wire format of a message: [`wire`] (one JSON header line, `\n`, then the raw frame bytes).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -16,13 +16,11 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, PushKind};
-use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::bus::{AfterClose, Bus, BusError, BusSink, MeshEvent};
-use crate::protocol::Priority;
+use super::bus::{Bus, BusError, BusSink, MeshEvent, wire};
 
 /// How often the probe checks pub/sub end to end.
 const PROBE_INTERVAL: Duration = Duration::from_millis(500);
@@ -30,135 +28,6 @@ const PROBE_INTERVAL: Duration = Duration::from_millis(500);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Slow probes in a row before pub/sub counts as broken (a busy replica is not a broken one).
 const SLOW_PROBES_TOLERATED: u32 = 3;
-
-#[derive(Debug, Serialize, Deserialize)]
-struct Header {
-    /// Origin node.
-    o: String,
-    /// `d` deliver, `b` doorbell, `c` close, `u` members changed.
-    k: char,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    p: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    r: Option<Priority>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    m: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    code: Option<u16>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    reason: Option<String>,
-    #[serde(default)]
-    end: bool,
-    /// W3C traceparent of the publishing span, so the trace continues on this side.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    t: Option<String>,
-}
-
-fn encode(origin: &str, event: &MeshEvent, trace: Option<String>) -> Vec<u8> {
-    let (mut header, frame): (Header, &[u8]) = match event {
-        MeshEvent::MembersChanged => (
-            Header {
-                o: origin.into(),
-                k: 'u',
-                p: vec![],
-                r: None,
-                m: None,
-                code: None,
-                reason: None,
-                end: false,
-                t: None,
-            },
-            &[],
-        ),
-        MeshEvent::Deliver {
-            presence_ids,
-            priority,
-            frame,
-        } => (
-            Header {
-                o: origin.into(),
-                k: 'd',
-                p: presence_ids.to_vec(),
-                r: *priority,
-                m: None,
-                code: None,
-                reason: None,
-                end: false,
-                t: None,
-            },
-            frame,
-        ),
-        MeshEvent::Doorbell { member_id } => (
-            Header {
-                o: origin.into(),
-                k: 'b',
-                p: vec![],
-                r: None,
-                m: Some(member_id.clone()),
-                code: None,
-                reason: None,
-                end: false,
-                t: None,
-            },
-            &[],
-        ),
-        MeshEvent::Close {
-            conn_ids,
-            code,
-            reason,
-            after,
-        } => (
-            Header {
-                o: origin.into(),
-                k: 'c',
-                p: conn_ids.clone(),
-                r: None,
-                m: None,
-                code: Some(*code),
-                reason: Some(reason.clone()),
-                end: *after == AfterClose::End,
-                t: None,
-            },
-            &[],
-        ),
-    };
-    header.t = trace;
-    let mut out = serde_json::to_vec(&header).unwrap_or_default();
-    out.push(b'\n');
-    out.extend_from_slice(frame);
-    out
-}
-
-/// Origin node, trace parent and event of a bus message.
-type Decoded = (String, Option<String>, MeshEvent);
-
-fn decode(payload: &[u8]) -> Option<Decoded> {
-    let split = payload.iter().position(|b| *b == b'\n')?;
-    let header: Header = serde_json::from_slice(&payload[..split]).ok()?;
-    let event = match header.k {
-        'd' => MeshEvent::Deliver {
-            presence_ids: header.p.into(),
-            priority: header.r,
-            frame: Bytes::copy_from_slice(&payload[split + 1..]),
-        },
-        'b' => MeshEvent::Doorbell {
-            member_id: header.m?,
-        },
-        'c' => MeshEvent::Close {
-            conn_ids: header.p,
-            code: header.code?,
-            reason: header.reason.unwrap_or_default(),
-            after: if header.end {
-                AfterClose::End
-            } else {
-                AfterClose::Grace
-            },
-        },
-        'u' => MeshEvent::MembersChanged,
-        _ => return None,
-    };
-    Some((header.o, header.t, event))
-}
 
 pub struct RedisBus {
     node_id: String,
@@ -190,7 +59,7 @@ impl RedisBus {
         sink: BusSink,
         stop: CancellationToken,
     ) -> Result<RedisBus, BusError> {
-        let (push_tx, mut push_rx) = mpsc::unbounded_channel();
+        let (push_tx, push_rx) = mpsc::unbounded_channel();
         let config = ConnectionManagerConfig::new()
             .set_push_sender(push_tx)
             .set_automatic_resubscription()
@@ -212,138 +81,27 @@ impl RedisBus {
 
         let healthy = Arc::new(AtomicBool::new(true));
         let (reconnect_tx, reconnects) = watch::channel(0u64);
-        let probes_seen = Arc::new(AtomicU64::new(0));
-        let disconnected = Arc::new(AtomicBool::new(false));
 
-        // Receive loop: pushes from Redis to the hub.
-        {
-            let (sink, node_id, probes_seen, disconnected, stop) = (
-                sink.clone(),
-                node_id.to_string(),
-                probes_seen.clone(),
-                disconnected.clone(),
-                stop.clone(),
-            );
-            let mesh_prefix = format!("{prefix}:mesh:");
-            tokio::spawn(async move {
-                loop {
-                    let push = tokio::select! {
-                        _ = stop.cancelled() => break,
-                        push = push_rx.recv() => match push { Some(p) => p, None => break },
-                    };
-                    match push.kind {
-                        PushKind::Disconnection => {
-                            debug!("redis pub/sub connection lost");
-                            disconnected.store(true, Ordering::Relaxed);
-                        }
-                        PushKind::Message => {
-                            let mut data = push.data.into_iter();
-                            let (Some(channel), Some(payload)) = (data.next(), data.next()) else {
-                                continue;
-                            };
-                            let (Ok(channel), Ok(payload)) = (
-                                redis::from_redis_value::<String>(channel),
-                                redis::from_redis_value::<Vec<u8>>(payload),
-                            ) else {
-                                continue;
-                            };
-                            if channel == node_channel {
-                                if let Ok(n) =
-                                    std::str::from_utf8(&payload).unwrap_or("").parse::<u64>()
-                                {
-                                    probes_seen.fetch_max(n, Ordering::Relaxed);
-                                }
-                                continue;
-                            }
-                            let Some(mesh_id) = channel.strip_prefix(&mesh_prefix) else {
-                                continue;
-                            };
-                            match decode(&payload) {
-                                Some((origin, _, _)) if origin == node_id => {}
-                                Some((_, trace, event)) => {
-                                    // Continues the publisher's trace on this replica.
-                                    let span = tracing::info_span!(
-                                        "bus.receive",
-                                        mesh_id,
-                                        kind = event.kind()
-                                    );
-                                    crate::telemetry::follow(&span, trace.as_deref());
-                                    span.in_scope(|| {
-                                        let _ = sink.send((mesh_id.to_string(), event));
-                                    });
-                                }
-                                None => warn!(channel, "undecodable bus message"),
-                            }
-                        }
-                        _ => {}
-                    }
-                }
-            });
-        }
-
-        // Probe loop: proves pub/sub end to end and notices recoveries.
-        {
-            let (mut publisher, healthy, probes_seen, disconnected, stop) = (
-                publisher.clone(),
-                healthy.clone(),
-                probes_seen.clone(),
-                disconnected.clone(),
-                stop.clone(),
-            );
-            let subscriber = subscriber.clone();
-            let node_channel = format!("{prefix}:node:{node_id}");
-            tokio::spawn(async move {
-                let mut n: u64 = 0;
-                let mut tick = tokio::time::interval(PROBE_INTERVAL);
-                // Consecutive probes that were published but did not come back in time.
-                let mut slow = 0u32;
-                // Set when events may have been lost (a dropped connection, a failed
-                // publish); cleared by the re-sync once pub/sub works again. A probe that is
-                // merely slow under load loses nothing and re-syncs nothing.
-                let mut needs_resync = false;
-                loop {
-                    tokio::select! {
-                        _ = stop.cancelled() => break,
-                        _ = tick.tick() => {}
-                    }
-                    n += 1;
-                    let sent = publisher
-                        .publish::<_, _, i64>(&node_channel, n.to_string())
-                        .await
-                        .is_ok();
-                    let deadline = tokio::time::Instant::now() + PROBE_TIMEOUT;
-                    let mut ok = false;
-                    while sent && tokio::time::Instant::now() < deadline {
-                        if probes_seen.load(Ordering::Relaxed) >= n {
-                            ok = true;
-                            break;
-                        }
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                    }
-                    if !ok {
-                        // The subscriber connection reconnects (and resubscribes) only when
-                        // it is used: nudge it.
-                        let mut sub = subscriber.lock().await;
-                        let _ = redis::cmd("PING")
-                            .query_async::<redis::Value>(&mut *sub)
-                            .await;
-                    }
-                    if !sent || disconnected.swap(false, Ordering::Relaxed) {
-                        needs_resync = true;
-                    }
-                    slow = if ok { 0 } else { slow + 1 };
-                    let healthy_now = ok || (sent && slow < SLOW_PROBES_TOLERATED);
-                    let was = healthy.swap(healthy_now, Ordering::Relaxed);
-                    if ok && needs_resync {
-                        needs_resync = false;
-                        info!("redis pub/sub is back: re-syncing this replica");
-                        reconnect_tx.send_modify(|v| *v += 1);
-                    } else if !healthy_now && was {
-                        warn!("redis pub/sub probe failed");
-                    }
-                }
-            });
-        }
+        let state = LoopState {
+            node_channel,
+            probes_seen: Arc::new(AtomicU64::new(0)),
+            disconnected: Arc::new(AtomicBool::new(false)),
+            stop,
+        };
+        tokio::spawn(receive_loop(
+            state.clone(),
+            push_rx,
+            sink.clone(),
+            node_id.to_string(),
+            format!("{prefix}:mesh:"),
+        ));
+        tokio::spawn(probe_loop(
+            state,
+            publisher.clone(),
+            subscriber.clone(),
+            healthy.clone(),
+            reconnect_tx,
+        ));
 
         Ok(RedisBus {
             node_id: node_id.to_string(),
@@ -361,6 +119,133 @@ impl RedisBus {
     }
 }
 
+/// What the receive and probe loops of one [`RedisBus`] share.
+#[derive(Clone)]
+struct LoopState {
+    /// This replica's own channel, where its probes travel.
+    node_channel: String,
+    /// The highest probe number the receive loop has seen.
+    probes_seen: Arc<AtomicU64>,
+    /// Set by the receive loop when the subscriber connection dropped.
+    disconnected: Arc<AtomicBool>,
+    stop: CancellationToken,
+}
+
+/// Receive loop: pushes from Redis to the hub (and probes to the probe loop).
+async fn receive_loop(
+    state: LoopState,
+    mut push_rx: mpsc::UnboundedReceiver<redis::PushInfo>,
+    sink: BusSink,
+    node_id: String,
+    mesh_prefix: String,
+) {
+    loop {
+        let push = tokio::select! {
+            _ = state.stop.cancelled() => break,
+            push = push_rx.recv() => match push { Some(p) => p, None => break },
+        };
+        match push.kind {
+            PushKind::Disconnection => {
+                debug!("redis pub/sub connection lost");
+                state.disconnected.store(true, Ordering::Relaxed);
+            }
+            PushKind::Message => {
+                let mut data = push.data.into_iter();
+                let (Some(channel), Some(payload)) = (data.next(), data.next()) else {
+                    continue;
+                };
+                let (Ok(channel), Ok(payload)) = (
+                    redis::from_redis_value::<String>(channel),
+                    redis::from_redis_value::<Vec<u8>>(payload),
+                ) else {
+                    continue;
+                };
+                if channel == state.node_channel {
+                    if let Ok(n) = std::str::from_utf8(&payload).unwrap_or("").parse::<u64>() {
+                        state.probes_seen.fetch_max(n, Ordering::Relaxed);
+                    }
+                    continue;
+                }
+                let Some(mesh_id) = channel.strip_prefix(&mesh_prefix) else {
+                    continue;
+                };
+                match wire::decode(Bytes::from(payload)) {
+                    Some(env) if env.origin == node_id => {}
+                    Some(wire::Envelope { trace, event, .. }) => {
+                        // Continues the publisher's trace on this replica.
+                        let span = tracing::info_span!("bus.receive", mesh_id, kind = event.kind());
+                        crate::telemetry::follow(&span, trace.as_deref());
+                        span.in_scope(|| {
+                            let _ = sink.send((mesh_id.to_string(), event));
+                        });
+                    }
+                    None => warn!(channel, "undecodable bus message"),
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Probe loop: proves pub/sub end to end and notices recoveries.
+async fn probe_loop(
+    state: LoopState,
+    mut publisher: ConnectionManager,
+    subscriber: Arc<Mutex<ConnectionManager>>,
+    healthy: Arc<AtomicBool>,
+    reconnect_tx: watch::Sender<u64>,
+) {
+    let mut n: u64 = 0;
+    let mut tick = tokio::time::interval(PROBE_INTERVAL);
+    // Consecutive probes that were published but did not come back in time.
+    let mut slow = 0u32;
+    // Set when events may have been lost (a dropped connection, a failed
+    // publish); cleared by the re-sync once pub/sub works again. A probe that is
+    // merely slow under load loses nothing and re-syncs nothing.
+    let mut needs_resync = false;
+    loop {
+        tokio::select! {
+            _ = state.stop.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        n += 1;
+        let sent = publisher
+            .publish::<_, _, i64>(&state.node_channel, n.to_string())
+            .await
+            .is_ok();
+        let deadline = tokio::time::Instant::now() + PROBE_TIMEOUT;
+        let mut ok = false;
+        while sent && tokio::time::Instant::now() < deadline {
+            if state.probes_seen.load(Ordering::Relaxed) >= n {
+                ok = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if !ok {
+            // The subscriber connection reconnects (and resubscribes) only when
+            // it is used: nudge it.
+            let mut sub = subscriber.lock().await;
+            let _ = redis::cmd("PING")
+                .query_async::<redis::Value>(&mut *sub)
+                .await;
+        }
+        if !sent || state.disconnected.swap(false, Ordering::Relaxed) {
+            needs_resync = true;
+        }
+        slow = if ok { 0 } else { slow + 1 };
+        let healthy_now = ok || (sent && slow < SLOW_PROBES_TOLERATED);
+        let was = healthy.swap(healthy_now, Ordering::Relaxed);
+        if ok && needs_resync {
+            needs_resync = false;
+            info!("redis pub/sub is back: re-syncing this replica");
+            reconnect_tx.send_modify(|v| *v += 1);
+        } else if !healthy_now && was {
+            warn!("redis pub/sub probe failed");
+        }
+    }
+}
+
 #[async_trait]
 impl Bus for RedisBus {
     fn kind(&self) -> &'static str {
@@ -368,10 +253,10 @@ impl Bus for RedisBus {
     }
 
     async fn publish(&self, mesh_id: &str, event: MeshEvent) -> Result<(), BusError> {
-        let payload = encode(
+        let payload = wire::encode(
             &self.node_id,
             &event,
-            crate::telemetry::current_traceparent(),
+            crate::telemetry::current_traceparent().as_deref(),
         );
         // Local sockets get it now, whatever happens to Redis.
         let _ = self.sink.send((mesh_id.to_string(), event));
@@ -408,6 +293,16 @@ impl Bus for RedisBus {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster::bus::AfterClose;
+    use crate::protocol::Priority;
+
+    fn decode(payload: Vec<u8>) -> Option<(String, Option<String>, MeshEvent)> {
+        wire::decode(Bytes::from(payload)).map(|e| (e.origin, e.trace, e.event))
+    }
+
+    fn encode(origin: &str, event: &MeshEvent, trace: Option<&str>) -> Vec<u8> {
+        wire::encode(origin, event, trace)
+    }
 
     #[test]
     fn events_survive_the_wire_format() {
@@ -417,7 +312,7 @@ mod tests {
             priority: Some(Priority::Low),
             frame: frame.clone(),
         };
-        let (origin, _, back) = decode(&encode("n1", &e, None)).expect("decodes");
+        let (origin, _, back) = decode(encode("n1", &e, None)).expect("decodes");
         assert_eq!(origin, "n1");
         match back {
             MeshEvent::Deliver {
@@ -433,28 +328,28 @@ mod tests {
         }
         let e = MeshEvent::Close {
             conn_ids: vec!["n/1".into()],
-            code: 4001,
-            reason: "kicked".into(),
+            code: crate::protocol::codes::KICKED.code,
+            reason: crate::protocol::codes::KICKED.reason.into(),
             after: AfterClose::End,
         };
         assert!(matches!(
-            decode(&encode("n1", &e, None)),
+            decode(encode("n1", &e, None)),
             Some((
                 _,
                 _,
                 MeshEvent::Close {
-                    code: 4001,
+                    code,
                     after: AfterClose::End,
                     ..
                 }
-            ))
+            )) if code == crate::protocol::codes::KICKED.code
         ));
         let e = MeshEvent::Doorbell {
             member_id: "m".into(),
         };
         assert!(
-            matches!(decode(&encode("n1", &e, None)), Some((_, _, MeshEvent::Doorbell { member_id })) if member_id == "m")
+            matches!(decode(encode("n1", &e, None)), Some((_, _, MeshEvent::Doorbell { member_id })) if member_id == "m")
         );
-        assert!(decode(b"garbage").is_none());
+        assert!(decode(b"garbage".to_vec()).is_none());
     }
 }

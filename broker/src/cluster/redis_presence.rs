@@ -207,6 +207,9 @@ impl RedisPresence {
         gated: bool,
     ) -> PresenceResult<Vec<PresenceRecord>> {
         let mut c = self.conn.clone();
+        // Compared with the epoch known *before* the read: a heartbeat that learns the
+        // first epoch while this read is in flight is not a change of epoch.
+        let known_before = self.epoch_state().known.clone();
         let (mut records, mut owners, epoch): (
             HashMap<String, String>,
             HashMap<String, String>,
@@ -220,7 +223,7 @@ impl RedisPresence {
             .map_err(err)?;
         if gated {
             let mut st = self.epoch_state();
-            if st.known.is_some() && st.known != epoch {
+            if known_before.is_some() && known_before != epoch {
                 st.pending = true;
             }
             if st.pending {
@@ -502,6 +505,7 @@ impl Presence for RedisPresence {
         // Reading the epoch proves Redis answers and notices a restart at once: readiness
         // must not say 200 between a data loss and the next heartbeat.
         let mut c = self.conn.clone();
+        let known_before = self.epoch_state().known.clone();
         let Ok(epoch) = c
             .get::<_, Option<String>>(self.key("epoch", "current"))
             .await
@@ -509,7 +513,7 @@ impl Presence for RedisPresence {
             return false;
         };
         let mut st = self.epoch_state();
-        if st.known.is_some() && st.known != epoch {
+        if known_before.is_some() && known_before != epoch {
             st.pending = true;
             return false;
         }

@@ -1,15 +1,21 @@
 //! The wire protocol: typed client frames, broker frames and their codecs.
 //!
 //! This layer turns bytes into typed messages and back; it knows no sockets, no tokio and
-//! no state, so the load tester and the tests reuse it as it is.
+//! no state, so the load tester and the tests reuse it as it is. It is the one owner of
+//! the wire: client frames ([`ClientFrame`] in an [`Envelope`], decoded by
+//! [`Inbound::decode`]), broker frames ([`frames`]), and every close and error code
+//! ([`codes`]). Each frame type is `Serialize` and `Deserialize`, so a test client builds
+//! a `send` and parses a `hello_ack` with the same types the broker uses.
 
 pub mod audit;
+pub mod codes;
+pub mod frames;
 pub mod signing;
 pub mod target;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
 /// Message priority of a `send`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -65,30 +71,30 @@ pub struct Group {
 }
 
 /// Descriptive fields shared by `hello` and `session_hello`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PeerMeta {
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub display_name: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_id: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid: Option<i64>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cwd: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hostname: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peer_type: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub channel: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub groups: Option<Vec<Group>>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Hello {
     #[serde(default)]
@@ -97,7 +103,7 @@ pub struct Hello {
     pub member_id: String,
     #[serde(default)]
     pub pubkey: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_pubkey: Option<String>,
     /// Kept as JSON so that a non-integer is a `timestamp_skew`, not a parse error.
     #[serde(default)]
@@ -108,7 +114,7 @@ pub struct Hello {
     pub meta: PeerMeta,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Attestation {
     #[serde(default)]
@@ -121,18 +127,18 @@ pub struct Attestation {
     pub signature: String,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SessionHello {
     #[serde(default)]
     pub mesh_id: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent_member_id: Option<String>,
     #[serde(default)]
     pub parent_member_pubkey: String,
     #[serde(default)]
     pub session_pubkey: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent_attestation: Option<Attestation>,
     #[serde(default)]
     pub timestamp: Value,
@@ -142,7 +148,7 @@ pub struct SessionHello {
     pub meta: PeerMeta,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Send {
     #[serde(rename = "targetSpec")]
     pub target_spec: String,
@@ -152,37 +158,37 @@ pub struct Send {
     pub nonce: String,
     #[serde(default)]
     pub ciphertext: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_message_id: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ClientAck {
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_message_id: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub broker_message_id: Option<String>,
 }
 
 /// Who a `disconnect` or `kick` selects.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Selection {
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stale: Option<u64>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub all: Option<bool>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BanRequest {
     #[serde(default)]
     pub target: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
 }
 
@@ -211,6 +217,118 @@ pub enum ClientMessage {
     Unknown(String),
 }
 
+/// The profile fields of a `set_profile`; a field sent as `null` is kept as `null`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ProfileFields {
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub avatar: Option<Value>,
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub title: Option<Value>,
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub bio: Option<Value>,
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub capabilities: Option<Value>,
+}
+
+impl ProfileFields {
+    fn into_map(self) -> Map<String, Value> {
+        let fields = [
+            ("avatar", self.avatar),
+            ("title", self.title),
+            ("bio", self.bio),
+            ("capabilities", self.capabilities),
+        ];
+        fields
+            .into_iter()
+            .filter_map(|(k, v)| Some((k.to_string(), v?)))
+            .collect()
+    }
+}
+
+/// A field that is present is `Some`, even when it is `null`.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
+}
+
+/// `_reqId` as the broker echoes it: a string, or a number as its text; anything else is
+/// no correlation id.
+fn req_id_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(match Value::deserialize(d)? {
+        Value::String(s) => Some(s),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    })
+}
+
+/// A client frame as it is on the wire, tagged by its `type`: what [`Inbound::decode`]
+/// reads, and what a test client or the load tester serialises (inside an [`Envelope`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientFrame {
+    Hello(Box<Hello>),
+    SessionHello(Box<SessionHello>),
+    Send(Box<Send>),
+    ClientAck(ClientAck),
+    ListPeers,
+    SetStatus {
+        status: Status,
+    },
+    SetSummary {
+        summary: String,
+    },
+    SetVisible {
+        visible: bool,
+    },
+    SetProfile(ProfileFields),
+    SetStats {
+        /// Must be an object; anything else is refused `malformed`.
+        #[serde(default)]
+        stats: Value,
+    },
+    JoinGroup(Group),
+    LeaveGroup {
+        name: String,
+    },
+    Disconnect(Selection),
+    Kick(Selection),
+    Ban(BanRequest),
+    Unban(BanRequest),
+    ListBans,
+    /// Any other `type` (its text is read again, on this path only).
+    #[serde(other, skip_serializing)]
+    Unknown,
+}
+
+/// A client frame with its correlation id, as one JSON object.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Envelope {
+    #[serde(
+        rename = "_reqId",
+        default,
+        deserialize_with = "req_id_text",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub req_id: Option<String>,
+    #[serde(flatten)]
+    pub frame: ClientFrame,
+}
+
 /// One decoded client frame with its correlation id.
 #[derive(Debug, Clone)]
 pub struct Inbound {
@@ -228,174 +346,112 @@ pub struct DecodeError {
     pub message: String,
 }
 
+/// The two fields read again from a frame that did not decode (or of an unknown type),
+/// skipping everything else without building it.
+#[derive(Deserialize)]
+struct Head {
+    #[serde(rename = "type", default)]
+    kind: Option<Value>,
+    #[serde(rename = "_reqId", default, deserialize_with = "req_id_text")]
+    req_id: Option<String>,
+}
+
 impl Inbound {
-    /// Decodes one text frame.
+    /// Decodes one text frame in one pass, straight into its typed frame. Only a frame
+    /// that fails (or has an unknown `type`) is looked at again, to explain itself.
     pub fn decode(text: &[u8]) -> Result<Inbound, DecodeError> {
-        let value: Value = serde_json::from_slice(text).map_err(|e| DecodeError {
-            req_id: None,
-            kind: None,
-            message: format!("frame is not JSON: {e}"),
-        })?;
-        let Value::Object(mut obj) = value else {
-            return Err(DecodeError {
-                req_id: None,
-                kind: None,
-                message: "frame is not a JSON object".into(),
-            });
-        };
-        let req_id = match obj.remove("_reqId") {
-            Some(Value::String(s)) => Some(s),
-            Some(Value::Number(n)) => Some(n.to_string()),
-            _ => None,
-        };
-        let kind = match obj.get("type") {
-            Some(Value::String(s)) => s.clone(),
-            _ => {
+        let (req_id, frame) = match serde_json::from_slice::<Envelope>(text) {
+            Ok(Envelope {
+                req_id,
+                frame: ClientFrame::Unknown,
+            }) => {
+                let kind = Self::head(text)?.1;
+                return Ok(Inbound {
+                    req_id,
+                    message: ClientMessage::Unknown(kind),
+                });
+            }
+            Ok(e) => (e.req_id, e.frame),
+            Err(e) => {
+                let (req_id, kind) = Self::head(text)?;
                 return Err(DecodeError {
                     req_id,
-                    kind: None,
-                    message: "frame has no string \"type\"".into(),
+                    message: format!("invalid {kind}: {e}"),
+                    kind: Some(kind),
                 });
             }
         };
-        let fail = |e: serde_json::Error| DecodeError {
-            req_id: req_id.clone(),
-            kind: Some(kind.clone()),
-            message: format!("invalid {kind}: {e}"),
-        };
-        let obj = Value::Object(obj);
-        let field = |name: &str| obj.get(name).cloned().unwrap_or(Value::Null);
-        let message = match kind.as_str() {
-            "hello" => {
-                ClientMessage::Hello(Box::new(serde_json::from_value(obj.clone()).map_err(fail)?))
-            }
-            "session_hello" => ClientMessage::SessionHello(Box::new(
-                serde_json::from_value(obj.clone()).map_err(fail)?,
-            )),
-            "send" => {
-                ClientMessage::Send(Box::new(serde_json::from_value(obj.clone()).map_err(fail)?))
-            }
-            "client_ack" => {
-                ClientMessage::ClientAck(serde_json::from_value(obj.clone()).map_err(fail)?)
-            }
-            "list_peers" => ClientMessage::ListPeers,
-            "set_status" => {
-                ClientMessage::SetStatus(serde_json::from_value(field("status")).map_err(fail)?)
-            }
-            "set_summary" => {
-                ClientMessage::SetSummary(serde_json::from_value(field("summary")).map_err(fail)?)
-            }
-            "set_visible" => {
-                ClientMessage::SetVisible(serde_json::from_value(field("visible")).map_err(fail)?)
-            }
-            "set_profile" => {
-                let mut profile = Map::new();
-                for key in ["avatar", "title", "bio", "capabilities"] {
-                    if let Some(v) = obj.get(key) {
-                        profile.insert(key.to_string(), v.clone());
-                    }
-                }
-                ClientMessage::SetProfile(profile)
-            }
-            "set_stats" => match field("stats") {
+        let message = match frame {
+            ClientFrame::Hello(h) => ClientMessage::Hello(h),
+            ClientFrame::SessionHello(h) => ClientMessage::SessionHello(h),
+            ClientFrame::Send(s) => ClientMessage::Send(s),
+            ClientFrame::ClientAck(a) => ClientMessage::ClientAck(a),
+            ClientFrame::ListPeers => ClientMessage::ListPeers,
+            ClientFrame::SetStatus { status } => ClientMessage::SetStatus(status),
+            ClientFrame::SetSummary { summary } => ClientMessage::SetSummary(summary),
+            ClientFrame::SetVisible { visible } => ClientMessage::SetVisible(visible),
+            ClientFrame::SetProfile(p) => ClientMessage::SetProfile(p.into_map()),
+            ClientFrame::SetStats { stats } => match stats {
                 v @ Value::Object(_) => ClientMessage::SetStats(v),
                 _ => {
                     return Err(DecodeError {
                         req_id,
-                        kind: Some(kind),
+                        kind: Some("set_stats".into()),
                         message: "invalid set_stats: stats must be an object".into(),
                     });
                 }
             },
-            "join_group" => {
-                ClientMessage::JoinGroup(serde_json::from_value(obj.clone()).map_err(fail)?)
-            }
-            "leave_group" => {
-                ClientMessage::LeaveGroup(serde_json::from_value(field("name")).map_err(fail)?)
-            }
-            "disconnect" => {
-                ClientMessage::Disconnect(serde_json::from_value(obj.clone()).map_err(fail)?)
-            }
-            "kick" => ClientMessage::Kick(serde_json::from_value(obj.clone()).map_err(fail)?),
-            "ban" => ClientMessage::Ban(serde_json::from_value(obj.clone()).map_err(fail)?),
-            "unban" => ClientMessage::Unban(serde_json::from_value(obj.clone()).map_err(fail)?),
-            "list_bans" => ClientMessage::ListBans,
-            _ => ClientMessage::Unknown(kind),
+            ClientFrame::JoinGroup(g) => ClientMessage::JoinGroup(g),
+            ClientFrame::LeaveGroup { name } => ClientMessage::LeaveGroup(name),
+            ClientFrame::Disconnect(s) => ClientMessage::Disconnect(s),
+            ClientFrame::Kick(s) => ClientMessage::Kick(s),
+            ClientFrame::Ban(b) => ClientMessage::Ban(b),
+            ClientFrame::Unban(b) => ClientMessage::Unban(b),
+            ClientFrame::ListBans => ClientMessage::ListBans,
+            ClientFrame::Unknown => unreachable!("handled above"),
         };
         Ok(Inbound { req_id, message })
     }
+
+    /// `_reqId` and `type` of a frame that is a JSON object with a string `type`, else the
+    /// error that says what it is not.
+    fn head(text: &[u8]) -> Result<(Option<String>, String), DecodeError> {
+        let fail = |req_id, message: String| DecodeError {
+            req_id,
+            kind: None,
+            message,
+        };
+        if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(text) {
+            return Err(fail(None, format!("frame is not JSON: {e}")));
+        }
+        // (A struct also deserialises from an array: only an object is a frame.)
+        let head = match text.trim_ascii_start().first() {
+            Some(b'{') => serde_json::from_slice::<Head>(text).ok(),
+            _ => None,
+        };
+        let head = head.ok_or_else(|| fail(None, "frame is not a JSON object".into()))?;
+        match head.kind {
+            Some(Value::String(kind)) => Ok((head.req_id, kind)),
+            _ => Err(fail(head.req_id, "frame has no string \"type\"".into())),
+        }
+    }
 }
 
-/// A `push` of a direct, broadcast or group message.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Push<'a> {
-    #[serde(rename = "type")]
-    pub kind: &'static str,
-    pub message_id: &'a str,
-    pub mesh_id: &'a str,
-    pub sender_pubkey: &'a str,
-    pub sender_member_pubkey: &'a str,
-    pub sender_name: &'a str,
-    pub priority: Priority,
-    pub nonce: &'a str,
-    pub ciphertext: &'a str,
-    pub created_at: String,
-    #[serde(rename = "client_message_id", skip_serializing_if = "Option::is_none")]
-    pub client_message_id: Option<&'a str>,
-}
-
-/// The reply to a `send`, `set_visible` or `set_profile`.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Ack<'a> {
-    #[serde(rename = "type")]
-    pub kind: &'static str,
-    pub id: &'a str,
-    pub message_id: &'a str,
-    pub queued: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<&'a str>,
-    #[serde(rename = "_reqId", skip_serializing_if = "Option::is_none")]
-    pub req_id: Option<&'a str>,
-}
+pub use frames::{Ack, ErrorFrame, Push, SystemPush};
 
 /// Encodes any serialisable frame; frames are small plain data, so this cannot fail.
 pub fn encode<T: Serialize>(frame: &T) -> Bytes {
     Bytes::from(serde_json::to_vec(frame).unwrap_or_else(|_| b"{}".to_vec()))
 }
 
-/// Adds `_reqId` to a JSON object frame when the request carried one.
-pub fn with_req_id(mut frame: Value, req_id: Option<&str>) -> Value {
-    if let (Some(id), Value::Object(map)) = (req_id, &mut frame) {
-        map.insert("_reqId".into(), Value::String(id.to_string()));
-    }
-    frame
-}
-
 /// `error{code, message, _reqId?}`.
 pub fn error_frame(code: &str, message: &str, req_id: Option<&str>) -> Bytes {
-    encode(&with_req_id(
-        json!({"type": "error", "code": code, "message": message}),
-        req_id,
-    ))
+    encode(&ErrorFrame::new(code, message, req_id))
 }
 
 /// A `push` with `subtype:"system"` for the events of spec §4.2.
 pub fn system_push(mesh_id: &str, event: &str, data: Value, created_at_ms: i64) -> Bytes {
-    encode(&json!({
-        "type": "push",
-        "subtype": "system",
-        "event": event,
-        "eventData": data,
-        "messageId": crate::ids::random_id(24),
-        "meshId": mesh_id,
-        "senderPubkey": "system",
-        "priority": "low",
-        "nonce": "",
-        "ciphertext": "",
-        "createdAt": crate::ids::iso8601_ms(created_at_ms),
-    }))
+    encode(&SystemPush::new(mesh_id, event, data, created_at_ms))
 }
 
 #[cfg(test)]
@@ -461,18 +517,76 @@ mod tests {
     }
 
     #[test]
-    fn ack_omits_absent_fields() {
-        let bytes = encode(&Ack {
-            kind: "ack",
-            id: "",
-            message_id: "m",
-            queued: true,
-            error: None,
-            req_id: None,
-        });
+    fn decode_keeps_null_profile_fields_and_refuses_bad_stats() {
+        let f = br#"{"type":"set_profile","title":"Dr","bio":null,"other":1}"#;
+        let ClientMessage::SetProfile(p) = Inbound::decode(f).expect("decodes").message else {
+            panic!("not a set_profile")
+        };
         assert_eq!(
-            &bytes[..],
-            br#"{"type":"ack","id":"","messageId":"m","queued":true}"#
+            Value::Object(p),
+            serde_json::json!({"title": "Dr", "bio": null})
+        );
+        let e = Inbound::decode(br#"{"type":"set_stats","stats":3,"_reqId":7}"#).unwrap_err();
+        assert_eq!(e.req_id.as_deref(), Some("7"));
+        assert_eq!(e.message, "invalid set_stats: stats must be an object");
+        let e = Inbound::decode(br#"{"type":"set_stats"}"#).unwrap_err();
+        assert_eq!(e.message, "invalid set_stats: stats must be an object");
+    }
+
+    #[test]
+    fn decode_errors_say_what_the_frame_is_not() {
+        let e = Inbound::decode(b"[1,2]").unwrap_err();
+        assert_eq!(e.message, "frame is not a JSON object");
+        assert_eq!(e.req_id, None);
+        let e = Inbound::decode(br#"{"type":7,"_reqId":"q"}"#).unwrap_err();
+        assert_eq!(e.message, "frame has no string \"type\"");
+        assert_eq!(e.req_id.as_deref(), Some("q"));
+        let e = Inbound::decode(br#"{"type":"send","_reqId":"s"}"#).unwrap_err();
+        assert!(e.message.starts_with("invalid send: "), "{}", e.message);
+        assert_eq!(e.kind.as_deref(), Some("send"));
+        assert_eq!(e.req_id.as_deref(), Some("s"));
+        // A `_reqId` that is neither string nor number is no correlation id.
+        let i = Inbound::decode(br#"{"type":"list_peers","_reqId":true}"#).expect("decodes");
+        assert_eq!(i.req_id, None);
+        let i = Inbound::decode(br#"{"_reqId":12,"type":"frobnicate"}"#).expect("decodes");
+        assert_eq!(i.req_id.as_deref(), Some("12"));
+        assert!(matches!(i.message, ClientMessage::Unknown(t) if t == "frobnicate"));
+    }
+
+    #[test]
+    fn client_frames_serialise_to_what_decode_reads() {
+        let frame = Envelope {
+            req_id: Some("r9".into()),
+            frame: ClientFrame::Send(Box::new(Send {
+                target_spec: "*".into(),
+                priority: Priority::Low,
+                nonce: "bg==".into(),
+                ciphertext: "Y3Q=".into(),
+                id: None,
+                client_message_id: Some("c1".into()),
+            })),
+        };
+        let v: Value = serde_json::from_slice(&encode(&frame)).expect("JSON");
+        assert_eq!(
+            v,
+            serde_json::json!({"type": "send", "_reqId": "r9", "targetSpec": "*", "priority": "low",
+                "nonce": "bg==", "ciphertext": "Y3Q=", "client_message_id": "c1"})
+        );
+        let inbound = Inbound::decode(&encode(&frame)).expect("decodes");
+        assert_eq!(inbound.req_id.as_deref(), Some("r9"));
+        assert!(
+            matches!(inbound.message, ClientMessage::Send(s) if s.client_message_id.as_deref() == Some("c1"))
+        );
+        let v: Value = serde_json::from_slice(&encode(&Envelope {
+            req_id: None,
+            frame: ClientFrame::SetStatus {
+                status: Status::Dnd,
+            },
+        }))
+        .expect("JSON");
+        assert_eq!(
+            v,
+            serde_json::json!({"type": "set_status", "status": "dnd"})
         );
     }
 }

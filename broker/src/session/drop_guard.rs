@@ -6,30 +6,25 @@ use crate::cluster::bus::AfterClose;
 /// The drop guard of an attached session: a session task that ends without detaching
 /// (it panicked, or its future was dropped mid-await) must leave no ghost presence, so
 /// the drop closes the socket and runs the detach (into grace) on a task of its own.
-/// After a normal end `attached` is already `None` and this does nothing.
+/// After a normal end the detach has begun (`detached`) and this does nothing.
 impl Drop for Session {
     fn drop(&mut self) {
-        let Some(attached) = self.attached.take() else {
+        if self.detached {
             return;
-        };
+        }
+        self.detached = true;
         self.kill.cancel();
         if tokio::runtime::Handle::try_current().is_err() {
             return;
         }
         self.node.metrics.connections_active.dec();
-        let mut orphan = Session {
-            node: self.node.clone(),
-            conn_id: std::mem::take(&mut self.conn_id),
-            out: self.out.clone(),
-            kill: self.kill.clone(),
-            closing: self.closing.clone(),
-            last_pong: self.last_pong.clone(),
-            opened: self.opened,
-            attached: Some(attached),
-        };
-        tracing::warn!(conn_id = %orphan.conn_id, "session task ended without detaching; detaching now");
+        let node = self.node.clone();
+        let conn_id = std::mem::take(&mut self.conn_id);
+        let mesh_id = self.attached.principal.mesh.id.clone();
+        let presence_id = self.attached.record.presence_id.clone();
+        tracing::warn!(conn_id = %conn_id, "session task ended without detaching; detaching now");
         self.node.tracker.spawn(async move {
-            orphan.detach(AfterClose::Grace).await;
+            super::events::detach(&node, &conn_id, &mesh_id, &presence_id, AfterClose::Grace).await;
         });
     }
 }
@@ -49,7 +44,6 @@ mod tests {
     use tokio::sync::Notify;
     use tokio_util::sync::CancellationToken;
 
-    use super::super::outbound::Outbound;
     use super::super::{Attached, Session};
     use crate::cluster::bus::MemoryBus;
     use crate::cluster::presence::{MemoryPresence, PeerRole, Presence, PresenceRecord};
@@ -57,7 +51,9 @@ mod tests {
     use crate::hub::{Held, SessionHandle};
     use crate::metrics::Metrics;
     use crate::node::Node;
+    use crate::outbound::Outbound;
     use crate::protocol::Status;
+    use crate::service::{Principal, ServiceCtx};
     use crate::store::memory::MemoryStore;
     use crate::store::{Member, Mesh, Role};
 
@@ -128,43 +124,45 @@ mod tests {
             held: std::sync::Mutex::new(Held::default()),
             gate: std::sync::Mutex::new(None),
         });
+        let mesh = Mesh {
+            id: "m1".into(),
+            slug: "m".into(),
+            name: "m".into(),
+            owner_user_id: None,
+            owner_seed_hex: String::new(),
+            owner_pubkey: String::new(),
+            root_key: String::new(),
+            created_at: 0,
+        };
+        let member = Member {
+            id: "u1".into(),
+            mesh_id: "m1".into(),
+            pubkey: "k".repeat(64),
+            display_name: "alice".into(),
+            role: Role::Member,
+            user_id: None,
+            revoked_at: None,
+            peer_grants: BTreeMap::new(),
+            default_groups: vec![],
+            role_tag: None,
+            message_mode: None,
+            created_at: 0,
+        };
         let session = Session {
+            svc: ServiceCtx::new(&node),
             node: node.clone(),
             conn_id,
             out,
             kill: CancellationToken::new(),
             closing: CancellationToken::new(),
             last_pong: Arc::new(AtomicI64::new(0)),
-            opened: Instant::now(),
-            attached: Some(Attached {
+            attached: Attached {
                 handle,
-                mesh: Mesh {
-                    id: "m1".into(),
-                    slug: "m".into(),
-                    name: "m".into(),
-                    owner_user_id: None,
-                    owner_seed_hex: String::new(),
-                    owner_pubkey: String::new(),
-                    root_key: String::new(),
-                    created_at: 0,
-                },
-                member: Member {
-                    id: "u1".into(),
-                    mesh_id: "m1".into(),
-                    pubkey: "k".repeat(64),
-                    display_name: "alice".into(),
-                    role: Role::Member,
-                    user_id: None,
-                    revoked_at: None,
-                    peer_grants: BTreeMap::new(),
-                    default_groups: vec![],
-                    role_tag: None,
-                    message_mode: None,
-                    created_at: 0,
-                },
+                principal: Principal::from_presence(mesh, member, &record),
                 record,
                 unacked: HashMap::new(),
-            }),
+            },
+            detached: false,
         };
         let kill = session.kill.clone();
 

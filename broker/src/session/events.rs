@@ -9,14 +9,15 @@ use serde_json::{Value, json};
 use tokio::sync::{Notify, mpsc};
 use tracing::{debug, warn};
 
-use super::{Attached, Session};
+use super::{Attached, Conn, Session};
 use crate::auth::{HandshakeError, Verified};
 use crate::cluster::bus::{AfterClose, MeshEvent};
-use crate::cluster::presence::{PeerRole, PresenceRecord};
+use crate::cluster::presence::PresenceRecord;
 use crate::hub::{Control, Held, SessionHandle};
 use crate::ids::{self, now_ms};
 use crate::node::Node;
-use crate::protocol::{self, Status};
+use crate::protocol::frames::{HelloAck, MemberProfile, Restored, tag};
+use crate::protocol::{self, Status, codes};
 use crate::store::PeerState;
 
 fn unavailable(e: impl std::fmt::Display) -> HandshakeError {
@@ -26,50 +27,18 @@ fn unavailable(e: impl std::fmt::Display) -> HandshakeError {
     }
 }
 
-/// Who hears that `subject` joined or left: every other live presence of the mesh, except
-/// other presences of the same member when the subject is a control-plane (`hello`) one.
-pub(crate) fn join_leave_recipients(
-    records: &[PresenceRecord],
-    subject: &PresenceRecord,
-) -> Vec<String> {
-    records
-        .iter()
-        .filter(|r| r.is_live() && r.presence_id != subject.presence_id)
-        .filter(|r| subject.peer_role == PeerRole::Session || r.member_id != subject.member_id)
-        .map(|r| r.presence_id.clone())
-        .collect()
-}
+pub(crate) use crate::service::presence::join_leave_recipients;
 
 /// Publishes a system event to `presence_ids`.
 pub(crate) async fn announce(
-    node: &Node,
+    node: &Arc<Node>,
     mesh_id: &str,
     presence_ids: Vec<String>,
     event: &str,
     data: Value,
 ) {
-    if presence_ids.is_empty() {
-        return;
-    }
-    let frame = protocol::system_push(mesh_id, event, data, now_ms());
-    // An event no recipient's queue can take would close every recipient 1013.
-    if frame.len() > node.config.outbound_queue_bytes {
-        node.metrics.reply_too_large("system_event");
-        warn!(
-            event,
-            bytes = frame.len(),
-            "system event larger than the outbound bound; not announced"
-        );
-        return;
-    }
-    let event = MeshEvent::Deliver {
-        presence_ids: presence_ids.into(),
-        priority: None,
-        frame,
-    };
-    if let Err(e) = node.publish(mesh_id, event).await {
-        warn!(error = %e, "system event not published");
-    }
+    let ctx = crate::service::ServiceCtx::new(node);
+    crate::service::presence::announce(&ctx, mesh_id, presence_ids, event, data).await;
 }
 
 /// A presence is gone for good: save what its member will get back, tell the others.
@@ -127,11 +96,11 @@ fn spawn_grace_timer(node: Arc<Node>, mesh_id: String, presence_id: String) {
 }
 
 pub(super) async fn attach(
-    s: &mut Session,
+    s: &Conn,
     mut v: Verified,
     req_id: Option<&str>,
     ctl_tx: mpsc::UnboundedSender<Control>,
-) -> Result<(), HandshakeError> {
+) -> Result<Attached, HandshakeError> {
     let node = s.node.clone();
     // Healing after being declared dead, or re-syncing after a Redis data loss: the
     // shared state is not to be trusted yet. Refused as during an outage (retryable).
@@ -139,7 +108,7 @@ pub(super) async fn attach(
         return Err(unavailable(why));
     }
     // What the hello announces is bounded like the frames that change it later.
-    if let Err(r) = super::handlers::check_hello_meta(&node.config, &v.meta) {
+    if let Err(r) = crate::service::presence::check_hello_meta(&node.config, &v.meta) {
         return Err(HandshakeError {
             code: r.code,
             message: r.message,
@@ -191,7 +160,7 @@ pub(super) async fn attach(
                 .filter(|g| !g.is_empty())
         })
         .unwrap_or_else(|| v.member.default_groups.clone());
-    let groups = super::handlers::bounded_groups(&node.config, groups);
+    let groups = crate::service::presence::bounded_groups(&node.config, groups);
     let cwd = v.meta.cwd.clone().unwrap_or_default();
     let status = node
         .take_pending_hook(v.meta.pid, &cwd)
@@ -276,8 +245,8 @@ pub(super) async fn attach(
         };
         let event = MeshEvent::Close {
             conn_ids: to_close,
-            code: 1000,
-            reason: "session_replaced".into(),
+            code: codes::SESSION_REPLACED.code,
+            reason: codes::SESSION_REPLACED.reason.into(),
             after,
         };
         if let Err(e) = node.publish(&mesh_id, event).await {
@@ -285,30 +254,29 @@ pub(super) async fn attach(
         }
     }
 
-    let mut ack = json!({
-        "type": "hello_ack",
-        "presenceId": record.presence_id,
-        "memberDisplayName": v.member.display_name,
-        "memberProfile": {
-            "groups": v.member.default_groups,
-            "messageMode": v.member.message_mode.clone().unwrap_or_else(|| "push".into()),
+    let ack = HelloAck {
+        kind: tag::HelloAck,
+        presence_id: record.presence_id.clone(),
+        member_display_name: v.member.display_name.clone(),
+        member_profile: MemberProfile {
+            role_tag: v.member.role_tag.clone(),
+            groups: v.member.default_groups.clone(),
+            message_mode: v
+                .member
+                .message_mode
+                .clone()
+                .unwrap_or_else(|| "push".into()),
         },
-    });
-    if let Some(tag) = &v.member.role_tag {
-        ack["memberProfile"]["roleTag"] = json!(tag);
-    }
-    if let Some(r) = &restored {
-        ack["restored"] = json!(true);
-        if let Some(summary) = &r.summary {
-            ack["lastSummary"] = json!(summary);
-        }
-        ack["lastSeenAt"] = json!(ids::iso8601_ms(r.last_seen_at));
-        ack["restoredGroups"] = json!(r.groups);
-        if let Some(stats) = &r.stats {
-            ack["restoredStats"] = stats.clone();
-        }
-    }
-    s.reply(protocol::encode(&protocol::with_req_id(ack, req_id)));
+        restored: restored.as_ref().map(|r| Restored {
+            restored: true,
+            last_summary: r.summary.clone(),
+            last_seen_at: ids::iso8601_ms(r.last_seen_at),
+            restored_groups: r.groups.clone(),
+            restored_stats: r.stats.clone(),
+        }),
+        req_id: req_id.map(str::to_string),
+    };
+    s.reply(protocol::encode(&ack));
     node.metrics
         .handshake_seconds
         .observe(s.opened.elapsed().as_secs_f64());
@@ -318,8 +286,8 @@ pub(super) async fn attach(
         // Shutdown (or a heal) began during this handshake: this socket missed the
         // closing round.
         let _ = handle.control.send(Control::Close {
-            code: 1001,
-            reason: "going_away".into(),
+            code: codes::GOING_AWAY.code,
+            reason: codes::GOING_AWAY.reason.into(),
             after: AfterClose::Grace,
         });
     }
@@ -349,31 +317,35 @@ pub(super) async fn attach(
         debug!(presence_id = %record.presence_id, "reattached");
     }
 
-    s.attached = Some(Attached {
+    // The caller drains next: a new connection takes over whatever its member's earlier
+    // connections had claimed.
+    Ok(Attached {
         handle,
-        mesh: v.mesh,
-        member: v.member,
+        principal: crate::service::Principal::from_presence(v.mesh, v.member, &record),
         record,
         unacked: HashMap::new(),
-    });
-    // A new connection takes over whatever its member's earlier connections had claimed.
-    s.drain(true).await;
-    Ok(())
+    })
 }
 
-pub(super) async fn detach(s: &mut Session, after: AfterClose) {
-    let Some(a) = s.attached.take() else { return };
-    let node = s.node.clone();
-    let mesh_id = a.mesh.id.clone();
-    node.hub.remove(&mesh_id, &s.conn_id);
+/// Ends the presence `presence_id` held by the connection `conn_id`, after its socket
+/// ended: into lease grace, or for good.
+pub(super) async fn detach(
+    node: &Arc<Node>,
+    conn_id: &str,
+    mesh_id: &str,
+    presence_id: &str,
+    after: AfterClose,
+) {
+    let node = node.clone();
+    let (mesh_id, presence_id) = (mesh_id.to_string(), presence_id.to_string());
+    node.hub.remove(&mesh_id, conn_id);
     node.sync_subscription(&mesh_id).await;
-    let presence_id = a.record.presence_id.clone();
     match after {
         AfterClose::Grace => {
             let until = now_ms() + node.config.lease_grace.as_millis() as i64;
             match node
                 .presence
-                .release(&mesh_id, &presence_id, &s.conn_id, until)
+                .release(&mesh_id, &presence_id, conn_id, until)
                 .await
             {
                 Ok(true) => spawn_grace_timer(node, mesh_id, presence_id),
@@ -381,11 +353,7 @@ pub(super) async fn detach(s: &mut Session, after: AfterClose) {
                 Err(e) => warn!(error = %e, "presence release failed"),
             }
         }
-        AfterClose::End => match node
-            .presence
-            .remove(&mesh_id, &presence_id, &s.conn_id)
-            .await
-        {
+        AfterClose::End => match node.presence.remove(&mesh_id, &presence_id, conn_id).await {
             Ok(Some(record)) => end_presence(&node, record).await,
             Ok(None) => {}
             Err(e) => warn!(error = %e, "presence removal failed"),
@@ -417,20 +385,20 @@ impl Session {
         owners: Option<Arc<std::collections::HashMap<String, String>>>,
     ) -> Option<AfterClose> {
         let node = self.node.clone();
-        let a = self.attached.as_ref()?;
+        let a = &self.attached;
         // A ban issued while the bus was down could not reach this socket. The member rows
         // come from the mesh's cache, which the re-sync emptied first.
-        if let Ok(members) = node.mesh_members(&a.mesh.id).await
+        if let Ok(members) = node.mesh_members(&a.principal.mesh.id).await
             && members
                 .iter()
-                .any(|m| m.id == a.member.id && m.revoked_at.is_some())
+                .any(|m| m.id == a.principal.member.id && m.revoked_at.is_some())
         {
-            self.out.close(4002, "banned");
+            self.out.close(codes::BANNED.code, codes::BANNED.reason);
             return Some(AfterClose::End);
         }
         let owner = match owners {
             Some(owners) => owners.get(&a.record.presence_id).cloned(),
-            None => match node.presence.list_for_resync(&a.mesh.id).await {
+            None => match node.presence.list_for_resync(&a.principal.mesh.id).await {
                 Ok(records) => records
                     .into_iter()
                     .find(|r| r.presence_id == a.record.presence_id)
@@ -444,7 +412,8 @@ impl Session {
         match owner {
             Some(conn_id) if conn_id != self.conn_id => {
                 // Replaced while the bus was down: the replacement's close never reached us.
-                self.out.close(1000, "session_replaced");
+                self.out
+                    .close(codes::SESSION_REPLACED.code, codes::SESSION_REPLACED.reason);
                 return Some(AfterClose::Grace);
             }
             Some(_) => {}

@@ -12,14 +12,16 @@
 //!
 //! The reader reassembles fragmented messages itself (`Assembler`), bounded in bytes
 //! (`MAX_MESSAGE_BYTES`) and frames (`MAX_MESSAGE_FRAGMENTS`) while they accumulate, and
-//! closes the socket on what RFC 6455 forbids: 1009 over a bound, 1007 for text that is
-//! not UTF-8, 1002 for a broken frame sequence.
+//! closes the socket on what RFC 6455 forbids (`protocol::codes`): `FRAME_TOO_LARGE` or
+//! `TOO_MANY_FRAGMENTS` over a bound, `INVALID_UTF8` for text that is not UTF-8,
+//! `PROTOCOL_ERROR` for a broken frame sequence.
 
 mod drop_guard;
 mod events;
 mod handlers;
 mod moderation;
-pub mod outbound;
+/// The per-socket outbound queue lives in a leaf module (`crate::outbound`).
+pub use crate::outbound;
 
 pub(crate) use events::end_presence;
 
@@ -40,14 +42,12 @@ use crate::cluster::bus::AfterClose;
 use crate::hub::{Control, SessionHandle};
 use crate::ids::now_ms;
 use crate::node::Node;
-use crate::protocol::{self, ClientMessage, Inbound};
-use crate::store::Mesh;
+use crate::protocol::{self, ClientMessage, Inbound, codes};
+use crate::service::{Principal, ServiceCtx};
 use outbound::{OutFrame, Outbound};
 
 /// How long a closing socket gets to deliver its close frame before it is dropped.
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
-/// Direct messages claimed per store round trip.
-const CLAIM_BATCH: usize = 512;
 
 /// A frame handed from the reader task to the session task.
 #[derive(Debug)]
@@ -112,7 +112,7 @@ where
         node.tracker.spawn(reader.run(rd, assembler));
     }
 
-    let session = Session {
+    let conn = Conn {
         node: node.clone(),
         conn_id,
         out,
@@ -120,9 +120,8 @@ where
         closing: closing.clone(),
         last_pong,
         opened: Instant::now(),
-        attached: None,
     };
-    session.run(in_rx).instrument(span).await;
+    conn.serve(in_rx).instrument(span).await;
     if tokio::time::timeout(CLOSE_LINGER, closing.cancelled())
         .await
         .is_err()
@@ -135,24 +134,24 @@ where
 /// Why the reader refuses what the client sent; each closes the socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Refusal {
-    /// A frame, or a fragmented message so far, over `MAX_MESSAGE_BYTES` (1009).
+    /// A frame, or a fragmented message so far, over `MAX_MESSAGE_BYTES`.
     TooLarge,
-    /// A fragmented message over `MAX_MESSAGE_FRAGMENTS` frames (1009).
+    /// A fragmented message over `MAX_MESSAGE_FRAGMENTS` frames.
     TooManyFragments,
-    /// A text message that is not UTF-8 (1007, RFC 6455 §8.1).
+    /// A text message that is not UTF-8 (RFC 6455 §8.1).
     InvalidUtf8,
     /// A frame sequence RFC 6455 forbids: a continuation without a start, a new message
-    /// inside a fragmented one, reserved bits, an unknown opcode (1002).
+    /// inside a fragmented one, reserved bits, an unknown opcode.
     Protocol,
 }
 
 impl Refusal {
     fn close(self) -> (u16, &'static str) {
         match self {
-            Refusal::TooLarge => (1009, "frame too large"),
-            Refusal::TooManyFragments => (1009, "too many fragments"),
-            Refusal::InvalidUtf8 => (1007, "invalid utf-8"),
-            Refusal::Protocol => (1002, "protocol error"),
+            Refusal::TooLarge => codes::FRAME_TOO_LARGE.pair(),
+            Refusal::TooManyFragments => codes::TOO_MANY_FRAGMENTS.pair(),
+            Refusal::InvalidUtf8 => codes::INVALID_UTF8.pair(),
+            Refusal::Protocol => codes::PROTOCOL_ERROR.pair(),
         }
     }
 
@@ -405,7 +404,7 @@ impl Reader {
         self.node.metrics.refuse_ws_message(refusal.metric());
         debug!(?refusal, "inbound message refused: closing");
         if refusal == Refusal::TooLarge {
-            // The session closes 1009 (in order after the frames before this one).
+            // The session closes it (in order after the frames before this one).
             let _ = self.tx.send(Incoming::TooLarge).await;
         } else {
             let (code, reason) = refusal.close();
@@ -419,11 +418,12 @@ impl Reader {
     }
 }
 
-/// What a handshaked connection knows about itself.
+/// What a handshaked connection knows about itself: what the handshake returns, and what
+/// the session after it owns.
 struct Attached {
     handle: Arc<SessionHandle>,
-    mesh: Mesh,
-    member: crate::store::Member,
+    /// Who acts through this connection (mesh, member row as of the handshake, presence).
+    principal: Principal,
     /// This connection's view of its presence record (the shared one is in `Presence`).
     record: crate::cluster::presence::PresenceRecord,
     /// Pushed direct messages not yet confirmed by `client_ack` (id → lease end and client
@@ -445,7 +445,8 @@ struct Pushed {
 /// Key prefix of the scheduled re-drains in [`Attached::unacked`] (message ids are base62).
 const REDRAIN: &str = "\u{0}redrain";
 
-struct Session {
+/// A connection before its handshake: its handles only.
+struct Conn {
     node: Arc<Node>,
     conn_id: String,
     out: Outbound,
@@ -455,7 +456,59 @@ struct Session {
     closing: CancellationToken,
     last_pong: Arc<AtomicI64>,
     opened: Instant,
-    attached: Option<Attached>,
+}
+
+/// A handshaked connection: the handles of its [`Conn`] and its [`Attached`] state. Its
+/// drop guard (`drop_guard.rs`) detaches it if it ends without [`Session::detach`].
+struct Session {
+    node: Arc<Node>,
+    /// The service layer this adapter calls.
+    svc: ServiceCtx,
+    conn_id: String,
+    out: Outbound,
+    /// Drops the socket at once (pong timeout, shutdown deadline).
+    kill: CancellationToken,
+    /// Cancelled by the writer when it has finished: the socket is closed or broken.
+    closing: CancellationToken,
+    last_pong: Arc<AtomicI64>,
+    attached: Attached,
+    /// Set when the detach began: the drop guard does nothing then.
+    detached: bool,
+}
+
+impl Conn {
+    fn reply(&self, frame: Bytes) {
+        self.out.text(frame);
+    }
+
+    fn reply_error(&self, code: &str, message: &str, req_id: Option<&str>) {
+        self.reply(protocol::error_frame(code, message, req_id));
+    }
+
+    /// The handshake, then (attached) the session until the socket ends.
+    async fn serve(self, mut inbound: mpsc::Receiver<Incoming>) {
+        let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
+        let handshake = self.handshake(&mut inbound, ctl_tx);
+        let Some(attached) =
+            tracing::Instrument::instrument(handshake, tracing::info_span!("handshake")).await
+        else {
+            return;
+        };
+        let mut session = Session {
+            svc: ServiceCtx::new(&self.node),
+            node: self.node,
+            conn_id: self.conn_id,
+            out: self.out,
+            kill: self.kill,
+            closing: self.closing,
+            last_pong: self.last_pong,
+            attached,
+            detached: false,
+        };
+        // A new connection takes over whatever its member's earlier connections had claimed.
+        session.drain(true).await;
+        session.run(inbound, ctl_rx).await;
+    }
 }
 
 impl Session {
@@ -467,21 +520,17 @@ impl Session {
         self.reply(protocol::error_frame(code, message, req_id));
     }
 
-    async fn run(mut self, mut inbound: mpsc::Receiver<Incoming>) {
-        let (ctl_tx, mut ctl_rx) = mpsc::unbounded_channel();
-        let handshake = self.handshake(&mut inbound, ctl_tx);
-        if !tracing::Instrument::instrument(handshake, tracing::info_span!("handshake")).await {
-            return;
-        }
+    async fn run(
+        mut self,
+        mut inbound: mpsc::Receiver<Incoming>,
+        mut ctl_rx: mpsc::UnboundedReceiver<Control>,
+    ) {
         let mut ping = tokio::time::interval(self.node.config.ping_interval);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ping.tick().await;
         let pong_timeout = self.node.config.pong_timeout.as_millis() as i64;
         let after = loop {
-            let handle = match &self.attached {
-                Some(a) => a.handle.clone(),
-                None => return,
-            };
+            let handle = self.attached.handle.clone();
             let repush_in = self.next_repush_in();
             tokio::select! {
                 biased;
@@ -527,13 +576,15 @@ impl Session {
         };
         self.detach(after).await;
     }
+}
 
-    /// Runs the handshake phase; `true` once the connection is attached to a presence.
+impl Conn {
+    /// Runs the handshake phase; `Some` once the connection is attached to a presence.
     async fn handshake(
-        &mut self,
+        &self,
         inbound: &mut mpsc::Receiver<Incoming>,
         ctl_tx: mpsc::UnboundedSender<Control>,
-    ) -> bool {
+    ) -> Option<Attached> {
         let deadline = tokio::time::sleep(self.node.config.hello_timeout);
         tokio::pin!(deadline);
         loop {
@@ -541,18 +592,20 @@ impl Session {
                 _ = &mut deadline => {
                     self.node.metrics.reject_connection("hello_timeout");
                     self.reply_error("hello_timeout", "no hello within the handshake timeout", None);
-                    self.out.close(1008, "hello_timeout");
-                    return false;
+                    let (code, reason) = codes::Close::handshake("hello_timeout");
+                    self.out.close(code, reason);
+                    return None;
                 }
-                _ = self.closing.cancelled() => return false,
-                _ = self.kill.cancelled() => return false,
+                _ = self.closing.cancelled() => return None,
+                _ = self.kill.cancelled() => return None,
                 msg = inbound.recv() => msg,
             };
             let text = match msg {
-                None => return false,
+                None => return None,
                 Some(Incoming::TooLarge) => {
-                    self.out.close(1009, "frame too large");
-                    return false;
+                    self.out
+                        .close(codes::FRAME_TOO_LARGE.code, codes::FRAME_TOO_LARGE.reason);
+                    return None;
                 }
                 Some(Incoming::Binary) => {
                     self.reply_error(
@@ -587,7 +640,7 @@ impl Session {
                 Ok(v) => self.attach(v, req_id, ctl_tx).await,
                 Err(e) => {
                     self.refuse(&e, req_id);
-                    false
+                    None
                 }
             };
         }
@@ -600,10 +653,26 @@ impl Session {
         self.out.close(code, reason);
     }
 
+    async fn attach(
+        &self,
+        v: Verified,
+        req_id: Option<&str>,
+        ctl_tx: mpsc::UnboundedSender<Control>,
+    ) -> Option<Attached> {
+        match events::attach(self, v, req_id, ctl_tx).await {
+            Ok(a) => Some(a),
+            Err(e) => {
+                self.refuse(&e, req_id);
+                None
+            }
+        }
+    }
+}
+
+impl Session {
     /// Milliseconds until the earliest un-acked push's lease ends.
     fn next_repush_in(&self) -> Option<Duration> {
-        let a = self.attached.as_ref()?;
-        let earliest = a.unacked.values().map(|p| p.until).min()?;
+        let earliest = self.attached.unacked.values().map(|p| p.until).min()?;
         // A small margin so the store sees the lease as ended when the timer fires.
         Some(Duration::from_millis(
             (earliest - now_ms()).max(0) as u64 + 20,
@@ -613,17 +682,20 @@ impl Session {
     async fn repush(&mut self) {
         self.drain(false).await;
         let now = now_ms();
-        if let Some(a) = &mut self.attached {
-            a.unacked.retain(|_, p| p.until > now);
-        }
+        self.attached.unacked.retain(|_, p| p.until > now);
     }
 
     async fn update_presence(&self, patch: crate::cluster::presence::PresencePatch) {
-        let Some(a) = &self.attached else { return };
+        let a = &self.attached;
         if let Err(e) = self
             .node
             .presence
-            .update(&a.mesh.id, &a.record.presence_id, &self.conn_id, patch)
+            .update(
+                &a.principal.mesh.id,
+                &a.record.presence_id,
+                &self.conn_id,
+                patch,
+            )
             .await
         {
             tracing::warn!(error = %e, "presence update failed");
@@ -631,24 +703,18 @@ impl Session {
     }
 }
 
-/// Handshake outcome helpers shared with the handlers.
 impl Session {
-    async fn attach(
-        &mut self,
-        v: Verified,
-        req_id: Option<&str>,
-        ctl_tx: mpsc::UnboundedSender<Control>,
-    ) -> bool {
-        match events::attach(self, v, req_id, ctl_tx).await {
-            Ok(()) => true,
-            Err(e) => {
-                self.refuse(&e, req_id);
-                false
-            }
-        }
-    }
-
-    async fn detach(&mut self, after: AfterClose) {
-        events::detach(self, after).await;
+    /// Ends the session's presence (into grace, or for good).
+    async fn detach(mut self, after: AfterClose) {
+        self.detached = true;
+        let a = &self.attached;
+        events::detach(
+            &self.node,
+            &self.conn_id,
+            &a.principal.mesh.id,
+            &a.record.presence_id,
+            after,
+        )
+        .await;
     }
 }

@@ -18,9 +18,29 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use broker::protocol::signing;
+use broker::protocol::codes::Close;
+/// The wire types a test builds client frames from and parses broker frames into.
+#[allow(
+    unused_imports,
+    reason = "each test binary uses a different part of the harness"
+)]
+pub use broker::protocol::frames::{
+    Ban, BanAck, HelloAck, ListBansResult, ModerationAck, ModerationAckType, Peer, PeersList,
+    SystemPush, UnbanAck,
+};
+#[allow(
+    unused_imports,
+    reason = "each test binary uses a different part of the harness"
+)]
+pub use broker::protocol::{
+    Ack, BanRequest, ClientFrame, Envelope, ErrorFrame, Group, Priority, ProfileFields, Push,
+    Selection, Status, codes,
+};
+use broker::protocol::{Attestation, ClientAck, Hello, PeerMeta, SessionHello, signing};
 use ed25519_dalek::SigningKey;
 use futures_util::{SinkExt, StreamExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -247,25 +267,46 @@ impl Identity {
 }
 
 /// A signed `hello` for `member` (whose id is `member_id`) in `mesh`.
+///
+/// `extra` is merged over the typed frame as JSON, so a test can also tamper with it.
 pub fn hello(mesh: &str, member_id: &str, member: &Identity, extra: Value) -> Value {
-    let ts = now_ms();
-    let mut h = json!({
-        "type": "hello",
-        "meshId": mesh,
-        "memberId": member_id,
-        "pubkey": member.pubkey,
-        "sessionId": format!("s-{}", broker::ids::random_id(8)),
-        "pid": 4242,
-        "cwd": "/work",
-        "timestamp": ts,
-        "signature": member.sign(&signing::hello_text(mesh, member_id, &member.pubkey, ts)),
-    });
+    let mut h = to_json(&ClientFrame::Hello(Box::new(hello_frame(
+        mesh, member_id, member,
+    ))));
     merge(&mut h, extra);
     h
 }
 
+/// The typed `hello` that [`hello`] sends: signed now, a fresh `sessionId`.
+pub fn hello_frame(mesh: &str, member_id: &str, member: &Identity) -> Hello {
+    let ts = now_ms();
+    Hello {
+        mesh_id: mesh.to_string(),
+        member_id: member_id.to_string(),
+        pubkey: member.pubkey.clone(),
+        session_pubkey: None,
+        timestamp: ts.into(),
+        signature: member.sign(&signing::hello_text(mesh, member_id, &member.pubkey, ts)),
+        meta: PeerMeta {
+            session_id: Some(format!("s-{}", broker::ids::random_id(8))),
+            pid: Some(4242),
+            cwd: Some("/work".into()),
+            ..PeerMeta::default()
+        },
+    }
+}
+
 /// A signed `session_hello` for a fresh session key vouched by `member`.
 pub fn session_hello(mesh: &str, member: &Identity, session: &Identity, extra: Value) -> Value {
+    let mut h = to_json(&ClientFrame::SessionHello(Box::new(session_hello_frame(
+        mesh, member, session,
+    ))));
+    merge(&mut h, extra);
+    h
+}
+
+/// The typed `session_hello` that [`session_hello`] sends: attested for an hour.
+pub fn session_hello_frame(mesh: &str, member: &Identity, session: &Identity) -> SessionHello {
     let ts = now_ms();
     let expires = ts + 3_600_000;
     let att_sig = member.sign(&signing::attestation_text(
@@ -273,20 +314,112 @@ pub fn session_hello(mesh: &str, member: &Identity, session: &Identity, extra: V
         &session.pubkey,
         expires,
     ));
-    let mut h = json!({
-        "type": "session_hello",
-        "meshId": mesh,
-        "parentMemberPubkey": member.pubkey,
-        "sessionPubkey": session.pubkey,
-        "parentAttestation": {"sessionPubkey": session.pubkey, "parentMemberPubkey": member.pubkey, "expiresAt": expires, "signature": att_sig},
-        "sessionId": format!("cc-{}", broker::ids::random_id(8)),
-        "pid": 777,
-        "cwd": "/work/session",
-        "timestamp": ts,
-        "signature": session.sign(&signing::session_hello_text(mesh, &member.pubkey, &session.pubkey, ts)),
-    });
-    merge(&mut h, extra);
-    h
+    SessionHello {
+        mesh_id: mesh.to_string(),
+        parent_member_id: None,
+        parent_member_pubkey: member.pubkey.clone(),
+        session_pubkey: session.pubkey.clone(),
+        parent_attestation: Some(Attestation {
+            session_pubkey: session.pubkey.clone(),
+            parent_member_pubkey: member.pubkey.clone(),
+            expires_at: expires.into(),
+            signature: att_sig,
+        }),
+        timestamp: ts.into(),
+        signature: session.sign(&signing::session_hello_text(
+            mesh,
+            &member.pubkey,
+            &session.pubkey,
+            ts,
+        )),
+        meta: PeerMeta {
+            session_id: Some(format!("cc-{}", broker::ids::random_id(8))),
+            pid: Some(777),
+            cwd: Some("/work/session".into()),
+            ..PeerMeta::default()
+        },
+    }
+}
+
+/// A client frame (typed, or raw JSON) as a JSON value.
+pub fn to_json(frame: &impl Serialize) -> Value {
+    serde_json::to_value(frame).expect("a frame serialises")
+}
+
+/// A `send` of `ciphertext` to `target` (nonce `bm9uY2U=`).
+pub fn send_frame(target: &str, priority: Priority, ciphertext: &str) -> ClientFrame {
+    ClientFrame::Send(Box::new(send_body(target, priority, ciphertext)))
+}
+
+/// The fields of [`send_frame`], for a test that sets `id` or `client_message_id` too:
+/// `ClientFrame::Send(Box::new(Send { id: …, ..send_body(…) }))`.
+pub fn send_body(target: &str, priority: Priority, ciphertext: &str) -> broker::protocol::Send {
+    broker::protocol::Send {
+        target_spec: target.to_string(),
+        priority,
+        nonce: "bm9uY2U=".into(),
+        ciphertext: ciphertext.to_string(),
+        id: None,
+        client_message_id: None,
+    }
+}
+
+/// A `client_ack` of the broker message `broker_message_id` (a `push`'s `messageId`).
+pub fn client_ack(broker_message_id: &str) -> ClientFrame {
+    ClientFrame::ClientAck(ClientAck {
+        client_message_id: None,
+        broker_message_id: Some(broker_message_id.to_string()),
+    })
+}
+
+/// A `client_ack` by the sender's `client_message_id`.
+pub fn client_ack_by_client_id(client_message_id: &str) -> ClientFrame {
+    ClientFrame::ClientAck(ClientAck {
+        client_message_id: Some(client_message_id.to_string()),
+        broker_message_id: None,
+    })
+}
+
+/// The selection of a `disconnect` or `kick` by `target` (a display name or key prefix).
+pub fn select(target: &str) -> Selection {
+    Selection {
+        target: Some(target.to_string()),
+        ..Selection::default()
+    }
+}
+
+/// The request of a `ban` or `unban` of `target`, without a reason.
+pub fn ban_request(target: &str) -> BanRequest {
+    BanRequest {
+        target: target.to_string(),
+        reason: None,
+    }
+}
+
+/// A `join_group` of `name`, with `role` when given.
+pub fn join_group(name: &str, role: Option<&str>) -> ClientFrame {
+    ClientFrame::JoinGroup(Group {
+        name: name.to_string(),
+        role: role.map(str::to_string),
+    })
+}
+
+/// A broker frame parsed into its typed frame (`Ack`, `HelloAck`, `PeersList`, …);
+/// panics, showing the frame, when it is not one.
+pub fn parse<T: DeserializeOwned>(frame: &Value) -> T {
+    serde_json::from_value(frame.clone())
+        .unwrap_or_else(|e| panic!("not a {}: {e}; frame {frame}", std::any::type_name::<T>()))
+}
+
+/// A close as `expect_close` returns it: `(code, reason)`.
+pub fn close_of(close: Close) -> (u16, String) {
+    (close.code, close.reason.to_string())
+}
+
+/// The handshake close ([`codes::HANDSHAKE`](broker::protocol::codes::HANDSHAKE)) with
+/// `code` as its reason.
+pub fn handshake_close(code: &str) -> (u16, String) {
+    (broker::protocol::codes::HANDSHAKE.code, code.to_string())
 }
 
 fn merge(target: &mut Value, extra: Value) {
@@ -368,11 +501,11 @@ impl Client {
         (c, ack)
     }
 
-    pub async fn send(&mut self, v: Value) {
-        self.ws
-            .send(Message::text(v.to_string()))
-            .await
-            .expect("send");
+    /// Sends a frame: a typed [`ClientFrame`], or raw JSON for a frame the protocol does
+    /// not define (an unknown `type`, a tampered hello, a wrong field type).
+    pub async fn send(&mut self, v: impl Serialize) {
+        let text = serde_json::to_string(&v).expect("a frame serialises");
+        self.ws.send(Message::text(text)).await.expect("send");
     }
 
     pub async fn send_raw(&mut self, m: Message) {
@@ -482,7 +615,8 @@ impl Client {
     }
 
     /// Sends a request with `_reqId` and waits for the reply carrying it.
-    pub async fn request(&mut self, mut v: Value) -> Value {
+    pub async fn request(&mut self, v: impl Serialize) -> Value {
+        let mut v = to_json(&v);
         let id = broker::ids::random_id(8);
         v["_reqId"] = json!(id);
         self.send(v.clone()).await;
@@ -504,8 +638,8 @@ impl Client {
 
     /// A direct/broadcast/group `send`; returns the `ack`.
     pub async fn send_msg(&mut self, target: &str, priority: &str, ciphertext: &str) -> Value {
-        self.request(json!({"type": "send", "targetSpec": target, "priority": priority, "nonce": "bm9uY2U=", "ciphertext": ciphertext}))
-            .await
+        let priority: Priority = serde_json::from_value(priority.into()).expect("now, next or low");
+        self.request(send_frame(target, priority, ciphertext)).await
     }
 
     pub async fn close(mut self) {
@@ -574,7 +708,7 @@ pub async fn cross_replica_exchange(
     let push = b.expect_where("push", is_push).await;
     assert_eq!(push["messageId"], ack["messageId"]);
     assert_eq!(push["ciphertext"], "direct");
-    b.send(json!({"type": "client_ack", "brokerMessageId": push["messageId"]}))
+    b.send(client_ack(push["messageId"].as_str().unwrap()))
         .await;
 
     a.send_msg("*", "now", "broadcast").await;

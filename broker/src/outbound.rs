@@ -3,7 +3,7 @@
 //!
 //! Data frames count against the bound; control frames (ping, pong, close) do not, so a
 //! close can always be queued. When the bound would be exceeded the queue is marked
-//! overflowed: the writer drops what is still queued and closes the socket 1013
+//! overflowed: the writer drops what is still queued and closes the socket
 //! `slow_consumer` as soon as its current write completes.
 //!
 //! Pongs are coalesced instead of counted: a socket has one pending-pong slot, and the
@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// Close code and reason of a slow consumer.
-pub const SLOW_CONSUMER: (u16, &str) = (1013, "slow_consumer");
+pub const SLOW_CONSUMER: (u16, &str) = crate::protocol::codes::SLOW_CONSUMER.pair();
 
 #[derive(Debug)]
 pub enum OutFrame {
@@ -98,7 +98,7 @@ impl Outbound {
             if !self.state.overflowed.swap(true, Ordering::Relaxed) {
                 self.state.slow_closes.inc();
                 self.state.overflow.cancel();
-                // Wake the writer even when it is idle, so the 1013 goes out promptly.
+                // Wake the writer even when it is idle, so the close goes out promptly.
                 let _ = self.tx.send(OutFrame::Ping);
             }
             return false;
@@ -171,7 +171,7 @@ impl Outbound {
 pub enum WriterEnd {
     /// It wrote a close frame (ours or the echo of the client's).
     Closed,
-    /// The queue overflowed and it closed the socket 1013.
+    /// The queue overflowed and it closed the socket (`slow_consumer`).
     SlowConsumer,
     /// The socket failed, stalled past the stall timeout, or was killed.
     Broken,

@@ -1,0 +1,137 @@
+//! The operations a peer can perform, without a transport: each takes the acting
+//! [`Principal`] and a typed request and returns a typed result or a typed error (with its
+//! metric label and the exact wire text). The WebSocket session is one adapter (decode a
+//! frame, call, encode the reply); the tests are another, and the REST handlers will be a
+//! third. Nothing here writes to a socket.
+
+pub mod moderation;
+pub mod peers;
+pub mod presence;
+pub mod queue;
+pub mod send;
+
+use std::sync::Arc;
+
+pub use moderation::{ModerationError, Verb};
+pub use peers::{PeersError, list_peers};
+pub use presence::{PresenceChange, PresenceError};
+pub use queue::{AckError, AckOutcome, AckRequest, DrainRequest, Drained, QueueError};
+pub use send::{Delivery, SendError, SendOutcome, SendRequest, send, send_with};
+
+use crate::cluster::bus::{BusError, MeshEvent};
+use crate::cluster::presence::{PeerRole, Presence, PresenceRecord};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::node::Node;
+use crate::store::{Member, Mesh, Store, StoreResult};
+
+/// How the acting party proved who it is. Later kinds (an API key, a web session) add a
+/// variant; the operations read the fields of [`Principal`], not the kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PrincipalKind {
+    /// A member's own key, through `hello`.
+    Member,
+    /// A session key the member attested, through `session_hello`.
+    Session,
+}
+
+/// Who is acting: the mesh, the member row as of the handshake, and the presence it acts
+/// through.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub kind: PrincipalKind,
+    pub mesh: Mesh,
+    pub member: Member,
+    /// The presence this principal acts through.
+    pub presence_id: String,
+    /// The key others address it by (its session key if it has one, else its member key).
+    pub routing_key: String,
+    /// The name it announced (or its member's).
+    pub display_name: String,
+    /// Its session key, if it is a session.
+    pub session_key: Option<String>,
+    pub peer_role: PeerRole,
+}
+
+impl Principal {
+    /// The principal acting through `record` as `member` of `mesh`.
+    pub fn from_presence(mesh: Mesh, member: Member, record: &PresenceRecord) -> Self {
+        Principal {
+            kind: if record.session_pubkey.is_some() {
+                PrincipalKind::Session
+            } else {
+                PrincipalKind::Member
+            },
+            mesh,
+            member,
+            presence_id: record.presence_id.clone(),
+            routing_key: record.routing_key().to_string(),
+            display_name: record.display_name.clone(),
+            session_key: record.session_pubkey.clone(),
+            peer_role: record.peer_role,
+        }
+    }
+}
+
+/// What the operations need from the replica. Every dependency on [`Node`] goes through
+/// this one place, so that splitting `Node` changes only these accessors.
+#[derive(Debug, Clone)]
+pub struct ServiceCtx {
+    node: Arc<Node>,
+}
+
+impl ServiceCtx {
+    pub fn new(node: &Arc<Node>) -> Self {
+        ServiceCtx { node: node.clone() }
+    }
+
+    /// Durable truth (meshes, members, queue).
+    pub fn store(&self) -> &dyn Store {
+        self.node.store.as_ref()
+    }
+
+    /// Who is connected where, and the cluster-wide limits.
+    pub fn presence(&self) -> &dyn Presence {
+        self.node.presence.as_ref()
+    }
+
+    /// The limits.
+    pub fn config(&self) -> &Config {
+        &self.node.config
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.node.metrics
+    }
+
+    /// The mesh's member rows, through the replica's member cache.
+    pub async fn members(&self, mesh_id: &str) -> StoreResult<Arc<Vec<Member>>> {
+        self.node.mesh_members(mesh_id).await
+    }
+
+    /// Publishes on the bus (timed).
+    pub async fn publish(&self, mesh_id: &str, event: MeshEvent) -> Result<(), BusError> {
+        self.node.publish(mesh_id, event).await
+    }
+
+    /// After a change to the mesh's members (a ban): every replica drops its cached rows.
+    pub async fn members_changed(&self, mesh_id: &str) {
+        self.node.members_changed(mesh_id).await;
+    }
+
+    /// A presence is gone for good: its state is saved and its peers are told.
+    pub async fn end_presence(&self, record: PresenceRecord) {
+        crate::session::end_presence(&self.node, record).await;
+    }
+
+    /// Appends to the mesh's audit chain off the caller's path.
+    pub fn audit(
+        &self,
+        mesh_id: &str,
+        event_type: &'static str,
+        actor: Option<&str>,
+        payload: serde_json::Value,
+    ) {
+        self.node.audit(mesh_id, event_type, actor, payload);
+    }
+}
