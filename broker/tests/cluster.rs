@@ -9,47 +9,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::pg;
-use common::redis::RedisServer;
+use common::cluster::Cluster;
 use common::*;
 use serde_json::{Value, json};
-
-/// A database, a Redis and the environment two replicas share.
-struct Cluster {
-    db: String,
-    redis: RedisServer,
-    extra: Vec<(String, String)>,
-}
-
-impl Cluster {
-    async fn new(extra: &[(&str, &str)]) -> Cluster {
-        let db = pg::fresh_db().await;
-        let redis = tokio::task::spawn_blocking(RedisServer::start)
-            .await
-            .unwrap();
-        Cluster {
-            db,
-            redis,
-            extra: extra
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        }
-    }
-
-    fn replica(&self, node: &str) -> Broker {
-        let url = self.redis.url();
-        let mut env: Vec<(&str, &str)> = vec![
-            ("DATABASE_URL", &self.db),
-            ("REDIS_URL", &url),
-            ("BROKER_NODE_ID", node),
-            ("HEARTBEAT_INTERVAL_MS", "250"),
-            ("NODE_DEAD_AFTER_MS", "2000"),
-        ];
-        env.extend(self.extra.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-        Broker::start(&env)
-    }
-}
 
 fn peer_names(list: &Value) -> Vec<String> {
     let list: PeersList = parse(list);

@@ -10,63 +10,9 @@
 mod common;
 
 use broker::protocol::signing;
-use common::pg;
-use common::redis::RedisServer;
+use common::cluster::Cluster;
 use common::*;
 use serde_json::{Value, json};
-
-/// A database, a Redis and the environment the replicas of one test share.
-struct Cluster {
-    db: String,
-    redis: RedisServer,
-    extra: Vec<(String, String)>,
-}
-
-impl Cluster {
-    async fn new(extra: &[(&str, &str)]) -> Cluster {
-        let db = pg::fresh_db().await;
-        let redis = tokio::task::spawn_blocking(RedisServer::start)
-            .await
-            .unwrap();
-        Cluster {
-            db,
-            redis,
-            extra: extra
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        }
-    }
-
-    fn replica(&self, node: &str) -> Broker {
-        let url = self.redis.url();
-        let mut env: Vec<(&str, &str)> = vec![
-            ("DATABASE_URL", &self.db),
-            ("REDIS_URL", &url),
-            ("BROKER_NODE_ID", node),
-            ("HEARTBEAT_INTERVAL_MS", "250"),
-            ("NODE_DEAD_AFTER_MS", "2000"),
-        ];
-        env.extend(self.extra.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-        Broker::start(&env)
-    }
-
-    /// `calls` of one Redis command so far (`INFO commandstats`).
-    async fn redis_calls(&self, command: &str) -> u64 {
-        let client = ::redis::Client::open(self.redis.url()).unwrap();
-        let mut c = client.get_multiplexed_async_connection().await.unwrap();
-        let info: String = ::redis::cmd("INFO")
-            .arg("commandstats")
-            .query_async(&mut c)
-            .await
-            .unwrap();
-        let prefix = format!("cmdstat_{command}:calls=");
-        info.lines()
-            .find_map(|l| l.strip_prefix(prefix.as_str()))
-            .and_then(|rest| rest.split(',').next())
-            .map_or(0, |n| n.parse().unwrap())
-    }
-}
 
 /// Sends `hello` on a fresh socket; returns the error code and the close.
 async fn refused(url: &str, hello: Value) -> (String, (u16, String)) {

@@ -9,6 +9,7 @@
     reason = "tests fail loudly on the first surprise"
 )]
 
+pub mod cluster;
 pub mod pg;
 pub mod redis;
 
