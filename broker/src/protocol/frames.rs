@@ -110,8 +110,9 @@ pub struct SystemPush {
     #[serde(rename = "type")]
     pub kind: tag::Push,
     pub subtype: tag::System,
-    pub event: String,
-    pub event_data: Value,
+    /// `event` and `eventData`, in that place of the frame.
+    #[serde(flatten)]
+    pub event: SystemEvent,
     pub message_id: String,
     pub mesh_id: String,
     /// Always `"system"`.
@@ -126,12 +127,11 @@ pub struct SystemPush {
 }
 
 impl SystemPush {
-    pub fn new(mesh_id: &str, event: &str, data: Value, created_at_ms: i64) -> Self {
+    pub fn new(mesh_id: &str, event: SystemEvent, created_at_ms: i64) -> Self {
         SystemPush {
             kind: tag::Push,
             subtype: tag::System,
-            event: event.to_string(),
-            event_data: data,
+            event,
             message_id: crate::ids::random_id(24),
             mesh_id: mesh_id.to_string(),
             sender_pubkey: "system".into(),
@@ -141,6 +141,70 @@ impl SystemPush {
             created_at: crate::ids::iso8601_ms(created_at_ms),
         }
     }
+}
+
+/// A system event: its name is the `event` of the push, its data the `eventData`.
+///
+/// The fields of each data type are declared in alphabetical order: that is the order in
+/// which the `json!` objects they replace were written, so the bytes stay the same.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", content = "eventData", rename_all = "snake_case")]
+pub enum SystemEvent {
+    PeerJoined(PeerJoined),
+    PeerReturned(PeerReturned),
+    PeerLeft(PeerLeft),
+    PeerVisible(PeerVisibility),
+    PeerHidden(PeerVisibility),
+}
+
+impl SystemEvent {
+    /// The `event` text (for logs).
+    pub fn name(&self) -> &'static str {
+        match self {
+            SystemEvent::PeerJoined(_) => "peer_joined",
+            SystemEvent::PeerReturned(_) => "peer_returned",
+            SystemEvent::PeerLeft(_) => "peer_left",
+            SystemEvent::PeerVisible(_) => "peer_visible",
+            SystemEvent::PeerHidden(_) => "peer_hidden",
+        }
+    }
+}
+
+/// `peer_joined`: a new presence without saved state to restore.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PeerJoined {
+    pub groups: Vec<Group>,
+    /// The presence's display name.
+    pub name: String,
+    /// The presence's routing key.
+    pub pubkey: String,
+}
+
+/// `peer_returned`: a new presence that restored its member's saved state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerReturned {
+    pub groups: Vec<Group>,
+    /// When the member was last seen (ISO 8601 UTC, ms).
+    pub last_seen_at: String,
+    pub name: String,
+    pub pubkey: String,
+    /// The saved summary: present, `null` when unset.
+    pub summary: Option<String>,
+}
+
+/// `peer_left`: a presence is gone for good.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PeerLeft {
+    pub name: String,
+    pub pubkey: String,
+}
+
+/// `peer_visible` / `peer_hidden`: a presence changed its visibility.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PeerVisibility {
+    pub name: String,
+    pub pubkey: String,
 }
 
 /// The reply to a `send`, `set_visible` or `set_profile`.
@@ -458,12 +522,11 @@ mod tests {
 
     #[test]
     fn system_push_shape() {
-        let v = wire(&SystemPush::new(
-            "mesh",
-            "peer_left",
-            json!({"name": "a"}),
-            0,
-        ));
+        let left = SystemEvent::PeerLeft(PeerLeft {
+            name: "a".into(),
+            pubkey: "k".into(),
+        });
+        let v = wire(&SystemPush::new("mesh", left, 0));
         let obj = v.as_object().expect("object");
         let mut keys: Vec<&str> = obj.keys().map(String::as_str).collect();
         keys.sort_unstable();
@@ -486,7 +549,137 @@ mod tests {
         assert_eq!(v["subtype"], "system");
         assert_eq!(v["senderPubkey"], "system");
         assert_eq!(v["priority"], "low");
-        assert!(serde_json::from_value::<SystemPush>(v).is_ok());
+        assert_eq!(v["event"], "peer_left");
+        assert_eq!(v["eventData"], json!({"name": "a", "pubkey": "k"}));
+        let back: SystemPush = serde_json::from_value(v).expect("decodes");
+        assert_eq!(back.event.name(), "peer_left");
+    }
+
+    fn groups() -> Vec<Group> {
+        vec![
+            Group {
+                name: "ops".into(),
+                role: None,
+            },
+            Group {
+                name: "dev".into(),
+                role: Some("lead".into()),
+            },
+        ]
+    }
+
+    /// The whole frame, with its random `messageId` fixed.
+    fn system_bytes(event: SystemEvent) -> String {
+        let mut push = SystemPush::new("mesh", event, 0);
+        push.message_id = "mid".into();
+        String::from_utf8(encode(&push).to_vec()).expect("UTF-8")
+    }
+
+    /// Each event's exact bytes, and the same JSON as the `json!` object the broker built
+    /// before these types (keys sorted: `serde_json` without `preserve_order`).
+    #[test]
+    fn system_event_data_is_byte_exact() {
+        let envelope = |event: &str, data: &str| {
+            format!(
+                r#"{{"type":"push","subtype":"system","event":"{event}","eventData":{data},"messageId":"mid","meshId":"mesh","senderPubkey":"system","priority":"low","nonce":"","ciphertext":"","createdAt":"1970-01-01T00:00:00.000Z"}}"#
+            )
+        };
+        let g = groups();
+        let cases = [
+            (
+                SystemEvent::PeerJoined(PeerJoined {
+                    groups: g.clone(),
+                    name: "bob".into(),
+                    pubkey: "k".into(),
+                }),
+                "peer_joined",
+                r#"{"groups":[{"name":"ops"},{"name":"dev","role":"lead"}],"name":"bob","pubkey":"k"}"#,
+                json!({"name": "bob", "pubkey": "k", "groups": g}),
+            ),
+            (
+                SystemEvent::PeerReturned(PeerReturned {
+                    groups: g.clone(),
+                    last_seen_at: "1970-01-01T00:00:01.000Z".into(),
+                    name: "bob".into(),
+                    pubkey: "k".into(),
+                    summary: Some("fixing bugs".into()),
+                }),
+                "peer_returned",
+                r#"{"groups":[{"name":"ops"},{"name":"dev","role":"lead"}],"lastSeenAt":"1970-01-01T00:00:01.000Z","name":"bob","pubkey":"k","summary":"fixing bugs"}"#,
+                json!({"name": "bob", "pubkey": "k", "groups": g,
+                    "lastSeenAt": "1970-01-01T00:00:01.000Z", "summary": Some("fixing bugs")}),
+            ),
+            (
+                // No saved summary: `summary` stays, as `null`.
+                SystemEvent::PeerReturned(PeerReturned {
+                    groups: vec![],
+                    last_seen_at: "t".into(),
+                    name: "bob".into(),
+                    pubkey: "k".into(),
+                    summary: None,
+                }),
+                "peer_returned",
+                r#"{"groups":[],"lastSeenAt":"t","name":"bob","pubkey":"k","summary":null}"#,
+                json!({"name": "bob", "pubkey": "k", "groups": Vec::<Group>::new(),
+                    "lastSeenAt": "t", "summary": None::<String>}),
+            ),
+            (
+                SystemEvent::PeerLeft(PeerLeft {
+                    name: "bob".into(),
+                    pubkey: "k".into(),
+                }),
+                "peer_left",
+                r#"{"name":"bob","pubkey":"k"}"#,
+                json!({"name": "bob", "pubkey": "k"}),
+            ),
+            (
+                SystemEvent::PeerVisible(PeerVisibility {
+                    name: "bob".into(),
+                    pubkey: "k".into(),
+                }),
+                "peer_visible",
+                r#"{"name":"bob","pubkey":"k"}"#,
+                json!({"name": "bob", "pubkey": "k"}),
+            ),
+            (
+                SystemEvent::PeerHidden(PeerVisibility {
+                    name: "bob".into(),
+                    pubkey: "k".into(),
+                }),
+                "peer_hidden",
+                r#"{"name":"bob","pubkey":"k"}"#,
+                json!({"name": "bob", "pubkey": "k"}),
+            ),
+        ];
+        for (event, name, data, before) in cases {
+            assert_eq!(event.name(), name);
+            let bytes = system_bytes(event.clone());
+            assert_eq!(bytes, envelope(name, data), "{name}");
+            // Byte for byte what the `json!` builder gave.
+            assert_eq!(
+                data,
+                serde_json::to_string(&before).expect("JSON"),
+                "{name}"
+            );
+            // And back: a test client or the load tester can decode it typed.
+            let back: SystemPush = serde_json::from_str(&bytes).expect("decodes");
+            assert_eq!(back.event, event, "{name}");
+        }
+        // Data that does not fit the event's type is not that event.
+        assert!(
+            serde_json::from_str::<SystemPush>(&envelope(
+                "peer_joined",
+                r#"{"name":"bob","pubkey":"k"}"#
+            ))
+            .is_err()
+        );
+        assert!(
+            serde_json::from_str::<SystemPush>(&envelope(
+                "peer_gone",
+                r#"{"name":"bob","pubkey":"k"}"#
+            ))
+            .is_err()
+        );
     }
 
     #[test]

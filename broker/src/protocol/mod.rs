@@ -437,7 +437,7 @@ impl Inbound {
     }
 }
 
-pub use frames::{Ack, ErrorFrame, Push, SystemPush};
+pub use frames::{Ack, ErrorFrame, Push, SystemEvent, SystemPush};
 
 /// Encodes any serialisable frame; frames are small plain data, so this cannot fail.
 pub fn encode<T: Serialize>(frame: &T) -> Bytes {
@@ -450,8 +450,8 @@ pub fn error_frame(code: &str, message: &str, req_id: Option<&str>) -> Bytes {
 }
 
 /// A `push` with `subtype:"system"` for the events of spec §4.2.
-pub fn system_push(mesh_id: &str, event: &str, data: Value, created_at_ms: i64) -> Bytes {
-    encode(&SystemPush::new(mesh_id, event, data, created_at_ms))
+pub fn system_push(mesh_id: &str, event: SystemEvent, created_at_ms: i64) -> Bytes {
+    encode(&SystemPush::new(mesh_id, event, created_at_ms))
 }
 
 #[cfg(test)]

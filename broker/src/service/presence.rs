@@ -2,7 +2,7 @@
 //! the bounds they are checked against. One member must not grow its presence until the
 //! peer lists and events about it no longer fit other sockets' outbound queues.
 
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 use tracing::warn;
 
 use super::{Principal, ServiceCtx};
@@ -10,7 +10,8 @@ use crate::cluster::bus::MeshEvent;
 use crate::cluster::presence::{PeerRole, PresencePatch, PresenceRecord};
 use crate::config::Config;
 use crate::ids::now_ms;
-use crate::protocol::{self, Group, Status};
+use crate::protocol::frames::PeerVisibility;
+use crate::protocol::{self, Group, Status, SystemEvent};
 
 /// A presence change refused by a bound: the `error` code and its message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -222,13 +223,16 @@ async fn announce_visibility(ctx: &ServiceCtx, me: &PresenceRecord) {
         .filter(|r| r.is_live() && r.presence_id != me.presence_id)
         .map(|r| r.presence_id.clone())
         .collect();
-    let event = if me.visible {
-        "peer_visible"
-    } else {
-        "peer_hidden"
+    let data = PeerVisibility {
+        name: me.display_name.clone(),
+        pubkey: me.routing_key().to_string(),
     };
-    let data = json!({"name": me.display_name, "pubkey": me.routing_key()});
-    announce(ctx, &me.mesh_id, to, event, data).await;
+    let event = if me.visible {
+        SystemEvent::PeerVisible(data)
+    } else {
+        SystemEvent::PeerHidden(data)
+    };
+    announce(ctx, &me.mesh_id, to, event).await;
 }
 
 /// Who hears that `subject` joined or left: every other live presence of the mesh, except
@@ -250,18 +254,18 @@ pub(crate) async fn announce(
     ctx: &ServiceCtx,
     mesh_id: &str,
     presence_ids: Vec<String>,
-    event: &str,
-    data: Value,
+    event: SystemEvent,
 ) {
     if presence_ids.is_empty() {
         return;
     }
-    let frame = protocol::system_push(mesh_id, event, data, now_ms());
+    let name = event.name();
+    let frame = protocol::system_push(mesh_id, event, now_ms());
     // An event no recipient's queue can take would close every recipient (slow consumer).
     if frame.len() > ctx.config().outbound_queue_bytes {
         ctx.metrics().reply_too_large("system_event");
         warn!(
-            event,
+            event = name,
             bytes = frame.len(),
             "system event larger than the outbound bound; not announced"
         );
