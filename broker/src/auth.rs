@@ -3,8 +3,11 @@
 //!
 //! **Beyond** the protocol's order, nothing that grows with the mesh runs before the
 //! handshake is authenticated: the shape checks, the signatures and the replay guard come
-//! first, then the member lookup, and only then the capacity check (one O(1) count of the
-//! mesh's live presences) and the listing of the mesh that `attach` uses. A stranger or a
+//! first, then the member lookup (and, for a `session_hello`, the member's cluster-wide
+//! handshake rate limit, before its session key is reserved), and only then the capacity
+//! check (one O(1) count of the mesh's live presences) and the listing of the mesh that
+//! `attach` uses. The attach enforces the cap again atomically ([`mesh_full`]), so
+//! handshakes racing on several replicas cannot overshoot it. A stranger or a
 //! bad signature costs the same at a mesh of 1 and at a full one, and never learns whether
 //! the mesh is full.
 
@@ -36,6 +39,10 @@ pub struct Limits {
     pub max_connections_per_mesh: usize,
     /// `SESSION_KEY_MEMORY_MS`: how long a proven session key stays reserved.
     pub session_key_memory: std::time::Duration,
+    /// `SESSION_HELLO_BURST_PER_MEMBER` (0 disables the limit).
+    pub session_hello_burst: u32,
+    /// `SESSION_HELLOS_PER_MEMBER_PER_MIN` (0 disables the limit).
+    pub session_hellos_per_min: u32,
 }
 
 /// Longest attestation lifetime a session key may be vouched for.
@@ -107,12 +114,53 @@ async fn check_capacity(deps: &Handshake<'_>, mesh_id: &str) -> Result<Vec<Prese
         .await
         .map_err(unavailable)?;
     if open >= deps.limits.max_connections_per_mesh {
-        return Err(HandshakeError::new(
-            "capacity",
-            "mesh connection limit reached",
-        ));
+        return Err(mesh_full());
     }
     deps.presence.list(mesh_id).await.map_err(unavailable)
+}
+
+/// The refusal of a handshake that found the mesh full: by the O(1) check before the
+/// listing, or by the attach itself when concurrent handshakes filled the last slots.
+pub fn mesh_full() -> HandshakeError {
+    HandshakeError::new("capacity", "mesh connection limit reached")
+}
+
+/// The bucket of a member's `session_hello`s: a fixed-length name whatever the ids' sizes
+/// (the token bucket's TTL is one refill period).
+fn session_hello_bucket(mesh_id: &str, member_id: &str) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(mesh_id.as_bytes());
+    h.update([0u8]);
+    h.update(member_id.as_bytes());
+    format!("shello:{}", hex::encode(&h.finalize()[..16]))
+}
+
+/// The cluster-wide `session_hello` rate limit of one member. Called once the signatures
+/// verified and the member is known, so a stranger cannot spend a member's budget, and
+/// before the session key is reserved, so a refused handshake stores nothing.
+async fn check_session_hello_rate(
+    deps: &Handshake<'_>,
+    mesh_id: &str,
+    member_id: &str,
+) -> Result<()> {
+    let ok = deps
+        .presence
+        .take_send_token(
+            &session_hello_bucket(mesh_id, member_id),
+            deps.limits.session_hello_burst,
+            deps.limits.session_hellos_per_min,
+        )
+        .await
+        .map_err(unavailable)?;
+    if ok {
+        Ok(())
+    } else {
+        Err(HandshakeError::new(
+            "rate_limited",
+            "too many session handshakes for this member; retry later",
+        ))
+    }
 }
 
 fn captured(deps: &Handshake<'_>, reason: &'static str, message: &str) -> HandshakeError {
@@ -349,6 +397,7 @@ pub async fn verify_session_hello<'a>(
             "parentMemberId is not the member of parentMemberPubkey",
         ));
     }
+    check_session_hello_rate(deps, &mesh.id, &member.id).await?;
     // The attestation signed this key: it stays reserved for this member at least as long
     // as the attestation lasts, so no other member's `hello` can announce it meanwhile.
     let memory = deps

@@ -124,6 +124,12 @@ pub const SETTINGS: &[Setting] = &[
         doc: "Open HTTP connections (not upgraded to WebSocket) per replica; beyond it a new connection is closed at once. Keep it below the file limit so sockets and the store keep descriptors.",
     },
     Setting {
+        name: "HTTP_MAX_HEADER_BYTES",
+        default: "16384",
+        unit: "bytes",
+        doc: "Largest HTTP request head (request line and headers) and the most a connection buffers while reading one (hyper's read buffer; at least 8192). A larger head is answered 431 and the connection closed.",
+    },
+    Setting {
         name: "MAX_CONNECTIONS_PER_MESH",
         default: "100",
         unit: "sockets",
@@ -140,6 +146,18 @@ pub const SETTINGS: &[Setting] = &[
         default: "60",
         unit: "messages/minute",
         doc: "Send rate limit: refill per member. `0` disables the limit.",
+    },
+    Setting {
+        name: "SESSION_HELLO_BURST_PER_MEMBER",
+        default: "20",
+        unit: "handshakes",
+        doc: "Cluster-wide `session_hello` rate limit: bucket size per member (each verified `session_hello` reserves a session key for `SESSION_KEY_MEMORY_MS`). Checked once the member is known; beyond it the handshake is refused `rate_limited` (1008). `0` disables the limit.",
+    },
+    Setting {
+        name: "SESSION_HELLOS_PER_MEMBER_PER_MIN",
+        default: "60",
+        unit: "handshakes/minute",
+        doc: "Cluster-wide `session_hello` rate limit: refill per member. `0` disables the limit.",
     },
     Setting {
         name: "LEASE_GRACE_MS",
@@ -381,11 +399,16 @@ pub struct Config {
     pub http_header_read_timeout: Duration,
     pub http_idle_timeout: Duration,
     pub max_http_connections: usize,
+    pub http_max_header_bytes: usize,
     pub max_connections_per_mesh: usize,
     /// 0 disables the limit.
     pub send_burst: u32,
     /// 0 disables the limit.
     pub send_per_min: u32,
+    /// `SESSION_HELLO_BURST_PER_MEMBER`; 0 disables the limit.
+    pub session_hello_burst: u32,
+    /// `SESSION_HELLOS_PER_MEMBER_PER_MIN`; 0 disables the limit.
+    pub session_hellos_per_min: u32,
     pub lease_grace: Duration,
     pub hello_timeout: Duration,
     pub timestamp_skew: Duration,
@@ -453,9 +476,12 @@ impl Config {
             http_header_read_timeout: r.positive_millis("HTTP_HEADER_READ_TIMEOUT_MS")?,
             http_idle_timeout: r.positive_millis("HTTP_IDLE_TIMEOUT_MS")?,
             max_http_connections: r.parse_min("MAX_HTTP_CONNECTIONS", 1)?,
+            http_max_header_bytes: r.parse_min("HTTP_MAX_HEADER_BYTES", 8192)?,
             max_connections_per_mesh: r.parse_min("MAX_CONNECTIONS_PER_MESH", 1)?,
             send_burst: r.parse("BROKER_SEND_BURST")?,
             send_per_min: r.parse("BROKER_SEND_PER_MIN")?,
+            session_hello_burst: r.parse("SESSION_HELLO_BURST_PER_MEMBER")?,
+            session_hellos_per_min: r.parse("SESSION_HELLOS_PER_MEMBER_PER_MIN")?,
             lease_grace: r.millis("LEASE_GRACE_MS")?,
             hello_timeout: r.positive_millis("HELLO_TIMEOUT_MS")?,
             timestamp_skew: r.millis("TIMESTAMP_SKEW_MS")?,

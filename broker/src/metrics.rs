@@ -217,7 +217,7 @@ pub const CATALOGUE: &[(&str, &str, &str)] = &[
     (
         "broker_replies_too_large_total",
         "counter",
-        "Frames not queued because they exceed `OUTBOUND_QUEUE_BYTES`, by `reason` (peers_list: answered with an error; system_event: not announced).",
+        "Frames not queued because they exceed `OUTBOUND_QUEUE_BYTES`, by `reason` (peers_list: larger than the bound or than the space left in the requester's queue, answered with an error; system_event: not announced).",
     ),
     (
         "broker_ws_messages_refused_total",
@@ -237,7 +237,7 @@ pub const CATALOGUE: &[(&str, &str, &str)] = &[
     (
         "broker_http_connections_closed_total",
         "counter",
-        "HTTP connections closed by the broker, by `reason` (header_timeout, idle_timeout, capacity).",
+        "HTTP connections closed by the broker, by `reason` (header_timeout, idle_timeout, capacity, header_too_large: a request head over `HTTP_MAX_HEADER_BYTES`, answered 431).",
     ),
     (
         "broker_http_accept_errors_total",

@@ -238,6 +238,8 @@ impl Node {
                 timestamp_skew: self.config.timestamp_skew,
                 max_connections_per_mesh: self.config.max_connections_per_mesh,
                 session_key_memory: self.config.session_key_memory,
+                session_hello_burst: self.config.session_hello_burst,
+                session_hellos_per_min: self.config.session_hellos_per_min,
             },
             metrics: &self.metrics,
         }

@@ -112,6 +112,37 @@ impl Outbound {
         true
     }
 
+    /// Queues a text frame only if it fits the space left (`queued + len <= limit`);
+    /// otherwise hands it back, and the queue is *not* marked overflowed. For a reply the
+    /// requester is better told it cannot have than closed for: the caller answers an
+    /// `error` instead. The reservation is one atomic update, so two callers cannot both
+    /// take the last of the space. Also hands the frame back when the queue overflowed
+    /// before or the socket is gone ([`Outbound::is_closed`] tells these apart).
+    pub fn try_text(&self, frame: Bytes) -> Result<(), Bytes> {
+        if self.state.overflowed.load(Ordering::Relaxed) {
+            return Err(frame);
+        }
+        let len = frame.len();
+        let limit = self.state.limit;
+        let reserved =
+            self.state
+                .queued
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |queued| {
+                    queued.checked_add(len).filter(|&after| after <= limit)
+                });
+        if reserved.is_err() {
+            return Err(frame);
+        }
+        self.state.gauge.inc_by(len as i64);
+        // `Bytes` clones share the buffer: the copy is only handed back if the send fails.
+        if self.tx.send(OutFrame::Text(frame.clone())).is_err() {
+            self.state.queued.fetch_sub(len, Ordering::Relaxed);
+            self.state.gauge.dec_by(len as i64);
+            return Err(frame);
+        }
+        Ok(())
+    }
+
     pub fn control(&self, frame: OutFrame) {
         let _ = self.tx.send(frame);
     }
@@ -255,5 +286,80 @@ async fn write<S: AsyncWrite + Unpin>(
         biased;
         _ = kill.cancelled() => false,
         r = tokio::time::timeout(stall, ws.write_frame(frame)) => matches!(r, Ok(Ok(()))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outbound(limit: usize) -> (Outbound, mpsc::UnboundedReceiver<OutFrame>, Gauge, Counter) {
+        let gauge = Gauge::default();
+        let slow = Counter::default();
+        let (out, rx) = Outbound::new(limit, gauge.clone(), slow.clone(), Counter::default());
+        (out, rx, gauge, slow)
+    }
+
+    #[test]
+    fn try_text_queues_what_fits_and_hands_back_the_rest_without_overflowing() {
+        let (out, mut rx, gauge, slow) = outbound(100);
+        assert!(out.text(Bytes::from(vec![b'a'; 60])));
+        // Fits the bound (100) but not the 40 bytes left: handed back, queue intact.
+        let big = Bytes::from(vec![b'b'; 41]);
+        assert_eq!(out.try_text(big.clone()), Err(big));
+        assert!(!out.overflowed());
+        assert_eq!(slow.get(), 0);
+        assert_eq!(gauge.get(), 60);
+        // Exactly the space left is taken.
+        assert_eq!(out.try_text(Bytes::from(vec![b'c'; 40])), Ok(()));
+        assert_eq!(gauge.get(), 100);
+        assert_eq!(
+            out.try_text(Bytes::from_static(b"d")),
+            Err(Bytes::from_static(b"d"))
+        );
+        assert!(!out.overflowed());
+        // The queued frames are the first and the third, in order.
+        let lens: Vec<usize> = std::iter::from_fn(|| match rx.try_recv() {
+            Ok(OutFrame::Text(b)) => Some(b.len()),
+            _ => None,
+        })
+        .collect();
+        assert_eq!(lens, [60, 40]);
+    }
+
+    #[test]
+    fn try_text_hands_back_after_an_overflow_or_a_closed_socket() {
+        let (out, rx, gauge, slow) = outbound(10);
+        assert!(!out.text(Bytes::from(vec![b'a'; 11])));
+        assert!(out.overflowed());
+        assert_eq!(slow.get(), 1);
+        assert!(out.try_text(Bytes::from_static(b"x")).is_err());
+        drop(rx);
+        let (out, rx, ..) = outbound(10);
+        drop(rx);
+        assert!(out.try_text(Bytes::from_static(b"x")).is_err());
+        assert!(out.is_closed());
+        assert_eq!(gauge.get(), 0);
+    }
+
+    #[test]
+    fn concurrent_try_text_never_takes_more_than_the_space() {
+        let (out, _rx, gauge, _) = outbound(1000);
+        let taken: usize = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| {
+                    let out = out.clone();
+                    s.spawn(move || {
+                        (0..100)
+                            .filter(|_| out.try_text(Bytes::from(vec![b'x'; 7])).is_ok())
+                            .count()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap_or(0)).sum()
+        });
+        assert_eq!(taken, 1000 / 7);
+        assert_eq!(gauge.get(), (taken * 7) as i64);
+        assert!(!out.overflowed());
     }
 }

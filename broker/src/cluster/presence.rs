@@ -11,6 +11,7 @@
 //!   [`Presence::expire`] first (exactly one caller gets it back, so `peer_left` is sent once).
 //! - **Limits:** [`Presence::remember_signature`] and [`Presence::take_send_token`] are
 //!   atomic in the backend, so the replay guard and the send rate limit hold cluster-wide.
+//!   So is the cap of [`Presence::attach_within`]: the count and the attach are one step.
 //! - Records are ephemeral: nothing here survives a restart of the backend, and nothing
 //!   here is durable state.
 
@@ -111,6 +112,19 @@ impl PresencePatch {
     }
 }
 
+/// The outcome of [`Presence::attach_within`].
+#[derive(Debug, Clone)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "short-lived return value; `Done` is the usual case, boxing it would allocate on every attach"
+)]
+pub enum Attach {
+    /// Attached; the record it replaced, if any.
+    Done(Option<PresenceRecord>),
+    /// The mesh's live set was full: nothing was written.
+    Full,
+}
+
 /// What a heartbeat found out about this replica's standing in the cluster.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Heartbeat {
@@ -136,6 +150,11 @@ pub trait Presence: Send + Sync + 'static {
     /// Inserts the record, or takes over an existing one with the same id (reattach).
     /// Returns the record it replaced, if any.
     async fn attach(&self, record: PresenceRecord) -> PresenceResult<Option<PresenceRecord>>;
+    /// [`Presence::attach`] for a handshake: refused ([`Attach::Full`], nothing changed) in
+    /// the same atomic step when the mesh already has `cap` live records and this record's
+    /// id is not one of them, so concurrent handshakes on several replicas cannot overshoot
+    /// `MAX_CONNECTIONS_PER_MESH`. `cap == 0` never refuses.
+    async fn attach_within(&self, record: PresenceRecord, cap: usize) -> PresenceResult<Attach>;
     /// Applies `patch` if `conn_id` still owns the record.
     async fn update(
         &self,
@@ -291,6 +310,12 @@ impl MemoryInner {
         }
     }
 
+    fn attach(&mut self, record: PresenceRecord) -> Option<PresenceRecord> {
+        self.set_live(&record.mesh_id, &record.presence_id, record.is_live());
+        let mesh = self.meshes.entry(record.mesh_id.clone()).or_default();
+        mesh.insert(record.presence_id.clone(), record)
+    }
+
     fn take(&mut self, mesh_id: &str, presence_id: &str) -> Option<PresenceRecord> {
         self.set_live(mesh_id, presence_id, false);
         let mesh = self.meshes.get_mut(mesh_id)?;
@@ -325,9 +350,19 @@ impl Presence for MemoryPresence {
 
     async fn attach(&self, record: PresenceRecord) -> PresenceResult<Option<PresenceRecord>> {
         let mut inner = self.lock();
-        inner.set_live(&record.mesh_id, &record.presence_id, record.is_live());
-        let mesh = inner.meshes.entry(record.mesh_id.clone()).or_default();
-        Ok(mesh.insert(record.presence_id.clone(), record))
+        Ok(inner.attach(record))
+    }
+
+    async fn attach_within(&self, record: PresenceRecord, cap: usize) -> PresenceResult<Attach> {
+        let mut inner = self.lock();
+        let live = inner.live.get(&record.mesh_id);
+        let full = cap > 0
+            && live.map_or(0, HashSet::len) >= cap
+            && !live.is_some_and(|ids| ids.contains(&record.presence_id));
+        if full {
+            return Ok(Attach::Full);
+        }
+        Ok(Attach::Done(inner.attach(record)))
     }
 
     async fn update(
@@ -511,5 +546,75 @@ impl Presence for MemoryPresence {
             .get(&(mesh_id.to_string(), session_key.to_string()))
             .filter(|(_, until)| *until > Instant::now())
             .map(|(member, _)| member.clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: &str, conn: &str) -> PresenceRecord {
+        PresenceRecord {
+            presence_id: id.into(),
+            mesh_id: "m".into(),
+            member_id: format!("member-{id}"),
+            member_pubkey: "ab".repeat(32),
+            session_pubkey: None,
+            display_name: id.into(),
+            session_id: String::new(),
+            peer_role: PeerRole::ControlPlane,
+            node_id: "n".into(),
+            conn_id: conn.into(),
+            grace_until: None,
+            status: Status::Idle,
+            summary: None,
+            visible: true,
+            groups: Vec::new(),
+            profile: Map::new(),
+            stats: None,
+            pid: None,
+            cwd: String::new(),
+            hostname: None,
+            peer_type: None,
+            channel: None,
+            model: None,
+            connected_at: 0,
+            last_pong_at: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn attach_within_refuses_a_new_record_at_the_cap_and_nothing_else() {
+        let p = MemoryPresence::new();
+        for id in ["a", "b"] {
+            let r = record(id, &format!("n/{id}"));
+            assert!(matches!(
+                p.attach_within(r, 2).await,
+                Ok(Attach::Done(None))
+            ));
+        }
+        // Full: a new record is refused and nothing is written.
+        let refused = p.attach_within(record("c", "n/c"), 2).await;
+        assert!(matches!(refused, Ok(Attach::Full)));
+        assert_eq!(p.live_count("m").await.unwrap(), 2);
+        assert_eq!(p.list("m").await.unwrap().len(), 2);
+        // A live record taken over (reattach) is not a new slot; no cap never refuses.
+        let takeover = p.attach_within(record("a", "n/a2"), 2).await;
+        assert!(matches!(takeover, Ok(Attach::Done(Some(_)))));
+        assert!(matches!(
+            p.attach_within(record("d", "n/d"), 0).await,
+            Ok(Attach::Done(None))
+        ));
+        // A record in grace frees its slot; coming back from grace takes one again.
+        assert!(p.release("m", "d", "n/d", 1).await.unwrap());
+        assert!(p.release("m", "b", "n/b", 1).await.unwrap());
+        assert!(matches!(
+            p.attach_within(record("c", "n/c"), 2).await,
+            Ok(Attach::Done(None))
+        ));
+        assert!(matches!(
+            p.attach_within(record("b", "n/b2"), 2).await,
+            Ok(Attach::Full)
+        ));
     }
 }

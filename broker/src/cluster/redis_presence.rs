@@ -25,7 +25,7 @@ use redis::{AsyncCommands, Script};
 use prometheus_client::metrics::counter::Counter;
 
 use super::presence::{
-    Heartbeat, Presence, PresenceError, PresencePatch, PresenceRecord, PresenceResult,
+    Attach, Heartbeat, Presence, PresenceError, PresencePatch, PresenceRecord, PresenceResult,
 };
 
 fn err(e: redis::RedisError) -> PresenceError {
@@ -290,6 +290,32 @@ impl RedisPresence {
         Ok(())
     }
 
+    /// The attach script; `cap == 0` never refuses.
+    async fn attach_capped(&self, record: PresenceRecord, cap: usize) -> PresenceResult<Attach> {
+        let mut c = self.conn.clone();
+        let json = serde_json::to_string(&record).map_err(|e| PresenceError(e.to_string()))?;
+        let out: Option<(Option<String>, Option<String>)> = self
+            .attach
+            .key(self.key("presence", &record.mesh_id))
+            .key(self.key("owner", &record.mesh_id))
+            .key(self.grace_key())
+            .key(self.key("nodep", node_of(&record.conn_id)))
+            .key(self.key("live", &record.mesh_id))
+            .arg(&record.presence_id)
+            .arg(json)
+            .arg(&record.conn_id)
+            .arg(format!("{}|{}", record.mesh_id, record.presence_id))
+            .arg(self.nodep_prefix())
+            .arg(cap)
+            .invoke_async(&mut c)
+            .await
+            .map_err(err)?;
+        Ok(match out {
+            Some((old, owner)) => Attach::Done(decode(old, owner)),
+            None => Attach::Full,
+        })
+    }
+
     fn key(&self, kind: &str, id: &str) -> String {
         format!("{}:{kind}:{id}", self.prefix)
     }
@@ -355,24 +381,15 @@ impl Presence for RedisPresence {
     }
 
     async fn attach(&self, record: PresenceRecord) -> PresenceResult<Option<PresenceRecord>> {
-        let mut c = self.conn.clone();
-        let json = serde_json::to_string(&record).map_err(|e| PresenceError(e.to_string()))?;
-        let (old, owner): (Option<String>, Option<String>) = self
-            .attach
-            .key(self.key("presence", &record.mesh_id))
-            .key(self.key("owner", &record.mesh_id))
-            .key(self.grace_key())
-            .key(self.key("nodep", node_of(&record.conn_id)))
-            .key(self.key("live", &record.mesh_id))
-            .arg(&record.presence_id)
-            .arg(json)
-            .arg(&record.conn_id)
-            .arg(format!("{}|{}", record.mesh_id, record.presence_id))
-            .arg(self.nodep_prefix())
-            .invoke_async(&mut c)
-            .await
-            .map_err(err)?;
-        Ok(decode(old, owner))
+        // Without a cap the script always attaches.
+        Ok(match self.attach_capped(record, 0).await? {
+            Attach::Done(old) => old,
+            Attach::Full => None,
+        })
+    }
+
+    async fn attach_within(&self, record: PresenceRecord, cap: usize) -> PresenceResult<Attach> {
+        self.attach_capped(record, cap).await
     }
 
     async fn update(

@@ -279,6 +279,7 @@ pub const ERRORS: &[ErrorCode] = &[
     check("bad_parent_pubkey"),
     check("attestation_mismatch"),
     check("capacity"),
+    check("rate_limited"),
     check("timestamp_skew"),
     check("bad_signature"),
     check("replayed"),

@@ -112,7 +112,8 @@ async fn refuse(mut stream: TcpStream) {
 /// Two timeouts bound what a stalled client holds: hyper's header-read timeout (a request
 /// head must be complete this long after the connection opened or after the previous
 /// response), and the idle timeout (no byte moved in either direction: a stalled body, a
-/// response the client does not read).
+/// response the client does not read). The head's size is bounded by
+/// `HTTP_MAX_HEADER_BYTES` (hyper's read buffer): over it, hyper answers 431 and closes.
 async fn serve_http(node: Arc<Node>, stream: TcpStream, peer: std::net::SocketAddr) {
     let opened = Instant::now();
     let activity = Arc::new(AtomicU64::new(0));
@@ -127,9 +128,12 @@ async fn serve_http(node: Arc<Node>, stream: TcpStream, peer: std::net::SocketAd
     let idle = node.config.http_idle_timeout;
     let header_timeout = node.config.http_header_read_timeout;
     let mut builder = http1::Builder::new();
+    // hyper buffers a request head until it is complete, by default up to ~400 KB per
+    // connection (times `MAX_HTTP_CONNECTIONS`); the bound makes a larger head a 431.
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(header_timeout);
+        .header_read_timeout(header_timeout)
+        .max_buf_size(node.config.http_max_header_bytes);
     let conn_node = node.clone();
     let svc = service_fn(move |mut req: Request<Incoming>| {
         // The source address, for handlers that limit per client (the hook route).
@@ -156,6 +160,8 @@ async fn serve_http(node: Arc<Node>, stream: TcpStream, peer: std::net::SocketAd
                 let silent = !eof.load(Ordering::Relaxed) && last.elapsed() >= header_timeout;
                 break match r {
                     Err(e) if e.is_timeout() => Some("header_timeout"),
+                    // hyper has answered 431 (`HTTP_MAX_HEADER_BYTES`).
+                    Err(e) if e.is_parse_too_large() => Some("header_too_large"),
                     _ if silent => Some("header_timeout"),
                     _ => None,
                 };

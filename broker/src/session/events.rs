@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::sync::{Notify, mpsc};
 use tracing::{debug, warn};
 
@@ -16,8 +16,10 @@ use crate::cluster::presence::PresenceRecord;
 use crate::hub::{Control, Held, SessionHandle};
 use crate::ids::{self, now_ms};
 use crate::node::Node;
-use crate::protocol::frames::{HelloAck, MemberProfile, Restored, tag};
-use crate::protocol::{self, Status, codes};
+use crate::protocol::frames::{
+    HelloAck, MemberProfile, PeerJoined, PeerLeft, PeerReturned, Restored, tag,
+};
+use crate::protocol::{self, Status, SystemEvent, codes};
 use crate::store::PeerState;
 
 fn unavailable(e: impl std::fmt::Display) -> HandshakeError {
@@ -34,11 +36,10 @@ pub(crate) async fn announce(
     node: &Arc<Node>,
     mesh_id: &str,
     presence_ids: Vec<String>,
-    event: &str,
-    data: Value,
+    event: SystemEvent,
 ) {
     let ctx = crate::service::ServiceCtx::new(node);
-    crate::service::presence::announce(&ctx, mesh_id, presence_ids, event, data).await;
+    crate::service::presence::announce(&ctx, mesh_id, presence_ids, event).await;
 }
 
 /// A presence is gone for good: save what its member will get back, tell the others.
@@ -63,8 +64,11 @@ pub(crate) async fn end_presence(node: &Arc<Node>, record: PresenceRecord) {
         .await
         .unwrap_or_default();
     let to = join_leave_recipients(&records, &record);
-    let data = json!({"name": record.display_name, "pubkey": record.routing_key()});
-    announce(node, &record.mesh_id, to, "peer_left", data).await;
+    let left = SystemEvent::PeerLeft(PeerLeft {
+        name: record.display_name.clone(),
+        pubkey: record.routing_key().to_string(),
+    });
+    announce(node, &record.mesh_id, to, left).await;
     node.audit(
         &record.mesh_id,
         "peer_left",
@@ -223,12 +227,20 @@ pub(super) async fn attach(
     // nothing reaches the client before its hello_ack.
     node.hub.insert(handle.clone());
     node.sync_subscription(&mesh_id).await;
-    let prior = match node.presence.attach(record.clone()).await {
+    // The cap is enforced by the attach itself too: handshakes racing on several replicas
+    // past the O(1) check before it get `capacity` here, and leave nothing behind.
+    let cap = node.config.max_connections_per_mesh;
+    let attached = match node.presence.attach_within(record.clone(), cap).await {
+        Ok(crate::cluster::presence::Attach::Done(p)) => Ok(p),
+        Ok(crate::cluster::presence::Attach::Full) => Err(crate::auth::mesh_full()),
+        Err(e) => Err(unavailable(e)),
+    };
+    let prior = match attached {
         Ok(p) => p,
         Err(e) => {
             node.hub.remove(&mesh_id, &s.conn_id);
             node.sync_subscription(&mesh_id).await;
-            return Err(unavailable(e));
+            return Err(e);
         }
     };
     let mut to_close: Vec<String> = replaced.iter().map(|r| r.conn_id.clone()).collect();
@@ -297,14 +309,22 @@ pub(super) async fn attach(
         let pubkey = record.routing_key().to_string();
         match &restored {
             Some(r) => {
-                let data = json!({"name": record.display_name, "pubkey": pubkey, "groups": record.groups,
-                    "lastSeenAt": ids::iso8601_ms(r.last_seen_at), "summary": r.summary});
-                announce(&node, &mesh_id, to, "peer_returned", data).await;
+                let returned = SystemEvent::PeerReturned(PeerReturned {
+                    groups: record.groups.clone(),
+                    last_seen_at: ids::iso8601_ms(r.last_seen_at),
+                    name: record.display_name.clone(),
+                    pubkey: pubkey.clone(),
+                    summary: r.summary.clone(),
+                });
+                announce(&node, &mesh_id, to, returned).await;
             }
             None => {
-                let data =
-                    json!({"name": record.display_name, "pubkey": pubkey, "groups": record.groups});
-                announce(&node, &mesh_id, to, "peer_joined", data).await;
+                let joined = SystemEvent::PeerJoined(PeerJoined {
+                    groups: record.groups.clone(),
+                    name: record.display_name.clone(),
+                    pubkey: pubkey.clone(),
+                });
+                announce(&node, &mesh_id, to, joined).await;
             }
         }
         node.audit(
@@ -456,9 +476,14 @@ async fn announce_return(node: &Arc<Node>, record: &PresenceRecord) {
     let to = join_leave_recipients(&records, record);
     debug!(presence_id = %record.presence_id, recipients = to.len(), "resync: presence restored, return announced");
     let pubkey = record.routing_key().to_string();
-    let data = json!({"name": record.display_name, "pubkey": pubkey, "groups": record.groups,
-        "lastSeenAt": ids::iso8601_ms(state.last_seen_at), "summary": state.summary});
-    announce(node, &record.mesh_id, to, "peer_returned", data).await;
+    let returned = SystemEvent::PeerReturned(PeerReturned {
+        groups: record.groups.clone(),
+        last_seen_at: ids::iso8601_ms(state.last_seen_at),
+        name: record.display_name.clone(),
+        pubkey: pubkey.clone(),
+        summary: state.summary.clone(),
+    });
+    announce(node, &record.mesh_id, to, returned).await;
     node.audit(
         &record.mesh_id,
         "peer_joined",

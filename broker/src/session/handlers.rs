@@ -276,7 +276,19 @@ impl Session {
                 req_id,
             );
         }
-        self.reply(frame);
+        // A reply that fits the bound but not the space left in the requester's queue (it
+        // is not reading fast enough) is refused too; pushes and events keep the close.
+        let len = frame.len();
+        if self.out.try_text(frame).is_err() && !self.out.is_closed() && !self.out.overflowed() {
+            self.node.metrics.reply_too_large("peers_list");
+            self.reply_error(
+                "reply_too_large",
+                &format!(
+                    "the peer list is {len} bytes, more than the space left in this connection's outbound queue (bound {bound})"
+                ),
+                req_id,
+            );
+        }
     }
 
     pub(super) async fn set_status(&mut self, status: Status) {

@@ -1,6 +1,13 @@
 -- Insert a presence record or take it over (reattach); returns {old record, old owner}.
 -- KEYS: presence hash, owner hash, grace zset, node set of the new owner, mesh's live set
--- ARGV: presence id, record JSON, conn id, "mesh|presence", node-set key prefix
+-- ARGV: presence id, record JSON, conn id, "mesh|presence", node-set key prefix, cap
+-- With a cap > 0, a record that is not already live is refused (nil, nothing written)
+-- while the mesh's live set holds cap ids: the capacity check and the attach are one step.
+local cap = tonumber(ARGV[6]) or 0
+if cap > 0 and redis.call('SISMEMBER', KEYS[5], ARGV[1]) == 0
+    and redis.call('SCARD', KEYS[5]) >= cap then
+  return false
+end
 local old = redis.call('HGET', KEYS[1], ARGV[1])
 local old_owner = redis.call('HGET', KEYS[2], ARGV[1])
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
