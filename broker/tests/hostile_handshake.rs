@@ -14,20 +14,6 @@ use common::cluster::Cluster;
 use common::*;
 use serde_json::{Value, json};
 
-/// Sends `hello` on a fresh socket; returns the error code and the close.
-async fn refused(url: &str, hello: Value) -> (String, (u16, String)) {
-    let mut c = Client::connect(url).await;
-    c.send(hello).await;
-    let err = c.expect("error").await;
-    let close = c.expect_close().await;
-    (err["code"].as_str().unwrap_or_default().to_string(), close)
-}
-
-async fn assert_refused(url: &str, hello: Value, code: &str) {
-    let got = refused(url, hello).await;
-    assert_eq!(got, (code.to_string(), handshake_close(code)));
-}
-
 /// `hello` with its signature made by someone else (well-formed, does not verify).
 fn badly_signed(m: &Member, mesh: &str) -> Value {
     let mut h = m.hello(mesh, json!({}));

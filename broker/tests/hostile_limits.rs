@@ -10,30 +10,13 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Broker, Client, ClientFrame, member};
+use common::{Broker, Client, ClientFrame, member, metric, rss_mib};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
-
-fn rss_mb(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap();
-    kb / 1024.0
-}
-
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-        .unwrap_or(0.0)
-}
 
 /// A request line and the start of a header `X-Pad` of `pad` bytes; the head is complete
 /// (a blank line follows) only when `finish`.
@@ -99,7 +82,7 @@ async fn many_partial_request_heads_hold_bounded_memory() {
         ("HTTP_IDLE_TIMEOUT_MS", "60000"),
     ]);
     let pid = b.pid();
-    let before = rss_mb(pid);
+    let before = rss_mib(pid);
     let partial = head(PARTIAL, false);
     let mut tasks = Vec::new();
     for _ in 0..CONNS {
@@ -118,14 +101,14 @@ async fn many_partial_request_heads_hold_bounded_memory() {
     let deadline = Instant::now() + Duration::from_secs(15);
     let mut peak: f64 = 0.0;
     loop {
-        peak = peak.max(rss_mb(pid) - before);
+        peak = peak.max(rss_mib(pid) - before);
         let done = tasks.iter().filter(|t| t.is_finished()).count();
         if done == CONNS || peak >= BOUND_MB || Instant::now() >= deadline {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    peak = peak.max(rss_mb(pid) - before);
+    peak = peak.max(rss_mib(pid) - before);
     let done = tasks.iter().filter(|t| t.is_finished()).count();
     eprintln!("{done} of {CONNS} refused; RSS grew by at most {peak:.1} MB");
     assert!(

@@ -13,20 +13,6 @@ use common::cluster::Cluster;
 use common::*;
 use serde_json::{Value, json};
 
-/// Sends a handshake on a fresh socket; returns the error code and the close.
-async fn refused(url: &str, hello: Value) -> (String, (u16, String)) {
-    let mut c = Client::connect(url).await;
-    c.send(hello).await;
-    let err = c.expect("error").await;
-    let close = c.expect_close().await;
-    (err["code"].as_str().unwrap_or_default().to_string(), close)
-}
-
-async fn assert_refused(url: &str, hello: Value, code: &str) {
-    let got = refused(url, hello).await;
-    assert_eq!(got, (code.to_string(), handshake_close(code)));
-}
-
 /// Peers in a `list_peers` reply; 0 for an error reply.
 fn peer_count(list: &Value) -> usize {
     list["peers"].as_array().map_or(0, Vec::len)

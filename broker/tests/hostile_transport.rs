@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Broker, Client, ClientFrame, WAIT, codes, member};
+use common::{Broker, Client, ClientFrame, WAIT, codes, member, metric, rss_mib};
 use serde_json::{Value, json};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -121,18 +121,6 @@ async fn read_until_close(rd: &mut (impl AsyncRead + Unpin)) -> End {
         .unwrap_or(End::Nothing)
 }
 
-/// Resident set size of `pid` in MB.
-fn rss_mb(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap();
-    kb / 1024.0
-}
-
 /// A joined, well-behaved client in a fresh mesh.
 async fn bystander(b: &Broker) -> Client {
     let mesh = b.create_mesh("bystanders", None);
@@ -150,7 +138,7 @@ async fn assert_unaffected(c: &mut Client) {
 /// broker's frames; returns how the socket ended, the bytes sent and the peak RSS growth.
 async fn flood(b: &Broker, first: Vec<u8>, next: Vec<u8>, budget: usize) -> (End, usize, f64) {
     let pid = b.pid();
-    let before = rss_mb(pid);
+    let before = rss_mib(pid);
     let s = raw_ws(b.addr).await;
     let (mut rd, mut wr) = s.into_split();
     let done = Arc::new(AtomicBool::new(false));
@@ -172,11 +160,11 @@ async fn flood(b: &Broker, first: Vec<u8>, next: Vec<u8>, budget: usize) -> (End
                 break;
             }
             sent += batch.len();
-            peak = peak.max(rss_mb(pid) - before);
+            peak = peak.max(rss_mib(pid) - before);
         }
     }
     let end = reader.await.unwrap();
-    peak = peak.max(rss_mb(pid) - before);
+    peak = peak.max(rss_mib(pid) - before);
     (end, sent, peak)
 }
 
@@ -290,7 +278,7 @@ async fn ping_floods_without_reading_are_bounded_before_and_after_hello() {
     let mesh = b.create_mesh("flooders", None);
     let m = member(&b, &mesh, "loud", json!({}));
     let pid = b.pid();
-    let before = rss_mb(pid);
+    let before = rss_mib(pid);
 
     // Two attackers that never read: one before its hello, one after.
     let pre = raw_ws(b.addr).await;
@@ -319,7 +307,7 @@ async fn ping_floods_without_reading_are_bounded_before_and_after_hello() {
             .then_some(())
     })
     .await;
-    let growth = rss_mb(pid) - before;
+    let growth = rss_mib(pid) - before;
     assert!(
         growth < 50.0,
         "RSS grew by {growth:.0} MB for 800 000 unread pongs"
@@ -403,12 +391,6 @@ fn limit_files(pid: u32, n: u32) {
         .status()
         .expect("prlimit runs");
     assert!(status.success());
-}
-
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-        .unwrap_or(0.0)
 }
 
 #[test]

@@ -244,6 +244,45 @@ pub fn http(
     Ok((status, body))
 }
 
+/// The resident set size of a process, in MiB.
+pub fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kb / 1024.0
+}
+
+/// The value of one series (`name` with its labels, as rendered) in a metrics text.
+pub fn metric_value(metrics: &str, name: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+}
+
+/// [`metric_value`], 0 for a series not rendered yet.
+pub fn metric(metrics: &str, name: &str) -> f64 {
+    metric_value(metrics, name).unwrap_or(0.0)
+}
+
+/// Sends a handshake on a fresh socket; returns the error code and the close.
+pub async fn refused(url: &str, hello: Value) -> (String, (u16, String)) {
+    let mut c = Client::connect(url).await;
+    c.send(hello).await;
+    let err = c.expect("error").await;
+    let close = c.expect_close().await;
+    (err["code"].as_str().unwrap_or_default().to_string(), close)
+}
+
+/// A handshake refused with `code` and closed as handshake refusals are.
+pub async fn assert_refused(url: &str, hello: Value, code: &str) {
+    let got = refused(url, hello).await;
+    assert_eq!(got, (code.to_string(), handshake_close(code)));
+}
+
 /// An ed25519 identity.
 #[derive(Clone)]
 pub struct Identity {

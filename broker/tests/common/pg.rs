@@ -168,38 +168,18 @@ impl PgCluster {
 
     /// Stops the server (fast shutdown: sessions are cut, as in a crash of the clients' view).
     pub fn stop(&self) {
-        let out = run_pg(
-            "pg_ctl",
-            &[
-                "-D",
-                path(&self.dir.join("data")),
-                "-m",
-                "fast",
-                "-w",
-                "stop",
-            ],
-        );
-        assert!(
-            out.status.success(),
-            "pg_ctl stop failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        self.stop_with("fast");
     }
 
     /// Stops the server with `-m immediate`: every backend dies at once, mid-commit
     /// included, as in a crash; the next start runs crash recovery.
     pub fn stop_immediate(&self) {
-        let out = run_pg(
-            "pg_ctl",
-            &[
-                "-D",
-                path(&self.dir.join("data")),
-                "-m",
-                "immediate",
-                "-w",
-                "stop",
-            ],
-        );
+        self.stop_with("immediate");
+    }
+
+    fn stop_with(&self, mode: &str) {
+        let data = self.dir.join("data");
+        let out = run_pg("pg_ctl", &["-D", path(&data), "-m", mode, "-w", "stop"]);
         assert!(
             out.status.success(),
             "pg_ctl stop failed: {}",
