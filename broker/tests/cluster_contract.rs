@@ -1230,3 +1230,38 @@ fn hub_knows_no_bus_types() {
         }
     }
 }
+
+/// Two heartbeats of one replica that overlap (the housekeeping tick and a re-sync) right
+/// after Redis lost its data: whichever reply is processed first, neither may conclude that
+/// a survivor removed this replica (that would close every socket on it for nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_presence_overlapping_heartbeats_after_a_data_loss_are_not_a_reap() {
+    let server = RedisServer::start();
+    let p = std::sync::Arc::new(redis_presence(&server, &prefix()).await);
+    let (_, mut admin) = redis_conn(&server).await;
+    for round in 0..20 {
+        let now = common::now_ms();
+        p.heartbeat("A", now, 8_000).await.unwrap();
+        p.heartbeat("A", now, 8_000).await.unwrap();
+        redis::cmd("FLUSHALL")
+            .query_async::<()>(&mut admin)
+            .await
+            .unwrap();
+        let beats: Vec<_> = (0..8)
+            .map(|_| {
+                let p = p.clone();
+                tokio::spawn(async move { p.heartbeat("A", common::now_ms(), 8_000).await })
+            })
+            .collect();
+        let mut lost = 0;
+        for beat in beats {
+            let beat = beat.await.unwrap().unwrap();
+            assert!(
+                !beat.reaped,
+                "round {round}: an overlapping heartbeat saw a reap"
+            );
+            lost += usize::from(beat.data_lost);
+        }
+        assert_eq!(lost, 1, "round {round}: the data loss is reported once");
+    }
+}

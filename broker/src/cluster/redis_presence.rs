@@ -44,6 +44,10 @@ pub struct RedisPresence {
     take_token: Script,
     remember_key: Script,
     heartbeat: Script,
+    /// Held across one heartbeat, script and bookkeeping both: two overlapping heartbeats
+    /// (the housekeeping tick and a re-sync) processed out of order would read the second
+    /// one's "not listed" against the epoch the first one just learnt, and call it a reap.
+    beat: tokio::sync::Mutex<()>,
     /// What this replica knows of the backend's data epoch and the re-sync barrier.
     epoch: Mutex<EpochState>,
     /// The signatures this replica accepted within their replay window: a second guard
@@ -171,6 +175,7 @@ impl RedisPresence {
             take_token: Script::new(include_str!("lua/take_token.lua")),
             remember_key: Script::new(include_str!("lua/remember_key.lua")),
             heartbeat: Script::new(include_str!("lua/heartbeat.lua")),
+            beat: tokio::sync::Mutex::new(()),
             epoch: Mutex::new(EpochState::default()),
             replay: Mutex::new(ReplayCache {
                 max: 100_000,
@@ -543,6 +548,7 @@ impl Presence for RedisPresence {
         now_ms: i64,
         dead_after_ms: i64,
     ) -> PresenceResult<Heartbeat> {
+        let _one_at_a_time = self.beat.lock().await;
         let mut c = self.conn.clone();
         type Reply = (
             String,
