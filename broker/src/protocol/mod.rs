@@ -9,6 +9,7 @@
 
 pub mod audit;
 pub mod codes;
+pub mod ext;
 pub mod frames;
 pub mod signing;
 pub mod target;

@@ -4,11 +4,20 @@
 //! frame, call, encode the reply); the tests are another, and the REST handlers will be a
 //! third. Nothing here writes to a socket.
 
+pub mod audit_query;
+pub mod clocks;
+pub mod info;
+pub mod memories;
 pub mod moderation;
+pub mod msg_status;
 pub mod peers;
 pub mod presence;
 pub mod queue;
+pub mod schedule;
 pub mod send;
+pub mod state;
+pub mod streams;
+pub mod tasks;
 
 use std::sync::Arc;
 

@@ -80,13 +80,7 @@ impl Session {
             ClientMessage::Ban(b) => self.ban(&b.target, b.reason.as_deref(), req_id).await,
             ClientMessage::Unban(b) => self.unban(&b.target, req_id).await,
             ClientMessage::ListBans => self.list_bans(req_id).await,
-            ClientMessage::Unknown(kind) => {
-                self.reply_error(
-                    "unknown_message_type",
-                    &format!("unknown message type {kind:?}"),
-                    req_id,
-                );
-            }
+            ClientMessage::Unknown(kind) => self.extension(&kind, &text, req_id).await,
         }
         None
     }

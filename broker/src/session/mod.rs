@@ -18,6 +18,7 @@
 
 mod drop_guard;
 mod events;
+mod ext;
 mod handlers;
 mod moderation;
 /// The per-socket outbound queue lives in a leaf module (`crate::outbound`).

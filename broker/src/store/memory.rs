@@ -16,8 +16,18 @@ use crate::store::{AuditStore, InviteStore, MeshStore, PeerStateStore, QueueStor
 
 /// Single node only: see the module documentation.
 #[derive(Debug, Default)]
+#[allow(dead_code)] // SEAM: the family fields are read once each family fills its module
 pub struct MemoryStore {
     inner: Mutex<Inner>,
+    // One field per family whose capability trait lives in its own module
+    // (`store/<family>.rs`), which keeps that family's state and its lock.
+    pub(super) state: super::state::MemoryState,
+    pub(super) memories: super::memories::MemoryState,
+    pub(super) tasks: super::tasks::MemoryState,
+    pub(super) streams: super::streams::MemoryState,
+    pub(super) schedule: super::schedule::MemoryState,
+    pub(super) clocks: super::clocks::MemoryState,
+    pub(super) msg_status: super::msg_status::MemoryState,
 }
 
 #[derive(Debug, Default)]

@@ -31,8 +31,15 @@
 //!   before (within the TTL) queues nothing and answers the original `messageId`.
 //! - **No sockets:** a store knows nothing of connections; the broker rings the doorbell.
 
+pub mod clocks;
+pub mod memories;
 pub mod memory;
+pub mod msg_status;
 pub mod postgres;
+pub mod schedule;
+pub mod state;
+pub mod streams;
+pub mod tasks;
 
 use std::collections::BTreeMap;
 
@@ -261,12 +268,36 @@ pub type StoreResult<T> = Result<T, StoreError>;
 /// capability trait (and its contract suite in `tests/store_contract.rs`) and a bound here,
 /// instead of growing one trait.
 pub trait Store:
-    StoreBackend + MeshStore + InviteStore + QueueStore + AuditStore + PeerStateStore
+    StoreBackend
+    + MeshStore
+    + InviteStore
+    + QueueStore
+    + AuditStore
+    + PeerStateStore
+    + state::StateStore
+    + memories::MemoriesStore
+    + tasks::TaskStore
+    + streams::StreamStore
+    + schedule::ScheduleStore
+    + clocks::ClockStore
+    + msg_status::MessageStatusStore
 {
 }
 
 impl<T> Store for T where
-    T: StoreBackend + MeshStore + InviteStore + QueueStore + AuditStore + PeerStateStore
+    T: StoreBackend
+    + MeshStore
+    + InviteStore
+    + QueueStore
+    + AuditStore
+    + PeerStateStore
+    + state::StateStore
+    + memories::MemoriesStore
+    + tasks::TaskStore
+    + streams::StreamStore
+    + schedule::ScheduleStore
+    + clocks::ClockStore
+    + msg_status::MessageStatusStore
 {
 }
 

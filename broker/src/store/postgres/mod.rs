@@ -9,10 +9,17 @@
 //! The schema belongs to the migrator; this module only checks its version.
 
 mod audit;
+mod clocks;
 mod invites;
 mod members;
+mod memories;
+mod msg_status;
 mod peer_state;
 mod queue;
+mod schedule;
+mod state;
+mod streams;
+mod tasks;
 
 use std::time::Duration;
 

@@ -1,0 +1,32 @@
+//! The frames of the stateful families (`extensions.md`), one module per family: its
+//! client frames (a serde enum tagged by `type`, decoded from the raw frame when the core
+//! decoder did not know the type), its replies and pushes, and `TYPES`, the `type`s it owns.
+
+pub mod state;
+pub mod memories;
+pub mod tasks;
+pub mod streams;
+pub mod schedule;
+pub mod clocks;
+pub mod msg_status;
+pub mod audit_query;
+pub mod info;
+pub mod unsupported;
+
+/// Every `type` some family owns (the session routes these; anything else is unknown).
+pub fn is_extension(kind: &str) -> bool {
+    [
+        state::TYPES,
+        memories::TYPES,
+        tasks::TYPES,
+        streams::TYPES,
+        schedule::TYPES,
+        clocks::TYPES,
+        msg_status::TYPES,
+        audit_query::TYPES,
+        info::TYPES,
+        unsupported::TYPES,
+    ]
+    .iter()
+    .any(|types| types.contains(&kind))
+}

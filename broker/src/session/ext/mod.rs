@@ -1,0 +1,60 @@
+//! The stateful families (`extensions.md`) on the WebSocket. Each family's adapter
+//! (`<family>.rs`) decodes its frames (typed, in `protocol::ext::<family>`), calls its
+//! service module (`service::<family>`) and encodes the replies; this file only routes a
+//! frame to the family that owns its `type`.
+
+mod state;
+mod memories;
+mod tasks;
+mod streams;
+mod schedule;
+mod clocks;
+mod msg_status;
+mod audit_query;
+mod info;
+mod unsupported;
+
+use super::Session;
+use crate::protocol::ext;
+
+impl Session {
+    /// A frame the core decoder did not know: the family that owns `kind` handles it, else
+    /// it is `unknown_message_type`.
+    pub(super) async fn extension(&mut self, kind: &str, text: &[u8], req_id: Option<&str>) {
+        if ext::state::TYPES.contains(&kind) {
+            return state::handle(self, kind, text, req_id).await;
+        }
+        if ext::memories::TYPES.contains(&kind) {
+            return memories::handle(self, kind, text, req_id).await;
+        }
+        if ext::tasks::TYPES.contains(&kind) {
+            return tasks::handle(self, kind, text, req_id).await;
+        }
+        if ext::streams::TYPES.contains(&kind) {
+            return streams::handle(self, kind, text, req_id).await;
+        }
+        if ext::schedule::TYPES.contains(&kind) {
+            return schedule::handle(self, kind, text, req_id).await;
+        }
+        if ext::clocks::TYPES.contains(&kind) {
+            return clocks::handle(self, kind, text, req_id).await;
+        }
+        if ext::msg_status::TYPES.contains(&kind) {
+            return msg_status::handle(self, kind, text, req_id).await;
+        }
+        if ext::audit_query::TYPES.contains(&kind) {
+            return audit_query::handle(self, kind, text, req_id).await;
+        }
+        if ext::info::TYPES.contains(&kind) {
+            return info::handle(self, kind, text, req_id).await;
+        }
+        if ext::unsupported::TYPES.contains(&kind) {
+            return unsupported::handle(self, kind, text, req_id).await;
+        }
+        self.reply_error(
+            "unknown_message_type",
+            &format!("unknown message type {kind:?}"),
+            req_id,
+        );
+    }
+}
