@@ -1,12 +1,22 @@
 //! Command-line flags.
 
+use std::path::PathBuf;
+
 use clap::{Args, Parser, Subcommand};
+
+use crate::stages::Stages;
 
 /// Load generator for the claudemesh broker: real ed25519-signed clients over WebSocket.
 ///
 /// It creates its own mesh and members through the operator API, connects real clients
 /// (signed `hello`, `client_ack` for every push, reconnect with jittered backoff), runs
-/// one scenario, and prints a summary on stderr (one JSON object on stdout with --json).
+/// one scenario, prints a summary on stderr (one JSON object on stdout with --json), and
+/// deletes the meshes and members it created (unless --keep).
+///
+/// A run passes (exit 0) only if it did what it set out to do: every planned send made,
+/// none refused, every ack and delivery in (`settled`), no connection lost, and the
+/// threshold flags met. The `--allow-*` flags accept one kind of shortfall each. A failed
+/// run exits 1 and its summary says why; a run that could not start exits 2.
 #[derive(Debug, Parser)]
 #[command(name = "loadtest", version)]
 pub struct Cli {
@@ -19,10 +29,44 @@ pub struct Cli {
 #[derive(Debug, Clone, Args)]
 pub struct Common {
     /// Broker URL, once per replica (`ws://host:port/ws`, `http://host:port` or
-    /// `host:port`); peers are spread over them round-robin. Meshes and members are
-    /// created through the first one.
+    /// `host:port`; `wss://` and `https://` use TLS, with no fallback to plaintext);
+    /// peers are spread over them round-robin. Meshes and members are created through
+    /// the first one unless --api-url.
     #[arg(long = "url", global = true, default_value = "ws://127.0.0.1:7900/ws")]
     pub urls: Vec<String>,
+    /// Operator API URL (`http://host:port` or `https://…`; repeatable, tried in order),
+    /// for brokers that serve `/api/v1/` on their internal port (BROKER_INTERNAL_PORT).
+    /// Default: the --url values.
+    #[arg(long = "api-url", global = true, value_name = "URL")]
+    pub api_urls: Vec<String>,
+    /// PEM file of the CA certificates to trust for `wss://`/`https://` URLs instead of
+    /// the system's roots.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+    /// Do not delete the meshes and members the run created (their ids are printed).
+    #[arg(long, global = true)]
+    pub keep: bool,
+    /// Write one row per second (sent, accepted, rejected, delivered, errors,
+    /// handshakes, latency percentiles, connected, the stage target) to FILE: CSV for
+    /// `.csv`, JSON lines for `.jsonl`/`.ndjson`.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub series: Option<PathBuf>,
+    /// Pass even when the broker refused sends (`ack{queued:false}`: rate limit,
+    /// capacity, …), answered with `error` frames, or refused handshakes.
+    #[arg(long, global = true)]
+    pub allow_refused: bool,
+    /// Pass even when planned sends were never made (the run was stopped by --max-run,
+    /// or stalled for --timeout).
+    #[arg(long, global = true)]
+    pub allow_unsent: bool,
+    /// Pass even when the run ended before every ack and delivery came in
+    /// (`settled: false`).
+    #[arg(long, global = true)]
+    pub allow_unsettled: bool,
+    /// Pass even when connections were lost during the run (for `idle`: during the
+    /// hold). Implied for `failover`, whose point is losing them.
+    #[arg(long, global = true)]
+    pub allow_disconnects: bool,
     /// Operator token (the broker's BROKER_ADMIN_TOKEN; read from that variable when
     /// the flag is absent).
     #[arg(long, global = true)]
@@ -43,7 +87,9 @@ pub struct Common {
     #[arg(long, global = true, default_value_t = 60, value_name = "SECS")]
     pub timeout: u64,
     /// Hard cap, in seconds from the first send, on a dm, broadcast or failover run:
-    /// when reached, the run stops and reports what it has (`settled: false`).
+    /// when reached, the run stops and reports what it has (`settled: false`, and the
+    /// sends not made as `unsent`), which fails it unless --allow-unsettled and
+    /// --allow-unsent.
     #[arg(long, global = true, value_name = "SECS")]
     pub max_run: Option<u64>,
     /// Broker process id (repeatable) whose RSS and CPU time are sampled before and
@@ -96,6 +142,11 @@ pub struct Dm {
     /// as its acks come back, `--window` at a time.
     #[arg(long)]
     pub rate: Option<f64>,
+    /// Paced load profile instead of --rate/--messages: `DURATION:RATE,…` (e.g.
+    /// `30s:100,60s:1000`), the aggregate direct messages per second, each stage ramping
+    /// linearly from the previous target (0 before the first; `0s:R` is a step).
+    #[arg(long, value_name = "STAGES", conflicts_with_all = ["rate", "window", "messages"])]
+    pub stages: Option<Stages>,
     /// Unacknowledged sends per peer without --rate; 0 fires all of them at once (the
     /// reference load test's methodology).
     #[arg(long, default_value_t = 1)]
@@ -117,6 +168,10 @@ pub struct Broadcast {
     /// Seconds of sending.
     #[arg(long, default_value_t = 10.0)]
     pub duration: f64,
+    /// Load profile instead of --rate/--duration: `DURATION:RATE,…`, broadcasts per
+    /// second, each stage ramping linearly from the previous target (0 before the first).
+    #[arg(long, value_name = "STAGES", conflicts_with_all = ["rate", "duration"])]
+    pub stages: Option<Stages>,
     #[command(flatten)]
     pub payload: Payload,
 }
@@ -131,6 +186,12 @@ pub struct Idle {
     /// Seconds to hold the connections after the last one is up.
     #[arg(long, default_value_t = 5.0)]
     pub hold: f64,
+    /// Connection profile instead of --connections/--hold: `DURATION:CONNECTIONS,…`,
+    /// the connections held, each stage ramping linearly from the previous target (0
+    /// before the first) by opening or closing connections. RSS per connection is taken
+    /// at the end of the first stage that reaches the peak.
+    #[arg(long, value_name = "STAGES", conflicts_with_all = ["connections", "hold"])]
+    pub stages: Option<Stages>,
     /// Connections per loopback source address before moving on to the next 127.0.0.x
     /// (default: the ephemeral port range minus a margin).
     #[arg(long)]
@@ -147,6 +208,10 @@ pub struct Failover {
     /// Seconds of sending.
     #[arg(long, default_value_t = 20.0)]
     pub duration: f64,
+    /// Load profile instead of --rate/--duration: `DURATION:RATE,…`, aggregate direct
+    /// messages per second, ramping as for `dm --stages`.
+    #[arg(long, value_name = "STAGES", conflicts_with_all = ["rate", "duration"])]
+    pub stages: Option<Stages>,
     /// The replica to SIGKILL.
     #[arg(long)]
     pub kill_pid: u32,
@@ -168,6 +233,10 @@ pub struct Churn {
     /// Seconds of churn.
     #[arg(long, default_value_t = 10.0)]
     pub duration: f64,
+    /// Load profile instead of --rate/--duration: `DURATION:RATE,…`, connect+hello+close
+    /// cycles per second, ramping as for `dm --stages`.
+    #[arg(long, value_name = "STAGES", conflicts_with_all = ["rate", "duration"])]
+    pub stages: Option<Stages>,
     /// Members taking turns (one mesh).
     #[arg(long, default_value_t = 50)]
     pub peers: u32,
@@ -209,5 +278,33 @@ mod tests {
         };
         assert_eq!((dm.peers, dm.messages, dm.window), (4, 10, 1));
         assert!(!dm.payload.random_payload);
+        assert!(!cli.common.keep && !cli.common.allow_refused);
+    }
+
+    #[test]
+    fn stages_replace_the_rate_flags() {
+        let cli = Cli::try_parse_from(["loadtest", "dm", "--stages", "1s:10,2s:20", "--keep"])
+            .expect("parses");
+        let Scenario::Dm(dm) = cli.scenario else {
+            panic!("not dm")
+        };
+        assert_eq!(dm.stages.expect("stages").0.len(), 2);
+        assert!(cli.common.keep);
+        for args in [
+            &["loadtest", "dm", "--stages", "1s:10", "--rate", "5"][..],
+            &["loadtest", "dm", "--stages", "1s:10", "--messages", "5"],
+            &[
+                "loadtest",
+                "broadcast",
+                "--stages",
+                "1s:10",
+                "--duration",
+                "5",
+            ],
+            &["loadtest", "idle", "--stages", "1s:10", "--hold", "5"],
+            &["loadtest", "dm", "--stages", "1s"],
+        ] {
+            assert!(Cli::try_parse_from(args).is_err(), "{args:?} parsed");
+        }
     }
 }

@@ -16,9 +16,83 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
+use crate::operator::Endpoint;
 use crate::seal::Identity;
+use crate::tls::{Stream, TlsDial};
 
-pub type Ws = WebSocketStream<TcpStream>;
+pub type Ws = WebSocketStream<Stream>;
+
+/// How to reach one broker URL: its resolved address and, for `wss://`/`https://`, TLS.
+#[derive(Debug, Clone)]
+pub struct Dial {
+    /// The WebSocket URL.
+    pub url: String,
+    /// `host:port` (the HTTP `Host`).
+    pub authority: String,
+    /// The first resolved address.
+    pub addr: SocketAddr,
+    /// Every resolved address, tried in order.
+    pub addrs: Vec<SocketAddr>,
+    pub tls: Option<TlsDial>,
+}
+
+impl Dial {
+    /// Resolves `ep`; TLS endpoints need `connector` (built when any URL is TLS).
+    pub async fn resolve(
+        ep: &Endpoint,
+        connector: Option<&tokio_rustls::TlsConnector>,
+    ) -> anyhow::Result<Dial> {
+        use anyhow::Context;
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host(&ep.authority)
+            .await
+            .with_context(|| format!("resolving {}", ep.authority))?
+            .collect();
+        let addr = *addrs
+            .first()
+            .with_context(|| format!("{} resolves to nothing", ep.authority))?;
+        let tls = match (ep.tls, connector) {
+            (false, _) => None,
+            (true, Some(c)) => Some(TlsDial::new(c.clone(), &ep.host)?),
+            (true, None) => anyhow::bail!("{}: a TLS URL without a TLS configuration", ep.ws_url),
+        };
+        Ok(Dial {
+            url: ep.ws_url.clone(),
+            authority: ep.authority.clone(),
+            addr,
+            addrs,
+            tls,
+        })
+    }
+
+    /// TCP (from `source` when given), then TLS when the URL says so.
+    pub async fn open(&self, source: Option<IpAddr>) -> Result<Stream, ConnectError> {
+        let tcp = match source {
+            None => TcpStream::connect(&self.addrs[..])
+                .await
+                .map_err(ConnectError::Tcp)?,
+            Some(ip) => {
+                let socket = if ip.is_ipv4() {
+                    TcpSocket::new_v4()
+                } else {
+                    TcpSocket::new_v6()
+                }
+                .map_err(ConnectError::Tcp)?;
+                socket
+                    .bind(SocketAddr::new(ip, 0))
+                    .map_err(ConnectError::Tcp)?;
+                socket.connect(self.addr).await.map_err(ConnectError::Tcp)?
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        match &self.tls {
+            None => Ok(Stream::Plain(tcp)),
+            Some(t) => t
+                .handshake(tcp)
+                .await
+                .map_err(|e| ConnectError::Tls(e.to_string())),
+        }
+    }
+}
 
 /// A signed control-plane `hello` for `identity`, member `member_id` of `mesh_id`.
 pub fn hello_frame(
@@ -123,6 +197,8 @@ impl<'a> InFrame<'a> {
 pub enum ConnectError {
     /// TCP connect failed (refused, unreachable): try another replica.
     Tcp(std::io::Error),
+    /// The TLS handshake failed (certificate, protocol): never retried without TLS.
+    Tls(String),
     /// The WebSocket upgrade failed.
     Upgrade(String),
     /// The broker refused the handshake with `error{code}`.
@@ -138,6 +214,7 @@ impl ConnectError {
     pub fn label(&self) -> String {
         match self {
             ConnectError::Tcp(e) => format!("tcp: {}", e.kind()),
+            ConnectError::Tls(e) => format!("tls: {e}"),
             ConnectError::Upgrade(_) => "upgrade".into(),
             ConnectError::Refused(code) => format!("refused: {code}"),
             ConnectError::Timeout => "hello timeout".into(),
@@ -147,7 +224,23 @@ impl ConnectError {
 
     /// True when the replica itself looks unreachable.
     pub fn replica_down(&self) -> bool {
-        matches!(self, ConnectError::Tcp(_) | ConnectError::Upgrade(_))
+        matches!(
+            self,
+            ConnectError::Tcp(_) | ConnectError::Tls(_) | ConnectError::Upgrade(_)
+        )
+    }
+}
+
+impl std::fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConnectError::Tcp(e) => write!(f, "TCP: {e}"),
+            ConnectError::Tls(e) => write!(f, "TLS handshake failed: {e}"),
+            ConnectError::Upgrade(e) => write!(f, "WebSocket upgrade failed: {e}"),
+            ConnectError::Refused(code) => write!(f, "hello refused: {code}"),
+            ConnectError::Timeout => f.write_str("no hello_ack in time"),
+            ConnectError::Closed => f.write_str("closed before hello_ack"),
+        }
     }
 }
 
@@ -156,31 +249,13 @@ pub fn ws_config() -> WebSocketConfig {
     WebSocketConfig::default().read_buffer_size(16 * 1024)
 }
 
-/// Opens TCP (from `source` when given) and upgrades to a WebSocket at `url`.
-pub async fn connect(
-    url: &str,
-    addr: SocketAddr,
-    source: Option<IpAddr>,
-) -> Result<Ws, ConnectError> {
-    let stream = match source {
-        None => TcpStream::connect(addr).await.map_err(ConnectError::Tcp)?,
-        Some(ip) => {
-            let socket = if ip.is_ipv4() {
-                TcpSocket::new_v4()
-            } else {
-                TcpSocket::new_v6()
-            }
-            .map_err(ConnectError::Tcp)?;
-            socket
-                .bind(SocketAddr::new(ip, 0))
-                .map_err(ConnectError::Tcp)?;
-            socket.connect(addr).await.map_err(ConnectError::Tcp)?
-        }
-    };
-    let _ = stream.set_nodelay(true);
-    let (ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(ws_config()))
-        .await
-        .map_err(|e| ConnectError::Upgrade(e.to_string()))?;
+/// Opens the socket (see [`Dial::open`]) and upgrades to a WebSocket at the dial's URL.
+pub async fn connect(dial: &Dial, source: Option<IpAddr>) -> Result<Ws, ConnectError> {
+    let stream = dial.open(source).await?;
+    let (ws, _) =
+        tokio_tungstenite::client_async_with_config(dial.url.as_str(), stream, Some(ws_config()))
+            .await
+            .map_err(|e| ConnectError::Upgrade(e.to_string()))?;
     Ok(ws)
 }
 
@@ -321,6 +396,7 @@ mod tests {
             ciphertext: "ct".into(),
             created_at: "2026-01-01T00:00:00.000Z".into(),
             client_message_id: Some("r-0-1".into()),
+            subtype: None,
         });
         let text = std::str::from_utf8(&bytes).expect("utf8");
         let f = InFrame::parse(text).expect("parses");

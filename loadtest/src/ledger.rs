@@ -11,6 +11,8 @@ use std::collections::hash_map::Entry as MapEntry;
 
 use hdrhistogram::Histogram;
 
+use crate::series::Series;
+
 /// Microseconds since the start of the run.
 pub type Micros = u64;
 
@@ -111,6 +113,8 @@ pub struct Ledger {
     pub id_mismatches: u64,
     pub first_send_at: Option<Micros>,
     pub last_delivery_at: Option<Micros>,
+    /// The per-second series (`--series`), when one is written.
+    pub series: Option<Series>,
 }
 
 impl Default for Ledger {
@@ -140,7 +144,13 @@ impl Ledger {
             id_mismatches: 0,
             first_send_at: None,
             last_delivery_at: None,
+            series: None,
         }
+    }
+
+    /// The series bucket of an event at `at`, when a series is kept and started.
+    pub fn second(&mut self, at: Micros) -> Option<&mut crate::series::Bucket> {
+        self.series.as_mut()?.at(at)
     }
 
     /// Records a send made at `at` that `expected` recipients should get. A key sent twice
@@ -157,6 +167,9 @@ impl Ledger {
                     recipients: Vec::new(),
                 });
                 self.sent += 1;
+                if let Some(b) = self.series.as_mut().and_then(|s| s.at(at)) {
+                    b.sent += 1;
+                }
                 self.first_send_at = Some(self.first_send_at.map_or(at, |f| f.min(at)));
                 true
             }
@@ -175,6 +188,15 @@ impl Ledger {
         }
         let latency_us = at.saturating_sub(e.sent_at);
         self.ack_us.saturating_record(latency_us.max(1));
+        if let Some(b) = self.series.as_mut().and_then(|s| s.at(at)) {
+            b.ack_us.saturating_record(latency_us.max(1));
+            if queued {
+                b.accepted += 1;
+            } else {
+                b.rejected += 1;
+                b.errors += 1;
+            }
+        }
         if queued {
             e.ack = AckState::Accepted;
             self.accepted += 1;
@@ -210,6 +232,9 @@ impl Ledger {
         }
         if e.recipients.contains(&recipient) {
             self.duplicates += 1;
+            if let Some(b) = self.series.as_mut().and_then(|s| s.at(at)) {
+                b.duplicates += 1;
+            }
             return PushOutcome::Duplicate;
         }
         e.recipients.push(recipient);
@@ -219,6 +244,10 @@ impl Ledger {
         }
         let latency_us = at.saturating_sub(e.sent_at);
         self.e2e_us.saturating_record(latency_us.max(1));
+        if let Some(b) = self.series.as_mut().and_then(|s| s.at(at)) {
+            b.e2e_us.saturating_record(latency_us.max(1));
+            b.delivered += 1;
+        }
         self.delivered += 1;
         self.last_delivery_at = Some(self.last_delivery_at.map_or(at, |l| l.max(at)));
         PushOutcome::Delivered { latency_us, early }

@@ -11,21 +11,76 @@ use hyper::client::conn::http1::SendRequest;
 use hyper::{Method, Request};
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
-use tokio::net::TcpStream;
 
-/// `host:port` of a broker URL: `ws://h:p/ws`, `http://h:p`, or a bare `h:p`.
-pub fn authority(url: &str) -> &str {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    rest.split('/').next().unwrap_or(rest)
+use crate::client::Dial;
+
+/// One `--url` (or `--api-url`) taken apart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// `wss://` or `https://`: TLS, always.
+    pub tls: bool,
+    /// The host alone (no port, no brackets): the TLS server name.
+    pub host: String,
+    /// `host:port` (the scheme's port when the URL names none).
+    pub authority: String,
+    /// The WebSocket URL (`ws[s]://host:port/ws` unless a `ws[s]://` URL gave a path).
+    pub ws_url: String,
 }
 
-/// The WebSocket URL of a `--url` value (`ws://host:port/ws` when only `host:port` or an
-/// `http://` URL is given).
-pub fn ws_url(url: &str) -> String {
-    if url.starts_with("ws://") || url.starts_with("wss://") {
-        url.to_string()
-    } else {
-        format!("ws://{}/ws", authority(url))
+impl Endpoint {
+    /// Parses `ws://h:p/ws`, `wss://h/ws`, `http://h:p`, `https://h` or a bare `h:p`
+    /// (plaintext). Any other scheme is refused rather than guessed.
+    pub fn parse(url: &str) -> Result<Endpoint> {
+        let (scheme, rest) = match url.split_once("://") {
+            Some((s, r)) => (s.to_ascii_lowercase(), r),
+            None => ("http".to_string(), url),
+        };
+        let (tls, ws_scheme) = match scheme.as_str() {
+            "ws" | "http" => (false, "ws"),
+            "wss" | "https" => (true, "wss"),
+            other => bail!("{url:?}: the scheme must be ws, wss, http or https, not {other:?}"),
+        };
+        let (auth, path) = match rest.find('/') {
+            Some(i) => rest.split_at(i),
+            None => (rest, ""),
+        };
+        if auth.is_empty() {
+            bail!("{url:?} names no host");
+        }
+        let (host, port) = if let Some(v6) = auth.strip_prefix('[') {
+            let (h, after) = v6
+                .split_once(']')
+                .with_context(|| format!("{url:?}: unclosed [ in the host"))?;
+            (h.to_string(), after.strip_prefix(':').map(str::to_string))
+        } else {
+            match auth.rsplit_once(':') {
+                Some((h, p)) => (h.to_string(), Some(p.to_string())),
+                None => (auth.to_string(), None),
+            }
+        };
+        let port = match port {
+            Some(p) => p
+                .parse::<u16>()
+                .with_context(|| format!("{url:?}: {p:?} is not a port"))?,
+            None if tls => 443,
+            None => 80,
+        };
+        let authority = if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        };
+        let ws_path = if (scheme == "ws" || scheme == "wss") && !path.is_empty() {
+            path.to_string()
+        } else {
+            "/ws".to_string()
+        };
+        Ok(Endpoint {
+            tls,
+            ws_url: format!("{ws_scheme}://{authority}{ws_path}"),
+            host,
+            authority,
+        })
     }
 }
 
@@ -37,12 +92,13 @@ pub struct ApiConn {
 }
 
 impl ApiConn {
-    pub async fn connect(url: &str, token: &str) -> Result<ApiConn> {
-        let host = authority(url).to_string();
-        let stream = TcpStream::connect(&host)
+    pub async fn connect(dial: &Dial, token: &str) -> Result<ApiConn> {
+        let host = dial.authority.clone();
+        let what = if dial.tls.is_some() { "https" } else { "http" };
+        let stream = dial
+            .open(None)
             .await
-            .with_context(|| format!("connecting to the operator API at {host}"))?;
-        let _ = stream.set_nodelay(true);
+            .map_err(|e| anyhow!("connecting to the operator API at {what}://{host}: {e}"))?;
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(async move {
             let _ = conn.await;
@@ -89,6 +145,12 @@ impl ApiConn {
                 "the operator API refused the token (401): pass the broker's BROKER_ADMIN_TOKEN with --token"
             );
         }
+        if status == 404 {
+            bail!(
+                "creating a mesh answered 404 at {}: no operator API on this port (a broker with BROKER_INTERNAL_PORT serves it there: pass --api-url http://HOST:INTERNAL_PORT)",
+                self.host
+            );
+        }
         if status != 201 {
             bail!("creating a mesh answered {status}: {v}");
         }
@@ -117,10 +179,31 @@ impl ApiConn {
     }
 }
 
+/// How a `DELETE` went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deleted {
+    /// 200 or 204.
+    Yes,
+    /// 404 or 405: gone already, or a broker without the route.
+    Missing(u16),
+}
+
+impl ApiConn {
+    /// `DELETE path`: `Yes` on 2xx, `Missing` on 404/405, an error on anything else.
+    pub async fn delete(&mut self, path: &str) -> Result<Deleted> {
+        let (status, v) = self.call(Method::DELETE, path, None).await?;
+        match status {
+            200..=299 => Ok(Deleted::Yes),
+            404 | 405 => Ok(Deleted::Missing(status)),
+            _ => bail!("DELETE {path} answered {status}: {v}"),
+        }
+    }
+}
+
 /// Enrols `members` (`(mesh id, pubkey, display name)`) over `parallel` connections;
 /// returns the member ids in the same order.
 pub async fn enrol_all(
-    url: &str,
+    api: &Dial,
     token: &str,
     members: Vec<(String, String, String)>,
     parallel: usize,
@@ -131,7 +214,7 @@ pub async fn enrol_all(
     let on_done = Arc::new(on_done);
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..parallel.max(1).min(members.len().max(1)) {
-        let mut conn = ApiConn::connect(url, token).await?;
+        let mut conn = ApiConn::connect(api, token).await?;
         let members = members.clone();
         let next = next.clone();
         let on_done = on_done.clone();
@@ -163,12 +246,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn urls_of_every_shape_give_the_same_authority() {
-        assert_eq!(authority("ws://127.0.0.1:7900/ws"), "127.0.0.1:7900");
-        assert_eq!(authority("http://h:1"), "h:1");
-        assert_eq!(authority("h:2"), "h:2");
-        assert_eq!(ws_url("h:2"), "ws://h:2/ws");
-        assert_eq!(ws_url("http://h:3/"), "ws://h:3/ws");
-        assert_eq!(ws_url("ws://h:4/ws"), "ws://h:4/ws");
+    fn urls_of_every_shape_give_an_endpoint() {
+        let e = Endpoint::parse("ws://127.0.0.1:7900/ws").expect("parses");
+        assert_eq!((e.tls, e.authority.as_str()), (false, "127.0.0.1:7900"));
+        assert_eq!(e.ws_url, "ws://127.0.0.1:7900/ws");
+        let e = Endpoint::parse("h:2").expect("parses");
+        assert_eq!((e.tls, e.ws_url.as_str()), (false, "ws://h:2/ws"));
+        let e = Endpoint::parse("http://h:3/").expect("parses");
+        assert_eq!(e.ws_url, "ws://h:3/ws");
+        let e = Endpoint::parse("https://broker.example").expect("parses");
+        assert!(e.tls);
+        assert_eq!(
+            (e.host.as_str(), e.authority.as_str()),
+            ("broker.example", "broker.example:443")
+        );
+        assert_eq!(e.ws_url, "wss://broker.example:443/ws");
+        let e = Endpoint::parse("WSS://[::1]:8443/mesh/ws").expect("parses");
+        assert!(e.tls);
+        assert_eq!(
+            (e.host.as_str(), e.authority.as_str()),
+            ("::1", "[::1]:8443")
+        );
+        assert_eq!(e.ws_url, "wss://[::1]:8443/mesh/ws");
+        assert_eq!(
+            Endpoint::parse("ws://h/x").expect("parses").authority,
+            "h:80"
+        );
+        for bad in ["ftp://h:1", "ws://", "h:port", "ws://[::1:1/ws"] {
+            assert!(Endpoint::parse(bad).is_err(), "{bad:?} parsed");
+        }
     }
 }

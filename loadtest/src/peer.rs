@@ -3,7 +3,7 @@
 //! the shared [`Ledger`], and sends what its [`Plan`] says.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -23,9 +23,10 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_util::sync::CancellationToken;
 
-use crate::client::{self, Backoff, ConnectError, InFrame};
+use crate::client::{self, Backoff, ConnectError, Dial, InFrame};
 use crate::ledger::{Ledger, Micros, MsgKey, PushOutcome};
 use crate::seal::{self, Identity, NONCE_BYTES, TAG_BYTES};
+use crate::series::{self, Bucket, Series};
 
 /// How long a peer waits for its `hello_ack`.
 const HELLO_WAIT: Duration = Duration::from_secs(10);
@@ -146,20 +147,26 @@ impl SourceAddrs {
 pub struct Shared {
     /// Prefix of every `client_message_id` of this run.
     pub run: String,
-    pub urls: Vec<String>,
-    /// The resolved address of each URL.
-    pub addrs: Vec<SocketAddr>,
+    /// One per `--url`.
+    pub dials: Vec<Dial>,
     pub peers: Vec<PeerInfo>,
+    /// `--series` is on: the ledger keeps a [`Series`].
+    pub series_on: bool,
     pub ledger: Mutex<Ledger>,
     pub conn: Mutex<ConnStats>,
     pub start: Instant,
     /// Every peer stops (closing with 1000) when this is cancelled.
     pub stop: CancellationToken,
+    /// One child of `stop` per peer, to stop peers one by one (`idle --stages` ramping
+    /// down); replaced when a stopped peer starts again.
+    pub peer_stops: Mutex<Vec<CancellationToken>>,
     /// Peers connect first and send only once this is cancelled.
     pub go: CancellationToken,
     pub connected: AtomicUsize,
     /// Peers whose plan is complete (every send made and acknowledged or given up).
     pub senders_done: AtomicUsize,
+    /// Why the run stopped before it settled (`--max-run`, `--timeout`), once it has.
+    pub stopped_by: Mutex<Option<String>>,
     pub payload: Payload,
     pub priority: Priority,
     /// Open every sealed push and check its plaintext.
@@ -194,8 +201,55 @@ impl Shared {
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The stop token of peer `me`.
+    pub fn peer_stop(&self, me: u32) -> CancellationToken {
+        let stops = self.peer_stops.lock().unwrap_or_else(|e| e.into_inner());
+        stops
+            .get(me as usize)
+            .cloned()
+            .unwrap_or_else(|| self.stop.clone())
+    }
+
+    /// A fresh stop token for peer `me`, so that a stopped peer can run again.
+    pub fn renew_peer_stop(&self, me: u32) {
+        let mut stops = self.peer_stops.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = stops.get_mut(me as usize) {
+            *t = self.stop.child_token();
+        }
+    }
+
+    /// Applies `f` to the series bucket of now, when `--series` is on.
+    pub fn note(&self, f: impl FnOnce(&mut Bucket)) {
+        if !self.series_on {
+            return;
+        }
+        let now = self.now_us();
+        if let Some(b) = self.ledger().second(now) {
+            f(b);
+        }
+    }
+
+    /// Starts the series clock now (second 0), with the connected count so far.
+    pub fn start_series(&self) {
+        let now = self.now_us();
+        let connected = self.connected.load(Ordering::Relaxed) as u64;
+        let mut l = self.ledger();
+        if let Some(s) = l.series.as_mut() {
+            s.start(now);
+            if let Some(b) = s.at(now) {
+                b.connected = Some(connected);
+            }
+        }
+    }
+
     fn on_up(&self, peer: u32, handshake: Duration, first: bool) {
-        self.connected.fetch_add(1, Ordering::Relaxed);
+        let connected = self.connected.fetch_add(1, Ordering::Relaxed) as u64 + 1;
+        self.note(|b| {
+            b.handshakes += 1;
+            b.handshake_us
+                .saturating_record((handshake.as_micros() as u64).max(1));
+            b.connected = Some(connected);
+        });
         let now = self.now_us();
         let mut c = self.conn_stats();
         c.handshake_us
@@ -213,7 +267,11 @@ impl Shared {
     }
 
     fn on_down(&self, peer: u32, why: String) {
-        self.connected.fetch_sub(1, Ordering::Relaxed);
+        let connected = (self.connected.fetch_sub(1, Ordering::Relaxed) as u64).saturating_sub(1);
+        self.note(|b| {
+            b.errors += 1;
+            b.connected = Some(connected);
+        });
         let now = self.now_us();
         let mut c = self.conn_stats();
         *c.closes.entry(why).or_default() += 1;
@@ -221,11 +279,22 @@ impl Shared {
     }
 
     fn on_connect_failure(&self, e: &ConnectError) {
+        self.note(|b| b.errors += 1);
         *self
             .conn_stats()
             .connect_failures
             .entry(e.label())
             .or_default() += 1;
+    }
+}
+
+impl series::Source for Shared {
+    fn with_series<R>(&self, f: impl FnOnce(&mut Series) -> R) -> Option<R> {
+        self.ledger().series.as_mut().map(f)
+    }
+
+    fn now_us(&self) -> Micros {
+        Shared::now_us(self)
     }
 }
 
@@ -373,6 +442,7 @@ impl Peer {
                 }
             }
             tag::Error::TEXT => {
+                self.sh.note(|b| b.errors += 1);
                 let code = f.code.as_deref().unwrap_or("?").to_string();
                 *self.sh.conn_stats().errors.entry(code).or_default() += 1;
             }
@@ -432,16 +502,17 @@ pub async fn run_peer(sh: Arc<Shared>, me: u32, mut plan: Plan) {
         done: false,
     };
     let mut backoff = Backoff::default();
-    let mut url = me as usize % sh.urls.len();
+    let mut url = me as usize % sh.dials.len();
     let mut first = true;
     let source = sh.sources.and_then(|s| s.pick(me as usize));
+    let stop = sh.peer_stop(me);
     loop {
-        if sh.stop.is_cancelled() {
+        if stop.is_cancelled() {
             return;
         }
         let started = Instant::now();
         let attempt = async {
-            let mut ws = client::connect(&sh.urls[url], sh.addrs[url], source).await?;
+            let mut ws = client::connect(&sh.dials[url], source).await?;
             let info = peer.info();
             let hello = client::hello_frame(
                 &info.mesh_id,
@@ -455,26 +526,26 @@ pub async fn run_peer(sh: Arc<Shared>, me: u32, mut plan: Plan) {
         };
         let result = tokio::select! {
             r = attempt => r,
-            _ = sh.stop.cancelled() => return,
+            _ = stop.cancelled() => return,
         };
         let ws = match result {
             Ok(ws) => ws,
             Err(e) => {
                 sh.on_connect_failure(&e);
                 if e.replica_down() {
-                    url = (url + 1) % sh.urls.len();
+                    url = (url + 1) % sh.dials.len();
                 }
                 let wait = backoff.next_delay(&mut peer.rng);
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => continue,
-                    _ = sh.stop.cancelled() => return,
+                    _ = stop.cancelled() => return,
                 }
             }
         };
         backoff.reset();
         sh.on_up(me, started.elapsed(), first);
         first = false;
-        let end = serve(&mut peer, &mut plan, ws).await;
+        let end = serve(&mut peer, &mut plan, ws, &stop).await;
         // Acks of sends in flight on this socket will never come.
         let lost: Vec<u32> = peer.unacked.drain().collect();
         sh.ledger().abandon(me, lost);
@@ -488,7 +559,7 @@ pub async fn run_peer(sh: Arc<Shared>, me: u32, mut plan: Plan) {
                 let wait = backoff.next_delay(&mut peer.rng);
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
-                    _ = sh.stop.cancelled() => return,
+                    _ = stop.cancelled() => return,
                 }
             }
         }
@@ -522,11 +593,11 @@ async fn write_loop(
     }
 }
 
-async fn serve(peer: &mut Peer, plan: &mut Plan, ws: client::Ws) -> End {
+async fn serve(peer: &mut Peer, plan: &mut Plan, ws: client::Ws, stop: &CancellationToken) -> End {
     let (sink, mut stream) = ws.split();
     let (out, out_rx) = mpsc::unbounded_channel();
     let mut writer = tokio::spawn(write_loop(sink, out_rx));
-    let end = session(peer, plan, &mut stream, &out, &mut writer).await;
+    let end = session(peer, plan, &mut stream, &out, &mut writer, stop).await;
     if matches!(end, End::Stopped) {
         let _ = out.send(Message::Close(Some(CloseFrame {
             code: CloseCode::Normal,
@@ -545,6 +616,7 @@ async fn session(
     stream: &mut futures_util::stream::SplitStream<client::Ws>,
     out: &mpsc::UnboundedSender<Message>,
     writer: &mut tokio::task::JoinHandle<()>,
+    stop: &CancellationToken,
 ) -> End {
     let sh = peer.sh.clone();
     let mut replies: Vec<String> = Vec::new();
@@ -577,7 +649,7 @@ async fn session(
             }
         };
         tokio::select! {
-            _ = sh.stop.cancelled() => return End::Stopped,
+            _ = stop.cancelled() => return End::Stopped,
             _ = &mut *writer => return End::Lost("write failed".into()),
             _ = sh.go.cancelled(), if !peer.go => {}
             cmd = cmds, if paced && peer.go => {

@@ -14,8 +14,12 @@ use crate::ledger::Ledger;
 pub struct Report {
     pub scenario: String,
     pub peers: u64,
+    /// Sends the run set out to make (0 where the scenario sends nothing).
+    pub planned: u64,
     /// Sends attempted.
     pub messages: u64,
+    /// Planned sends never made (`planned - messages`): the run stopped first.
+    pub unsent: u64,
     /// Acks with `queued:true`.
     pub accepted: u64,
     /// Unique pushes (per message and recipient).
@@ -29,8 +33,15 @@ pub struct Report {
     /// Acknowledged sends that reached none of their recipients by the end of the run.
     pub lost_acked: u64,
     pub rejected: u64,
+    /// Everything the broker refused: `ack{queued:false}`, `error` frames after the
+    /// handshake, and refused handshakes.
+    pub refused: u64,
     /// Sends that never got an ack (their connection closed first).
     pub unacked: u64,
+    /// Established connections the broker side closed or dropped during the run.
+    pub dropped: u64,
+    /// Whether every ack and delivery came in before the run ended.
+    pub settled: bool,
     pub early_pushes: u64,
     /// Seconds from the first send to the last delivery.
     pub elapsed_s: f64,
@@ -80,7 +91,9 @@ impl Report {
         Report {
             scenario: scenario.to_string(),
             peers: 0,
+            planned: 0,
             messages: 0,
+            unsent: 0,
             accepted: 0,
             delivered: 0,
             duplicates: 0,
@@ -88,7 +101,10 @@ impl Report {
             delivered_ratio: 1.0,
             lost_acked: 0,
             rejected: 0,
+            refused: 0,
             unacked: 0,
+            dropped: 0,
+            settled: true,
             early_pushes: 0,
             elapsed_s: 0.0,
             delivered_per_sec: 0.0,
@@ -168,8 +184,14 @@ impl Report {
         if self.messages > 0 || self.scenario == "dm" || self.scenario == "broadcast" {
             let _ = writeln!(
                 s,
-                "peers {}  sent {}  accepted {}  rejected {}  unacked {}",
-                self.peers, self.messages, self.accepted, self.rejected, self.unacked
+                "peers {}  planned {}  sent {}  unsent {}  accepted {}  rejected {}  unacked {}",
+                self.peers,
+                self.planned,
+                self.messages,
+                self.unsent,
+                self.accepted,
+                self.rejected,
+                self.unacked
             );
             let _ = writeln!(
                 s,
@@ -197,6 +219,11 @@ impl Report {
                 self.e2e_p50_ms, self.e2e_p90_ms, self.e2e_p99_ms, self.e2e_max_ms
             );
         }
+        let _ = writeln!(
+            s,
+            "refused {}  connections dropped {}  settled {}",
+            self.refused, self.dropped, self.settled
+        );
         for (k, v) in &self.extra {
             let _ = writeln!(s, "{k}: {v}");
         }
@@ -239,6 +266,77 @@ impl Thresholds {
             out.push(format!(
                 "p99 {:.3} ms is above --max-p99-ms {max}",
                 r.gated_p99_ms
+            ));
+        }
+        out
+    }
+
+    /// Adds the misses to the report's failures.
+    pub fn apply(&self, r: &mut Report) {
+        for m in self.misses(r) {
+            r.fail(m);
+        }
+    }
+}
+
+/// The shortfalls a run may be allowed (`--allow-*`); everything else fails it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Allow {
+    pub refused: bool,
+    pub unsent: bool,
+    pub unsettled: bool,
+    pub disconnects: bool,
+}
+
+impl Allow {
+    /// Why `r` did not do what it set out to do, as sentences naming the flag that would
+    /// accept each shortfall.
+    pub fn misses(&self, r: &Report) -> Vec<String> {
+        let mut out = Vec::new();
+        if r.refused > 0 && !self.refused {
+            let why = ["rejects", "errors", "refused_handshakes"]
+                .iter()
+                .filter_map(|k| r.extra.get(*k).map(|v| format!("{k} {v}")))
+                .collect::<Vec<_>>()
+                .join(", ");
+            out.push(format!(
+                "the broker refused {} sends, frames or handshakes ({why}); --allow-refused accepts that",
+                r.refused
+            ));
+        }
+        let stopped = r
+            .extra
+            .get("stopped_by")
+            .and_then(Value::as_str)
+            .map_or(String::new(), |s| format!(", stopped by {s}"));
+        if r.unsent > 0 && !self.unsent {
+            out.push(format!(
+                "{} of {} planned sends were never made{stopped}; --allow-unsent accepts that",
+                r.unsent, r.planned
+            ));
+        }
+        if !r.settled && !self.unsettled {
+            out.push(format!(
+                "the run ended before it settled (settled: false{stopped}): {} sends without an ack, {} of {} deliveries missing; --allow-unsettled accepts that",
+                r.unacked,
+                r.expected_deliveries.saturating_sub(r.delivered),
+                r.expected_deliveries
+            ));
+        }
+        if r.dropped > 0 && !self.disconnects && r.scenario != "failover" {
+            let closes = r
+                .extra
+                .get("closes")
+                .map(|v| v.to_string())
+                .unwrap_or_default();
+            let during = if r.scenario == "idle" {
+                " during the hold"
+            } else {
+                ""
+            };
+            out.push(format!(
+                "{} connections were lost{during} ({closes}); --allow-disconnects accepts that",
+                r.dropped
             ));
         }
         out
@@ -347,6 +445,61 @@ mod tests {
         let mut own = r;
         own.fail("3 acknowledged messages lost");
         assert_eq!(exit_code(&own), 1);
+    }
+
+    #[test]
+    fn every_shortfall_fails_unless_its_flag_allows_it() {
+        let mut r = sample();
+        assert!(Allow::default().misses(&r).is_empty(), "a clean run passes");
+        r.planned = 12;
+        r.unsent = 2;
+        r.refused = 3;
+        r.set("rejects", serde_json::json!({"rate_limit: slow down": 3}));
+        r.settled = false;
+        r.dropped = 1;
+        r.set("closes", serde_json::json!({"1012 restart": 1}));
+        let misses = Allow::default().misses(&r);
+        assert_eq!(misses.len(), 4, "{misses:?}");
+        for flag in [
+            "--allow-refused",
+            "--allow-unsent",
+            "--allow-unsettled",
+            "--allow-disconnects",
+        ] {
+            assert!(
+                misses.iter().any(|m| m.contains(flag)),
+                "{flag} not named: {misses:?}"
+            );
+        }
+        assert!(misses[0].contains("rate_limit"), "{misses:?}");
+        let all = Allow {
+            refused: true,
+            unsent: true,
+            unsettled: true,
+            disconnects: true,
+        };
+        assert!(all.misses(&r).is_empty());
+        let mut failover = r.clone();
+        failover.scenario = "failover".into();
+        assert_eq!(
+            Allow {
+                disconnects: false,
+                ..all
+            }
+            .misses(&failover)
+            .len(),
+            0
+        );
+        let mut idle = r;
+        idle.scenario = "idle".into();
+        let m = Allow {
+            disconnects: false,
+            ..all
+        }
+        .misses(&idle);
+        assert!(m.len() == 1 && m[0].contains("during the hold"), "{m:?}");
+        Allow::default().apply(&mut idle);
+        assert_eq!(exit_code(&idle), 1);
     }
 
     #[test]

@@ -7,20 +7,23 @@ use std::time::Duration;
 use anyhow::{Result, bail};
 
 use super::{SharedSpec, bar, broker_fields, conn_fields, enrol, integrity, note, pace_then_drain};
-use crate::cli::{Broadcast, Common};
+use crate::Ctx;
+use crate::cli::Broadcast;
 use crate::peer::{Cmd, Payload};
 use crate::proc_stats::Sample;
 use crate::report::Report;
 
-pub async fn run(c: &Common, a: &Broadcast) -> Result<Report> {
+pub async fn run(x: &Ctx, a: &Broadcast) -> Result<Report> {
+    let c = &x.common;
     if a.peers < 2 {
         bail!("broadcast needs at least 2 peers");
     }
     let run = super::run_id();
     let timeout = Duration::from_secs(c.timeout);
-    let peers = enrol(c, &run, a.peers, a.peers).await?;
+    let schedule = super::schedule(a.stages.as_ref(), a.rate, a.duration)?;
+    let peers = enrol(x, &run, a.peers, a.peers).await?;
     let sh = super::shared(
-        c,
+        x,
         SharedSpec {
             run,
             peers,
@@ -36,24 +39,24 @@ pub async fn run(c: &Common, a: &Broadcast) -> Result<Report> {
     let tasks = super::start_peers(&sh, plans, c.connect_parallel, timeout).await?;
     // Let the peer_joined storm of the connection phase pass before measuring.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let sends = (a.rate * a.duration).round() as u64;
+    let sends = schedule.count();
     note(&format!(
-        "{} peers connected; {sends} broadcasts at {}/s, {} deliveries expected",
+        "{} peers connected; {sends} broadcasts over {} s, {} deliveries expected",
         a.peers,
-        a.rate,
+        schedule.duration(),
         sends * u64::from(a.peers - 1)
     ));
 
     let before = Sample::take(&c.broker_pids);
     let pb = bar(sends * u64::from(a.peers - 1), "delivered");
+    sh.start_series();
+    let series = super::series_writer(x, &sh, Some(schedule.clone()))?;
     sh.go.cancel();
     let settled = pace_then_drain(
         &sh,
         &txs,
         &pb,
-        a.rate,
-        Some(sends),
-        Some(Duration::from_secs_f64(a.duration)),
+        &schedule,
         |due| Cmd::Broadcast { due },
         timeout,
         c.max_run.map(Duration::from_secs),
@@ -75,12 +78,19 @@ pub async fn run(c: &Common, a: &Broadcast) -> Result<Report> {
             (end - first) as f64 / 1e6,
         )
     };
-    r.set("rate", a.rate);
-    r.set("duration_s", a.duration);
+    r.planned = sends;
+    r.unsent = sends.saturating_sub(r.messages);
+    r.settled = settled;
+    match &a.stages {
+        Some(s) => r.set("stages", s.to_string()),
+        None => r.set("rate", a.rate),
+    }
+    r.set("duration_s", schedule.duration());
     r.set("fanout", a.peers - 1);
-    r.set("urls", sh.urls.len());
-    r.set("settled", settled);
+    r.set("urls", sh.dials.len());
     conn_fields(&mut r, &sh.conn_stats());
+    super::stop_fields(&mut r, &sh);
+    super::finish_series(&mut r, series).await?;
     let delivered = r.delivered;
     broker_fields(
         &mut r,

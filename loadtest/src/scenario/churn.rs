@@ -16,45 +16,90 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use super::{bar, broker_fields, enrol, note};
-use crate::cli::{Churn, Common};
+use crate::Ctx;
+use crate::cli::Churn;
 use crate::client;
+use crate::ledger::Micros;
 use crate::proc_stats::Sample;
 use crate::report::{Report, max_ms, quantile_ms, round3};
+use crate::series::{self, Series};
 
 #[derive(Debug)]
 struct Tally {
     handshake_us: Histogram<u64>,
     ok: u64,
     failed: BTreeMap<String, u64>,
+    series: Option<Series>,
 }
 
-pub async fn run(c: &Common, a: &Churn) -> Result<Report> {
+/// The tally, and the clock its series runs on.
+#[derive(Debug)]
+struct Shared {
+    tally: Mutex<Tally>,
+    start: Instant,
+}
+
+impl Shared {
+    fn tally(&self) -> std::sync::MutexGuard<'_, Tally> {
+        self.tally.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl series::Source for Shared {
+    fn with_series<R>(&self, f: impl FnOnce(&mut Series) -> R) -> Option<R> {
+        self.tally().series.as_mut().map(f)
+    }
+
+    fn now_us(&self) -> Micros {
+        self.start.elapsed().as_micros() as Micros
+    }
+}
+
+pub async fn run(x: &Ctx, a: &Churn) -> Result<Report> {
+    let c = &x.common;
     let run = super::run_id();
-    let peers = enrol(c, &run, a.peers.max(1), a.peers.max(1)).await?;
+    let schedule = super::schedule(a.stages.as_ref(), a.rate, a.duration)?;
+    let peers = enrol(x, &run, a.peers.max(1), a.peers.max(1)).await?;
     let peers = Arc::new(peers);
-    let (urls, addrs) = super::resolve(&c.urls).await?;
-    let tally = Arc::new(Mutex::new(Tally {
-        handshake_us: Histogram::new_with_bounds(1, 3_600_000_000, 3)?,
-        ok: 0,
-        failed: BTreeMap::new(),
-    }));
-    let cycles = (a.rate * a.duration).round() as u64;
+    let dials = x.dials.clone();
+    let mut series = c.series.is_some().then(Series::new);
+    if let Some(s) = series.as_mut() {
+        s.start(0);
+    }
+    let sh = Arc::new(Shared {
+        tally: Mutex::new(Tally {
+            handshake_us: Histogram::new_with_bounds(1, 3_600_000_000, 3)?,
+            ok: 0,
+            failed: BTreeMap::new(),
+            series,
+        }),
+        start: Instant::now(),
+    });
+    let writer = match &c.series {
+        Some(path) => Some(series::Writer::spawn(
+            path,
+            sh.clone(),
+            Some(schedule.clone()),
+        )?),
+        None => None,
+    };
+    let cycles = schedule.count();
     note(&format!(
-        "{cycles} connect+hello+close cycles at {}/s over {} members",
-        a.rate,
+        "{cycles} connect+hello+close cycles over {} s over {} members",
+        schedule.duration(),
         peers.len()
     ));
     let before = Sample::take(&c.broker_pids);
     let pb = bar(cycles, "handshakes");
-    let start = Instant::now();
+    let start = sh.start;
     let mut tasks = JoinSet::new();
-    let interval = Duration::from_secs_f64(1.0 / a.rate.max(1e-3));
     for k in 0..cycles {
-        tokio::time::sleep_until((start + interval.mul_f64(k as f64)).into()).await;
+        let at = schedule.due(k).unwrap_or(0.0);
+        tokio::time::sleep_until((start + Duration::from_secs_f64(at)).into()).await;
         let i = (k % peers.len() as u64) as usize;
-        let which = (k % urls.len() as u64) as usize;
-        let (url, addr) = (urls[which].clone(), addrs[which]);
-        let (peers, tally, pb) = (peers.clone(), tally.clone(), pb.clone());
+        let which = (k % dials.len() as u64) as usize;
+        let dial = dials[which].clone();
+        let (peers, sh, pb) = (peers.clone(), sh.clone(), pb.clone());
         let session = if a.fresh_sessions {
             format!("{}-{k}", peers[i].session_id)
         } else {
@@ -64,7 +109,7 @@ pub async fn run(c: &Common, a: &Churn) -> Result<Report> {
             let t0 = Instant::now();
             let p = &peers[i];
             let res = async {
-                let mut ws = client::connect(&url, addr, None).await?;
+                let mut ws = client::connect(&dial, None).await?;
                 let hello = client::hello_frame(
                     &p.mesh_id,
                     &p.member_id,
@@ -78,14 +123,24 @@ pub async fn run(c: &Common, a: &Churn) -> Result<Report> {
             .await;
             let took = t0.elapsed();
             {
-                let mut t = tally.lock().unwrap_or_else(|e| e.into_inner());
+                let now = series::Source::now_us(&*sh);
+                let mut t = sh.tally();
+                let us = (took.as_micros() as u64).max(1);
                 match &res {
                     Ok(_) => {
                         t.ok += 1;
-                        t.handshake_us
-                            .saturating_record((took.as_micros() as u64).max(1));
+                        t.handshake_us.saturating_record(us);
                     }
                     Err(e) => *t.failed.entry(e.label()).or_default() += 1,
+                }
+                if let Some(b) = t.series.as_mut().and_then(|s| s.at(now)) {
+                    match &res {
+                        Ok(_) => {
+                            b.handshakes += 1;
+                            b.handshake_us.saturating_record(us);
+                        }
+                        Err(_) => b.errors += 1,
+                    }
                 }
             }
             pb.inc(1);
@@ -115,12 +170,27 @@ pub async fn run(c: &Common, a: &Churn) -> Result<Report> {
     pb.finish_and_clear();
     let after = Sample::take(&c.broker_pids);
 
-    let t = tally.lock().unwrap_or_else(|e| e.into_inner());
+    let unfinished = tasks.len() as u64;
+    tasks.abort_all();
+    let rows = match writer {
+        Some(w) => Some(w.finish().await?),
+        None => None,
+    };
+    let t = sh.tally();
     let mut r = Report::new("churn");
     r.peers = u64::from(a.peers);
+    if let Some(rows) = rows {
+        r.set("series_rows", rows);
+    }
+    // Cycles still running at the end never completed: the run did not settle.
+    r.settled = unfinished == 0;
+    r.set("unfinished_cycles", unfinished);
     r.gated_p99_ms = quantile_ms(&t.handshake_us, 0.99);
-    r.set("rate", a.rate);
-    r.set("duration_s", a.duration);
+    match &a.stages {
+        Some(s) => r.set("stages", s.to_string()),
+        None => r.set("rate", a.rate),
+    }
+    r.set("duration_s", schedule.duration());
     r.set("cycles", cycles);
     r.set("handshakes_ok", t.ok);
     r.set("handshakes_failed", json!(t.failed));
@@ -134,9 +204,29 @@ pub async fn run(c: &Common, a: &Churn) -> Result<Report> {
     r.set("fresh_sessions", a.fresh_sessions);
     broker_fields(&mut r, &c.broker_pids, &before, &after, t.ok, "handshake");
     let failed: u64 = t.failed.values().sum();
-    if failed > 0 {
+    let refused: u64 = t
+        .failed
+        .iter()
+        .filter(|(k, _)| k.starts_with("refused"))
+        .map(|(_, v)| *v)
+        .sum();
+    r.refused = refused;
+    if refused > 0 {
+        r.set(
+            "refused_handshakes",
+            json!(
+                t.failed
+                    .iter()
+                    .filter(|(k, _)| k.starts_with("refused"))
+                    .collect::<BTreeMap<_, _>>()
+            ),
+        );
+    }
+    // Refused handshakes fail through the refusal check (--allow-refused); the rest here.
+    if failed > refused {
         r.fail(format!(
-            "{failed} of {cycles} handshakes failed: {:?}",
+            "{} of {cycles} handshakes failed: {:?}",
+            failed - refused,
             t.failed
         ));
     }

@@ -9,12 +9,14 @@ use anyhow::{Result, bail};
 use serde_json::json;
 
 use super::{SharedSpec, bar, broker_fields, conn_fields, enrol, integrity, note, pace_then_drain};
-use crate::cli::{Common, Failover};
+use crate::Ctx;
+use crate::cli::Failover;
 use crate::peer::Cmd;
 use crate::proc_stats::Sample;
 use crate::report::{Report, round3};
 
-pub async fn run(c: &Common, a: &Failover) -> Result<Report> {
+pub async fn run(x: &Ctx, a: &Failover) -> Result<Report> {
+    let c = &x.common;
     if c.urls.len() < 2 {
         bail!("failover needs two or more --url (one per replica)");
     }
@@ -24,9 +26,10 @@ pub async fn run(c: &Common, a: &Failover) -> Result<Report> {
     let run = super::run_id();
     let timeout = Duration::from_secs(c.timeout);
     let per_mesh = a.per_mesh.max(2);
-    let peers = enrol(c, &run, a.peers, per_mesh).await?;
+    let schedule = super::schedule(a.stages.as_ref(), a.rate, a.duration)?;
+    let peers = enrol(x, &run, a.peers, per_mesh).await?;
     let sh = super::shared(
-        c,
+        x,
         SharedSpec {
             run,
             peers,
@@ -40,12 +43,12 @@ pub async fn run(c: &Common, a: &Failover) -> Result<Report> {
     .await?;
     let (txs, plans) = super::paced_plans(a.peers);
     let tasks = super::start_peers(&sh, plans, c.connect_parallel, timeout).await?;
-    let sends = (a.rate * a.duration).round() as u64;
+    let sends = schedule.count();
     note(&format!(
-        "{} peers connected over {} replicas; {sends} direct messages at {}/s, SIGKILL {} after {} s",
+        "{} peers connected over {} replicas; {sends} direct messages over {} s, SIGKILL {} after {} s",
         a.peers,
-        sh.urls.len(),
-        a.rate,
+        sh.dials.len(),
+        schedule.duration(),
         a.kill_pid,
         a.kill_after
     ));
@@ -58,6 +61,8 @@ pub async fn run(c: &Common, a: &Failover) -> Result<Report> {
         .collect();
     let before = Sample::take(&survivors);
     let pb = bar(sends, "delivered");
+    sh.start_series();
+    let series = super::series_writer(x, &sh, Some(schedule.clone()))?;
     sh.go.cancel();
     let go_at = sh.now_us();
     let killed_at = AtomicU64::new(u64::MAX);
@@ -76,9 +81,7 @@ pub async fn run(c: &Common, a: &Failover) -> Result<Report> {
         &sh,
         &txs,
         &pb,
-        a.rate,
-        Some(sends),
-        Some(Duration::from_secs_f64(a.duration)),
+        &schedule,
         |due| Cmd::Direct { due },
         timeout,
         c.max_run.map(Duration::from_secs),
@@ -127,10 +130,16 @@ pub async fn run(c: &Common, a: &Failover) -> Result<Report> {
         .collect();
     let all_back_ms = back_ms.iter().copied().fold(0.0, f64::max);
     let within_10s = back_ms.iter().filter(|ms| **ms <= 10_000.0).count();
-    r.set("rate", a.rate);
+    r.planned = sends;
+    r.unsent = sends.saturating_sub(r.messages);
+    r.settled = settled;
+    match &a.stages {
+        Some(s) => r.set("stages", s.to_string()),
+        None => r.set("rate", a.rate),
+    }
     r.set("per_mesh", per_mesh);
-    r.set("duration_s", a.duration);
-    r.set("urls", sh.urls.len());
+    r.set("duration_s", schedule.duration());
+    r.set("urls", sh.dials.len());
     r.set("killed_pid", a.kill_pid);
     r.set(
         "killed_at_s",
@@ -148,8 +157,9 @@ pub async fn run(c: &Common, a: &Failover) -> Result<Report> {
         },
     );
     r.set("outages", after_kill.len());
-    r.set("settled", settled);
     conn_fields(&mut r, &sh.conn_stats());
+    super::stop_fields(&mut r, &sh);
+    super::finish_series(&mut r, series).await?;
     let delivered = r.delivered;
     broker_fields(&mut r, &survivors, &before, &after, delivered, "delivered");
     r.set("surviving_pids", json!(survivors));

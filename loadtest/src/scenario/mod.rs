@@ -6,7 +6,6 @@ pub mod dm;
 pub mod failover;
 pub mod idle;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -18,13 +17,16 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
+use crate::Ctx;
 use crate::cli::{self, Common};
-use crate::ledger::Micros;
+use crate::ledger::{Ledger, Micros};
 use crate::operator::{self, ApiConn};
 use crate::peer::{self, Cmd, ConnStats, Payload, PeerInfo, Plan, Shared, SourceAddrs};
 use crate::proc_stats::Sample;
 use crate::report::{Report, quantile_ms, round3};
 use crate::seal::Identity;
+use crate::series::{self, Series};
+use crate::stages::{Schedule, Stages};
 
 /// A progress bar on stderr (hidden when stderr is not a terminal).
 pub fn bar(len: u64, what: &str) -> ProgressBar {
@@ -71,16 +73,20 @@ pub fn payload(p: &cli::Payload) -> Payload {
     }
 }
 
-/// Creates `ceil(n / per_mesh)` meshes and `n` members with fresh ed25519 keys.
-pub async fn enrol(c: &Common, run: &str, n: u32, per_mesh: u32) -> Result<Vec<PeerInfo>> {
+/// Creates `ceil(n / per_mesh)` meshes and `n` members with fresh ed25519 keys, through
+/// the first operator API URL; records them in `x.created` for the clean-up.
+pub async fn enrol(x: &Ctx, run: &str, n: u32, per_mesh: u32) -> Result<Vec<PeerInfo>> {
+    let c = &x.common;
     let token = token(c)?;
-    let url = &c.urls[0];
-    let mut api = ApiConn::connect(url, &token).await?;
+    let api_dial = &x.api[0];
+    let mut api = ApiConn::connect(api_dial, &token).await?;
     let per_mesh = per_mesh.max(1);
     let meshes = n.div_ceil(per_mesh).max(1);
     let mut mesh_ids = Vec::new();
     for m in 0..meshes {
-        mesh_ids.push(api.create_mesh(&format!("loadtest {run} {m}")).await?);
+        let id = api.create_mesh(&format!("loadtest {run} {m}")).await?;
+        x.created.mesh(&id);
+        mesh_ids.push(id);
     }
     let identities: Vec<Identity> = (0..n).map(|_| Identity::random()).collect();
     let rows: Vec<(String, String, String)> = identities
@@ -97,8 +103,11 @@ pub async fn enrol(c: &Common, run: &str, n: u32, per_mesh: u32) -> Result<Vec<P
     let pb = bar(u64::from(n), "enrolling");
     let counter = pb.clone();
     let member_ids =
-        operator::enrol_all(url, &token, rows.clone(), 8, move || counter.inc(1)).await?;
+        operator::enrol_all(api_dial, &token, rows.clone(), 8, move || counter.inc(1)).await?;
     pb.finish_and_clear();
+    for ((mesh, _, _), id) in rows.iter().zip(&member_ids) {
+        x.created.member(mesh, id);
+    }
     Ok(identities
         .into_iter()
         .zip(rows)
@@ -113,21 +122,17 @@ pub async fn enrol(c: &Common, run: &str, n: u32, per_mesh: u32) -> Result<Vec<P
         .collect())
 }
 
-/// Resolves every URL to one socket address.
-pub async fn resolve(urls: &[String]) -> Result<(Vec<String>, Vec<SocketAddr>)> {
-    let mut ws = Vec::new();
-    let mut addrs = Vec::new();
-    for u in urls {
-        let host = operator::authority(u);
-        let addr = tokio::net::lookup_host(host)
-            .await
-            .with_context(|| format!("resolving {host}"))?
-            .next()
-            .with_context(|| format!("{host} resolves to nothing"))?;
-        ws.push(operator::ws_url(u));
-        addrs.push(addr);
+/// The profile of a paced workload: `--stages`, else `rate` for `secs` seconds.
+pub fn schedule(stages: Option<&Stages>, rate: f64, secs: f64) -> Result<Schedule> {
+    match stages {
+        Some(s) => Ok(Schedule::from_stages(s)),
+        None => {
+            if !(rate > 0.0 && rate.is_finite()) {
+                bail!("--rate must be above 0");
+            }
+            Ok(Schedule::constant(rate, secs))
+        }
     }
-    Ok((ws, addrs))
 }
 
 /// Everything but the peers and the payload settings.
@@ -141,20 +146,27 @@ pub struct SharedSpec {
     pub per_mesh: u32,
 }
 
-pub async fn shared(c: &Common, spec: SharedSpec) -> Result<Arc<Shared>> {
-    let (urls, addrs) = resolve(&c.urls).await?;
+pub async fn shared(x: &Ctx, spec: SharedSpec) -> Result<Arc<Shared>> {
+    let mut ledger = Ledger::new();
+    if x.common.series.is_some() {
+        ledger.series = Some(Series::new());
+    }
+    let stop = tokio_util::sync::CancellationToken::new();
+    let peer_stops = (0..spec.peers.len()).map(|_| stop.child_token()).collect();
     Ok(Arc::new(Shared {
         run: spec.run,
-        urls,
-        addrs,
+        dials: x.dials.clone(),
         peers: spec.peers,
-        ledger: Default::default(),
+        series_on: x.common.series.is_some(),
+        ledger: std::sync::Mutex::new(ledger),
         conn: Default::default(),
         start: Instant::now(),
-        stop: Default::default(),
+        stop,
+        peer_stops: std::sync::Mutex::new(peer_stops),
         go: Default::default(),
         connected: Default::default(),
         senders_done: Default::default(),
+        stopped_by: Default::default(),
         payload: spec.payload,
         priority: spec.priority,
         verify: spec.verify,
@@ -216,29 +228,22 @@ fn check_stall(sh: &Shared, last: &mut (usize, Instant), timeout: Duration) -> R
     Ok(())
 }
 
-/// Sends `total` commands (or as many as fit in `duration`) at `rate` per second to the
-/// peers in turn; returns how many were sent.
+/// Sends the commands `schedule` makes due (see [`Schedule::due`]) to the peers in turn;
+/// returns how many were sent.
 pub async fn pace(
     sh: &Shared,
     txs: &[mpsc::UnboundedSender<Cmd>],
-    rate: f64,
-    total: Option<u64>,
-    duration: Option<Duration>,
+    schedule: &Schedule,
     make: impl Fn(Micros) -> Cmd,
 ) -> u64 {
     let begin = sh.now_us();
-    let interval_us = 1e6 / rate.max(1e-3);
-    let limit_us = duration.map(|d| d.as_micros() as u64);
     let mut k: u64 = 0;
     loop {
-        if total.is_some_and(|t| k >= t) || sh.stop.is_cancelled() {
+        if sh.stop.is_cancelled() {
             break;
         }
-        let offset = (k as f64 * interval_us) as u64;
-        if limit_us.is_some_and(|l| offset >= l) {
-            break;
-        }
-        let due = begin + offset;
+        let Some(at) = schedule.due(k) else { break };
+        let due = begin + (at * 1e6) as u64;
         let now = sh.now_us();
         if due > now {
             tokio::time::sleep(Duration::from_micros(due - now)).await;
@@ -273,9 +278,7 @@ pub async fn pace_then_drain(
     sh: &Shared,
     txs: &[mpsc::UnboundedSender<Cmd>],
     pb: &ProgressBar,
-    rate: f64,
-    total: Option<u64>,
-    duration: Option<Duration>,
+    schedule: &Schedule,
     make: impl Fn(Micros) -> Cmd,
     timeout: Duration,
     max_run: Option<Duration>,
@@ -283,7 +286,7 @@ pub async fn pace_then_drain(
 ) -> bool {
     let paced = std::sync::atomic::AtomicBool::new(false);
     let pacer = async {
-        pace(sh, txs, rate, total, duration, make).await;
+        pace(sh, txs, schedule, make).await;
         paced.store(true, std::sync::atomic::Ordering::Relaxed);
     };
     let waiter = drain(sh, pb, timeout, max_run, || {
@@ -320,16 +323,48 @@ pub async fn drain(
         if done && settled && sh.ledger().settled() {
             return true;
         }
-        if last.1.elapsed() >= timeout
-            || sent_at.is_some_and(|t| t.elapsed() >= timeout)
-            || max_run.is_some_and(|m| begun.elapsed() >= m)
-        {
+        let why = if let Some(m) = max_run.filter(|m| begun.elapsed() >= *m) {
+            Some(format!("--max-run {} s", m.as_secs()))
+        } else if last.1.elapsed() >= timeout {
+            Some(format!("no progress for --timeout {} s", timeout.as_secs()))
+        } else if sent_at.is_some_and(|t| t.elapsed() >= timeout) {
+            Some(format!(
+                "--timeout {} s after sending ended",
+                timeout.as_secs()
+            ))
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            *sh.stopped_by.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
             // Stop the pacer too.
             sh.stop.cancel();
             return false;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The `--series` writer of a run on `sh`, when the flag is given; call
+/// [`Shared::start_series`] first.
+pub fn series_writer(
+    x: &Ctx,
+    sh: &Arc<Shared>,
+    schedule: Option<Schedule>,
+) -> Result<Option<series::Writer>> {
+    match &x.common.series {
+        None => Ok(None),
+        Some(path) => series::Writer::spawn(path, sh.clone(), schedule).map(Some),
+    }
+}
+
+/// Writes the rest of the series and records its row count in the report.
+pub async fn finish_series(r: &mut Report, w: Option<series::Writer>) -> Result<()> {
+    if let Some(w) = w {
+        let rows = w.finish().await?;
+        r.set("series_rows", rows);
+    }
+    Ok(())
 }
 
 /// Stops every peer and waits for their tasks (closing frames included).
@@ -342,8 +377,38 @@ pub async fn stop_peers(sh: &Shared, mut tasks: JoinSet<()>) {
     tasks.abort_all();
 }
 
-/// Connection figures every scenario reports.
+/// Connection figures every scenario reports, and the refusals and drops the pass/fail
+/// checks read: `refused` adds error frames and refused handshakes to the rejected sends,
+/// `dropped` counts every close of an established connection the harness did not ask for.
 pub fn conn_fields(r: &mut Report, c: &ConnStats) {
+    conn_counts(r, c);
+}
+
+/// Why the run stopped early, when it did.
+pub fn stop_fields(r: &mut Report, sh: &Shared) {
+    if let Some(why) = sh
+        .stopped_by
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
+    {
+        r.set("stopped_by", why);
+    }
+}
+
+fn conn_counts(r: &mut Report, c: &ConnStats) {
+    let refused_handshakes: std::collections::BTreeMap<&str, u64> = c
+        .connect_failures
+        .iter()
+        .filter(|(k, _)| k.starts_with("refused"))
+        .map(|(k, v)| (k.as_str(), *v))
+        .collect();
+    r.refused =
+        r.rejected + c.errors.values().sum::<u64>() + refused_handshakes.values().sum::<u64>();
+    r.dropped = c.closes.values().sum();
+    if !refused_handshakes.is_empty() {
+        r.set("refused_handshakes", json!(refused_handshakes));
+    }
     r.set("closes", json!(c.closes));
     r.set("connect_failures", json!(c.connect_failures));
     r.set("reconnects", c.reconnects);
