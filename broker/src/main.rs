@@ -59,7 +59,25 @@ async fn serve(config: Config) -> ExitCode {
             .unwrap_or_default();
         // Tests and scripts read this line to learn the port when BROKER_PORT=0.
         println!("listening on http://{local} (node {})", config.node_id);
-        match broker::run(config, listener, shutdown_signal()).await {
+        let mut listeners = broker::server::Listeners::from(listener);
+        if let Some(port) = config.internal_port {
+            let addr = std::net::SocketAddr::new(config.internal_host, port);
+            let internal = match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => l,
+                Err(e) => {
+                    eprintln!("broker: cannot listen on {addr} (BROKER_INTERNAL_PORT): {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let local = internal
+                .local_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default();
+            // Right after the public line: the tests read both.
+            println!("internal listening on http://{local}");
+            listeners.internal = Some(internal);
+        }
+        match broker::run(config, listeners, shutdown_signal()).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e @ broker::RunError::Unsupported(_)) => {
                 eprintln!("broker: {e}");

@@ -153,8 +153,8 @@ impl LoadBalancer {
             // -db: stay in the foreground; logs go to stdout (`log stdout` in the file).
             .args(["-db", "-f", HAPROXY_CFG])
             .env("LB_BIND", addr.to_string())
-            .env("BROKER_A_ADDR", a.to_string())
-            .env("BROKER_B_ADDR", b.to_string())
+            .env("LB_SERVER_A_ADDR", a.to_string())
+            .env("LB_SERVER_B_ADDR", b.to_string())
             // Fast checks, so a dead replica leaves the pool within about half a second.
             .env("CHECK_INTER", "200ms")
             .stdin(Stdio::null())
@@ -230,6 +230,9 @@ impl Ha {
                 ("BROKER_NODE_ID", node),
                 ("HEARTBEAT_INTERVAL_MS", "250"),
                 ("NODE_DEAD_AFTER_MS", "2000"),
+                // As in compose.yaml: /metrics and the operator API on an internal port
+                // that the load balancer does not route to.
+                ("BROKER_INTERNAL_PORT", "0"),
             ];
             env.extend_from_slice(extra);
             Broker::start(&env)
@@ -372,6 +375,10 @@ async fn the_cookie_pins_http_and_websocket_upgrades_to_one_replica() {
         BTreeSet::from([A.to_string(), B.to_string()]),
         "cookie-less requests spread"
     );
+    // The load balancer's port is the internet-facing one: no metrics, no operator API.
+    assert_eq!(ha.lb.get("/metrics", None).status, 404);
+    let api = request(ha.lb.addr, "GET", "/api/v1/meshes", None, Some(TOKEN)).unwrap();
+    assert_eq!(api.status, 404, "{api:?}");
 
     // With the cookie of the first answer: always that replica, and no new cookie.
     let first = ha.lb.get("/health", None);
@@ -641,19 +648,21 @@ async fn concurrent_audit_writes_through_the_load_balancer_keep_one_chain() {
         clients.push(t.await.unwrap());
     }
     let path = format!("/api/v1/meshes/{mesh}/audit/verify");
+    // The operator API is not behind the load balancer: each replica's internal port has it.
+    let r = request(ha.lb.addr, "GET", &path, None, Some(TOKEN)).unwrap();
+    assert_eq!(r.status, 404, "{}", r.body);
     let v = eventually("4 joins and 40 sends are audited", async || {
-        let r = request(ha.lb.addr, "GET", &path, None, Some(TOKEN)).ok()?;
-        let v = r.json();
-        (v["entries"] == json!(44)).then_some(v)
+        let (status, v) = ha.a.api("GET", &path, None);
+        (status == 200 && v["entries"] == json!(44)).then_some(v)
     })
     .await;
     assert_eq!(v["valid"], true, "{v}");
     // Both replicas read the same chain.
     for server in [A, B] {
-        let r = request(ha.lb.addr, "GET", &path, Some(server), Some(TOKEN)).unwrap();
-        assert_eq!(r.header("x-served-by"), Some(server));
+        let (status, v) = ha.replica(server).api("GET", &path, None);
+        assert_eq!(status, 200, "{v}");
         assert_eq!(
-            (r.json()["valid"].clone(), r.json()["entries"].clone()),
+            (v["valid"].clone(), v["entries"].clone()),
             (json!(true), json!(44))
         );
     }

@@ -847,3 +847,315 @@ async fn health_reports_its_fields_and_readiness_is_200() {
     let v: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(v["status"], "ready", "{v}");
 }
+
+/// Every mesh id of `GET /api/v1/meshes`, page by page, with the pages' sizes.
+fn all_pages(b: &Broker, limit: usize) -> (Vec<String>, Vec<usize>) {
+    let (mut ids, mut sizes) = (Vec::new(), Vec::new());
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/api/v1/meshes?limit={limit}&cursor={c}"),
+            None => format!("/api/v1/meshes?limit={limit}"),
+        };
+        let (status, page) = b.api("GET", &path, None);
+        assert_eq!(status, 200, "{page}");
+        let meshes = page["meshes"].as_array().unwrap();
+        sizes.push(meshes.len());
+        for m in meshes {
+            assert!(m["createdAt"].as_str().unwrap().ends_with('Z'), "{m}");
+            ids.push(m["id"].as_str().unwrap().to_string());
+        }
+        match page["nextCursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => {
+                assert!(page["nextCursor"].is_null(), "{page}");
+                return (ids, sizes);
+            }
+        }
+        assert!(sizes.len() < 100, "the pages never end");
+    }
+}
+
+#[tokio::test]
+async fn meshes_are_listed_in_pages_in_a_stable_order() {
+    let b = Broker::start(&[]);
+    let mut made: Vec<String> = (0..5)
+        .map(|i| b.create_mesh(&format!("paged {i}"), None))
+        .collect();
+    made.sort();
+
+    let (ids, sizes) = all_pages(&b, 2);
+    assert_eq!(ids, made, "every mesh once, in id order");
+    assert_eq!(sizes, vec![2, 2, 1]);
+    let (ids, sizes) = all_pages(&b, 5);
+    assert_eq!((ids, sizes), (made.clone(), vec![5]), "no empty last page");
+    // The default page holds them all.
+    let (status, page) = b.api("GET", "/api/v1/meshes", None);
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["meshes"].as_array().unwrap().len(), 5);
+    assert!(page["nextCursor"].is_null());
+
+    // A mesh created between two pages shows up in a later page if it sorts after the
+    // cursor; nothing is listed twice.
+    let (_, first) = b.api("GET", "/api/v1/meshes?limit=2", None);
+    let cursor = first["nextCursor"].as_str().unwrap().to_string();
+    made.push(b.create_mesh("late", None));
+    made.sort();
+    let (status, rest) = b.api(
+        "GET",
+        &format!("/api/v1/meshes?limit=1000&cursor={cursor}"),
+        None,
+    );
+    assert_eq!(status, 200, "{rest}");
+    let mut seen: Vec<String> = first["meshes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(rest["meshes"].as_array().unwrap())
+        .map(|m| m["id"].as_str().unwrap().to_string())
+        .collect();
+    let n = seen.len();
+    seen.dedup();
+    assert_eq!(seen.len(), n, "listed twice: {seen:?}");
+
+    for (query, what) in [
+        ("limit=0", "limit 0"),
+        ("limit=1001", "limit over 1000"),
+        ("limit=ten", "limit not a number"),
+        ("cursor=%%%", "cursor not from this API"),
+        ("offset=3", "unknown parameter"),
+    ] {
+        assert_error(
+            b.api("GET", &format!("/api/v1/meshes?{query}"), None),
+            400,
+            what,
+        );
+    }
+    let (status, _) = b.try_http("GET", "/api/v1/meshes", None, None).unwrap();
+    assert_eq!(status, 401);
+}
+
+/// `(valid, entries)` of the mesh's audit chain.
+fn audit_verdict(b: &Broker, mesh: &str) -> (bool, u64) {
+    let (status, v) = b.api("GET", &format!("/api/v1/meshes/{mesh}/audit/verify"), None);
+    assert_eq!(status, 200, "{v}");
+    (
+        v["valid"].as_bool().unwrap(),
+        v["entries"].as_u64().unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn deleting_a_member_on_one_replica_closes_its_sockets_on_the_other() {
+    use common::cluster::Cluster;
+    let c = Cluster::new(&[("BROKER_SEND_BURST", "0")]).await;
+    let (a, b) = (c.replica("a"), c.replica("b"));
+    let mesh = a.create_mesh("member delete", None);
+    let alice = member(&a, &mesh, "alice", json!({}));
+    let bob = member(&a, &mesh, "bob", json!({}));
+    let carol = member(&a, &mesh, "carol", json!({}));
+    // bob grants carol's key a capability: the entry goes with carol.
+    let (status, v) = a.api(
+        "PUT",
+        &format!("/api/v1/meshes/{mesh}/members/{}/grants", bob.id),
+        Some(json!({"grants": {carol.identity.pubkey.clone(): ["dm"]}})),
+    );
+    assert_eq!(status, 200, "{v}");
+
+    // alice (two sockets) and bob on B; carol on A sends alice nothing yet.
+    let (mut alice1, _) = Client::join(&b.ws_url(), alice.hello(&mesh, json!({}))).await;
+    let (mut alice2, _) = Client::join(&b.ws_url(), alice.hello(&mesh, json!({}))).await;
+    let (mut bob_c, _) = Client::join(&b.ws_url(), bob.hello(&mesh, json!({}))).await;
+    let (carol_c, _) = Client::join(&a.ws_url(), carol.hello(&mesh, json!({}))).await;
+    // A message waits for carol while she is offline.
+    carol_c.close().await;
+    eventually("carol's presence to leave", async || {
+        let m = a.metrics();
+        (metric(&m, "broker_connections_active") == 0.0).then_some(())
+    })
+    .await;
+    let ack = bob_c.send_msg(&carol.identity.pubkey, "next", "Zm9y").await;
+    assert_eq!(ack["queued"], true, "{ack}");
+    eventually("the queued message to count", async || {
+        (metric(&a.metrics(), "broker_queue_depth") == 1.0).then_some(())
+    })
+    .await;
+    let entries_before = audit_verdict(&a, &mesh).1;
+
+    // alice is deleted through replica A: both her sockets on B close 4003, bob sees her go.
+    let (status, v) = a.api(
+        "DELETE",
+        &format!("/api/v1/meshes/{mesh}/members/{}", alice.id),
+        None,
+    );
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        v,
+        json!({"id": alice.id, "deleted": true, "closedConnections": 2})
+    );
+    assert_eq!(alice1.expect_close().await, close_of(codes::REMOVED));
+    assert_eq!(alice2.expect_close().await, close_of(codes::REMOVED));
+    let left = bob_c.expect_system("peer_left").await;
+    assert_eq!(left["eventData"]["name"], "alice", "{left}");
+    // Replica B's cached member rows were dropped: a send to her key is not queued.
+    let ack = bob_c.send_msg(&alice.identity.pubkey, "now", "Zm9y").await;
+    assert_ne!(ack["queued"], true, "{ack}");
+    // She can no longer connect, on either replica.
+    for r in [&a, &b] {
+        let (code, close) = refused(&r.ws_url(), alice.hello(&mesh, json!({}))).await;
+        assert!(!code.is_empty());
+        assert_eq!(close.0, 1008, "{code}");
+    }
+    let (status, list) = b.api("GET", &format!("/api/v1/meshes/{mesh}/members"), None);
+    assert_eq!(status, 200);
+    let names: Vec<&str> = list["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["displayName"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["bob", "carol"], "{list}");
+    assert_error(
+        a.api(
+            "DELETE",
+            &format!("/api/v1/meshes/{mesh}/members/{}", alice.id),
+            None,
+        ),
+        404,
+        "a second delete",
+    );
+
+    // carol: deleted offline, with the message queued for her and bob's grant to her key.
+    let (status, v) = b.api(
+        "DELETE",
+        &format!("/api/v1/meshes/{mesh}/members/{}", carol.id),
+        None,
+    );
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["closedConnections"], 0);
+    eventually("the queued message to go", async || {
+        (metric(&b.metrics(), "broker_queue_depth") == 0.0).then_some(())
+    })
+    .await;
+    let (status, v) = a.api(
+        "PUT",
+        &format!("/api/v1/meshes/{mesh}/members/{}/grants", bob.id),
+        Some(json!({"grants": {}})),
+    );
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["grants"], json!({}), "carol's key left bob's grants");
+
+    // The chain keeps its entries, gained the deletions (and peer_left), and verifies.
+    let (valid, entries) = eventually("the deletions in the audit chain", async || {
+        let (valid, entries) = audit_verdict(&a, &mesh);
+        (entries >= entries_before + 3).then_some((valid, entries))
+    })
+    .await;
+    assert!(
+        valid,
+        "the chain verifies after deletions ({entries} entries)"
+    );
+}
+
+#[tokio::test]
+async fn deleting_a_mesh_on_one_replica_closes_every_socket_and_removes_what_it_owned() {
+    use common::cluster::Cluster;
+    let c = Cluster::new(&[("BROKER_SEND_BURST", "0")]).await;
+    let (a, b) = (c.replica("a"), c.replica("b"));
+    let mesh = a.create_mesh("mesh delete", None);
+    let keep = a.create_mesh("kept", None);
+    let alice = member(&a, &mesh, "alice", json!({}));
+    let bob = member(&a, &mesh, "bob", json!({}));
+    let carol = member(&a, &mesh, "carol", json!({}));
+    let other = member(&a, &keep, "other", json!({}));
+    let (mut alice_c, _) = Client::join(&a.ws_url(), alice.hello(&mesh, json!({}))).await;
+    let (mut bob_c, _) = Client::join(&b.ws_url(), bob.hello(&mesh, json!({}))).await;
+    let (mut other_c, _) = Client::join(&b.ws_url(), other.hello(&keep, json!({}))).await;
+    let ack = alice_c
+        .send_msg(&carol.identity.pubkey, "next", "Zm9y")
+        .await;
+    assert_eq!(ack["queued"], true, "{ack}");
+    let (status, _) = a.api(
+        "POST",
+        &format!("/api/v1/meshes/{mesh}/invites"),
+        Some(json!({})),
+    );
+    assert_eq!(status, 201);
+    eventually("the queued message to count", async || {
+        (metric(&b.metrics(), "broker_queue_depth") == 1.0).then_some(())
+    })
+    .await;
+
+    let (status, v) = a.api("DELETE", &format!("/api/v1/meshes/{mesh}"), None);
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        v,
+        json!({"id": mesh, "deleted": true, "closedConnections": 2})
+    );
+    assert_eq!(alice_c.expect_close().await, close_of(codes::REMOVED));
+    assert_eq!(
+        bob_c.expect_close().await,
+        close_of(codes::REMOVED),
+        "on the other replica"
+    );
+
+    // Gone on both replicas: the mesh, its members, its audit chain, its queue.
+    for r in [&a, &b] {
+        for path in [
+            format!("/api/v1/meshes/{mesh}"),
+            format!("/api/v1/meshes/{mesh}/members"),
+            format!("/api/v1/meshes/{mesh}/audit/verify"),
+        ] {
+            assert_error(r.api("GET", &path, None), 404, &path);
+        }
+        let (code, close) = refused(&r.ws_url(), bob.hello(&mesh, json!({}))).await;
+        assert!(!code.is_empty());
+        assert_eq!(close.0, 1008, "{code}");
+    }
+    eventually("the queued message to go", async || {
+        (metric(&a.metrics(), "broker_queue_depth") == 0.0).then_some(())
+    })
+    .await;
+    let (ids, _) = all_pages(&a, 10);
+    assert_eq!(ids, vec![keep.clone()]);
+    assert_error(
+        b.api("DELETE", &format!("/api/v1/meshes/{mesh}"), None),
+        404,
+        "a second delete",
+    );
+    // The other mesh is untouched, its socket open.
+    let peers = other_c.request(ClientFrame::ListPeers).await;
+    assert_eq!(peers["type"], "peers_list", "{peers}");
+    assert!(audit_verdict(&a, &keep).0, "the other chain verifies");
+}
+
+#[tokio::test]
+async fn deleting_in_dev_mode_closes_the_sockets_and_forgets_the_rows() {
+    let b = Broker::start(&[]);
+    let mesh = b.create_mesh("dev delete", None);
+    let alice = member(&b, &mesh, "alice", json!({}));
+    let bob = member(&b, &mesh, "bob", json!({}));
+    let (mut alice_c, _) = Client::join(&b.ws_url(), alice.hello(&mesh, json!({}))).await;
+    let (mut bob_c, _) = Client::join(&b.ws_url(), bob.hello(&mesh, json!({}))).await;
+    let member_path = format!("/api/v1/meshes/{mesh}/members/{}", alice.id);
+    let (status, v) = b.api("DELETE", &member_path, None);
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(alice_c.expect_close().await, close_of(codes::REMOVED));
+    let left = bob_c.expect_system("peer_left").await;
+    assert_eq!(left["eventData"]["name"], "alice", "{left}");
+    assert!(audit_verdict(&b, &mesh).0);
+
+    let (status, v) = b.api("DELETE", &format!("/api/v1/meshes/{mesh}"), None);
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["closedConnections"], 1);
+    assert_eq!(bob_c.expect_close().await, close_of(codes::REMOVED));
+    assert_error(
+        b.api("GET", &format!("/api/v1/meshes/{mesh}"), None),
+        404,
+        "gone",
+    );
+    let (status, page) = b.api("GET", "/api/v1/meshes", None);
+    assert_eq!(status, 200);
+    assert_eq!(page["meshes"], json!([]));
+    assert_error(b.api("DELETE", &member_path, None), 404, "mesh gone");
+}

@@ -1,7 +1,9 @@
 //! The operator API (spec §9): meshes, members, grants, invites and audit verification,
-//! behind the admin bearer token.
+//! behind the admin bearer token; beyond the spec, the paged list of meshes and the
+//! deletion of a mesh or a member (docs/protocol.md, "Operator API").
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -11,17 +13,25 @@ use hyper::{Method, Request, StatusCode};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{BodyError, HttpResponse, json_response, read_json};
+use super::{BodyError, HttpResponse, Surface, json_response, read_json};
 use crate::auth::bearer_matches;
+use crate::cluster::bus::{AfterClose, MeshEvent};
+use crate::cluster::presence::PresenceRecord;
 use crate::ids::{self, now_ms};
 use crate::node::Node;
-use crate::protocol::Group;
+use crate::protocol::frames::PeerLeft;
 use crate::protocol::signing::{self, InviteFields};
+use crate::protocol::{Group, SystemEvent, codes};
 use crate::routing::ALL_CAPS;
 use crate::store::{Invite, Mesh, NewMember, Role, StoreError};
 
 /// Default lifetime of an invite.
 const DEFAULT_INVITE_SECONDS: i64 = 7 * 24 * 3600;
+
+/// Meshes per page of `GET /api/v1/meshes` when `limit` is not given, and the most a
+/// page may hold (the answer is built in memory).
+const DEFAULT_PAGE: usize = 100;
+const MAX_PAGE: usize = 1000;
 
 type ApiResult = Result<HttpResponse, (StatusCode, String)>;
 
@@ -39,7 +49,7 @@ fn store_error(e: StoreError) -> (StatusCode, String) {
     }
 }
 
-pub async fn handle(node: &Node, req: Request<Incoming>) -> HttpResponse {
+pub async fn handle(node: &Arc<Node>, req: Request<Incoming>) -> HttpResponse {
     let header = req
         .headers()
         .get(AUTHORIZATION)
@@ -68,15 +78,21 @@ async fn body<T: for<'de> Deserialize<'de>>(
     serde_json::from_value(value).map_err(|e| bad(format!("invalid body: {e}")))
 }
 
-async fn dispatch(node: &Node, req: Request<Incoming>) -> ApiResult {
+async fn dispatch(node: &Arc<Node>, req: Request<Incoming>) -> ApiResult {
     let path = req.uri().path().trim_end_matches('/').to_string();
     let segments: Vec<&str> = path.split('/').skip(3).collect();
     let method = req.method().clone();
     match (method, segments.as_slice()) {
+        (_, ["users", ..]) => super::users::dispatch(node, req).await,
         (Method::POST, ["meshes"]) => create_mesh(node, req).await,
+        (Method::GET, ["meshes"]) => list_meshes(node, req.uri().query()).await,
         (Method::GET, ["meshes", mesh_id]) => {
             let mesh = find_mesh(node, mesh_id).await?;
             Ok(json_response(StatusCode::OK, &mesh_json(&mesh)))
+        }
+        (Method::DELETE, ["meshes", mesh_id]) => delete_mesh(node, mesh_id).await,
+        (Method::DELETE, ["meshes", mesh_id, "members", member_id]) => {
+            delete_member(node, mesh_id, member_id).await
         }
         (Method::POST, ["meshes", mesh_id, "members"]) => add_member(node, mesh_id, req).await,
         (Method::GET, ["meshes", mesh_id, "members"]) => list_members(node, mesh_id).await,
@@ -279,6 +295,7 @@ struct CreateInvite {
 }
 
 async fn create_invite(node: &Node, mesh_id: &str, req: Request<Incoming>) -> ApiResult {
+    let internal = req.extensions().get::<Surface>() == Some(&Surface::Internal);
     let host = req
         .headers()
         .get(HOST)
@@ -305,7 +322,18 @@ async fn create_invite(node: &Node, mesh_id: &str, req: Request<Incoming>) -> Ap
     if b.max_uses == Some(0) {
         return Err(bad("maxUses must be at least 1"));
     }
-    let broker_url = format!("ws://{host}/ws");
+    let broker_url = match &node.config.accounts.public_ws_url {
+        Some(url) => url.clone(),
+        // The Host of a request to the internal listener names an address that serves no
+        // WebSocket: an invite carrying it would be useless.
+        None if internal => {
+            return Err((
+                StatusCode::CONFLICT,
+                "invites made through the internal listener need BROKER_PUBLIC_WS_URL or BROKER_PUBLIC_URL (where clients reach the broker)".into(),
+            ));
+        }
+        None => format!("ws://{host}/ws"),
+    };
     let expires_at = now_ms() / 1000 + lifetime;
     let fields = InviteFields {
         v: 1,
@@ -350,4 +378,177 @@ async fn create_invite(node: &Node, mesh_id: &str, req: Request<Incoming>) -> Ap
         StatusCode::CREATED,
         &json!({"code": code, "token": token, "link": format!("ic://join/{token}"), "payload": payload}),
     ))
+}
+
+/// `GET /api/v1/meshes?limit=&cursor=`: meshes in id order, `nextCursor` while more follow.
+async fn list_meshes(node: &Node, query: Option<&str>) -> ApiResult {
+    let mut limit = DEFAULT_PAGE;
+    let mut after = None;
+    for pair in query
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match key {
+            "limit" => {
+                limit = value
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=MAX_PAGE).contains(n))
+                    .ok_or_else(|| bad(format!("limit must be an integer from 1 to {MAX_PAGE}")))?;
+            }
+            "cursor" if !value.is_empty() => {
+                let id = URL_SAFE_NO_PAD
+                    .decode(value)
+                    .ok()
+                    .and_then(|b| String::from_utf8(b).ok())
+                    .ok_or_else(|| bad("cursor is not one this API returned"))?;
+                after = Some(id);
+            }
+            "cursor" => {}
+            other => {
+                return Err(bad(format!(
+                    "unknown query parameter {other:?} (known: limit, cursor)"
+                )));
+            }
+        }
+    }
+    // One more than asked tells whether another page follows.
+    let mut page = node
+        .store
+        .list_meshes(after.as_deref(), limit + 1)
+        .await
+        .map_err(store_error)?;
+    let more = page.len() > limit;
+    page.truncate(limit);
+    let next = more
+        .then(|| page.last().map(|m| URL_SAFE_NO_PAD.encode(&m.id)))
+        .flatten();
+    let meshes: Vec<Value> = page.iter().map(mesh_json).collect();
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"meshes": meshes, "nextCursor": next}),
+    ))
+}
+
+/// `DELETE /api/v1/meshes/{meshId}`: the mesh and all it owns are deleted in one
+/// transaction (its audit chain with it), every replica drops its cached member rows, and
+/// every socket of the mesh, on whichever replica, is closed `4003 removed`.
+async fn delete_mesh(node: &Arc<Node>, mesh_id: &str) -> ApiResult {
+    if !node.store.delete_mesh(mesh_id).await.map_err(store_error)? {
+        return Err((StatusCode::NOT_FOUND, format!("no mesh {mesh_id:?}")));
+    }
+    node.members_changed(mesh_id).await;
+    let closed = remove_presences(node, mesh_id, |_| true, false).await;
+    // A write that raced the delete (a send or an audit append accepted a moment before)
+    // may have left a row under the mesh's id: purge again now that no socket is left.
+    if let Err(e) = node.store.delete_mesh(mesh_id).await {
+        tracing::warn!(mesh_id, error = %e, "second purge of a deleted mesh failed");
+    }
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"id": mesh_id, "deleted": true, "closedConnections": closed}),
+    ))
+}
+
+/// `DELETE /api/v1/meshes/{meshId}/members/{memberId}`: the member's row, its queue,
+/// saved state and grants entries are deleted, every replica drops its cached member rows,
+/// its sockets are closed `4003 removed` (the rest of the mesh sees `peer_left`), and a
+/// `member_deleted` event is appended to the audit chain, which stays verifiable.
+async fn delete_member(node: &Arc<Node>, mesh_id: &str, member_id: &str) -> ApiResult {
+    find_mesh(node, mesh_id).await?;
+    let member = node
+        .store
+        .member(mesh_id, member_id)
+        .await
+        .map_err(store_error)?
+        .ok_or((StatusCode::NOT_FOUND, format!("no member {member_id:?}")))?;
+    if !node
+        .store
+        .delete_member(mesh_id, member_id)
+        .await
+        .map_err(store_error)?
+    {
+        return Err((StatusCode::NOT_FOUND, format!("no member {member_id:?}")));
+    }
+    node.members_changed(mesh_id).await;
+    let closed = remove_presences(node, mesh_id, |r| r.member_id == member_id, true).await;
+    node.audit(
+        mesh_id,
+        "member_deleted",
+        None,
+        json!({"memberId": member.id, "pubkey": member.pubkey, "displayName": member.display_name}),
+    );
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"id": member_id, "deleted": true, "closedConnections": closed}),
+    ))
+}
+
+/// Closes the sockets of the presences `which` selects, on whichever replica holds them,
+/// `4003 removed`, and removes their presence records (live and in grace); returns how
+/// many sockets were closed. The closes travel as `MeshEvent::Close` with
+/// `AfterClose::Grace`: the closing replica only releases the record, which is gone by
+/// then, so it saves no peer state and appends nothing for a member that no longer
+/// exists. With `announce`, the rest of the mesh is told `peer_left` and the chain gets
+/// its `peer_left`, as for any presence that ends.
+///
+/// A presence list that cannot be read (Redis down) leaves the sockets open: they are
+/// refused at their next send (the member rows are gone) and their records expire.
+async fn remove_presences(
+    node: &Arc<Node>,
+    mesh_id: &str,
+    which: impl Fn(&PresenceRecord) -> bool,
+    announce: bool,
+) -> usize {
+    let records = match node.presence.list(mesh_id).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(mesh_id, error = %e, "presences of a deleted member or mesh not listed; their sockets stay open until their next send");
+            return 0;
+        }
+    };
+    let (hit, rest): (Vec<PresenceRecord>, Vec<PresenceRecord>) =
+        records.into_iter().partition(|r| which(r));
+    let live: Vec<String> = hit
+        .iter()
+        .filter(|r| r.is_live())
+        .map(|r| r.conn_id.clone())
+        .collect();
+    let closed = live.len();
+    if !live.is_empty() {
+        let event = MeshEvent::Close {
+            conn_ids: live,
+            code: codes::REMOVED.code,
+            reason: codes::REMOVED.reason.into(),
+            after: AfterClose::Grace,
+        };
+        if let Err(e) = node.publish(mesh_id, event).await {
+            tracing::warn!(mesh_id, error = %e, "close of removed sockets not published");
+        }
+    }
+    let ctx = crate::service::ServiceCtx::new(node);
+    for r in &hit {
+        let removed = node
+            .presence
+            .remove(mesh_id, &r.presence_id, &r.conn_id)
+            .await;
+        let Ok(Some(record)) = removed else { continue };
+        if announce {
+            let to = crate::service::presence::join_leave_recipients(&rest, &record);
+            let left = SystemEvent::PeerLeft(PeerLeft {
+                name: record.display_name.clone(),
+                pubkey: record.routing_key().to_string(),
+            });
+            crate::service::presence::announce(&ctx, mesh_id, to, left).await;
+            node.audit(
+                mesh_id,
+                "peer_left",
+                Some(&record.member_id),
+                json!({"pubkey": record.routing_key()}),
+            );
+        }
+    }
+    closed
 }

@@ -1,8 +1,11 @@
 //! The HTTP side: the accept loop, routing, health, metrics and the WebSocket upgrade.
 
 mod admin;
+mod cli;
 mod hook;
 mod join;
+mod users;
+mod web;
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -46,10 +49,73 @@ const REFUSAL_LINGER: Duration = Duration::from_secs(1);
 /// Refused connections delivering their 503 at once; beyond it they are closed at once.
 const MAX_REFUSALS_IN_FLIGHT: usize = 64;
 
-/// Accepts connections until shutdown begins.
-pub async fn accept_loop(node: Arc<Node>, listener: TcpListener) {
+/// Which routes a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Surface {
+    /// No internal listener (`BROKER_INTERNAL_PORT` unset): the one port serves every route.
+    All,
+    /// The public port beside an internal listener: every route but `/metrics` and the
+    /// operator API, which answer 404 as unknown paths do.
+    Public,
+    /// The internal listener: `/metrics`, the operator API and `/health*`, nothing else.
+    Internal,
+}
+
+impl Surface {
+    /// Whether a request for `path` is routed at all on this listener.
+    fn serves(self, path: &str) -> bool {
+        let internal_only = path == "/metrics" || path == "/api/v1" || path.starts_with("/api/v1/");
+        let health = path == "/health" || path.starts_with("/health/");
+        match self {
+            Surface::All => true,
+            Surface::Public => !internal_only,
+            Surface::Internal => internal_only || health,
+        }
+    }
+}
+
+/// The listening sockets of one replica: the public one (clients, `/ws`, `/join`, the
+/// hook) and, with `BROKER_INTERNAL_PORT`, the internal one (`/metrics`, `/api/v1/…`).
+pub struct Listeners {
+    pub public: TcpListener,
+    pub internal: Option<TcpListener>,
+}
+
+impl From<TcpListener> for Listeners {
+    fn from(public: TcpListener) -> Self {
+        Listeners {
+            public,
+            internal: None,
+        }
+    }
+}
+
+impl Listeners {
+    /// Starts one accept loop per listener on the node's tracker. Each loop has its own
+    /// budget of `MAX_HTTP_CONNECTIONS`, so a flood of the public port cannot lock
+    /// Prometheus and operators out of the internal one.
+    pub fn spawn(self, node: &Arc<Node>) {
+        let public = if self.internal.is_some() {
+            Surface::Public
+        } else {
+            Surface::All
+        };
+        node.tracker
+            .spawn(accept_loop(node.clone(), self.public, public));
+        if let Some(internal) = self.internal {
+            node.tracker
+                .spawn(accept_loop(node.clone(), internal, Surface::Internal));
+        }
+    }
+}
+
+/// Accepts connections until shutdown begins. `broker_http_connections_open` counts the
+/// connections of every listener; the `MAX_HTTP_CONNECTIONS` check counts this one's.
+pub async fn accept_loop(node: Arc<Node>, listener: TcpListener, surface: Surface) {
     let mut failing = false;
     let refusals = Arc::new(AtomicUsize::new(0));
+    // Only this loop opens connections of this listener (served ones decrement it).
+    let open = Arc::new(AtomicUsize::new(0));
     loop {
         let (stream, peer) = tokio::select! {
             _ = node.stopping.cancelled() => break,
@@ -70,10 +136,9 @@ pub async fn accept_loop(node: Arc<Node>, listener: TcpListener) {
         if std::mem::take(&mut failing) {
             warn!("accepting again");
         }
-        // Only this loop opens HTTP connections, so the check and the increment below
-        // cannot race another opener.
-        let open = node.metrics.http_connections_open.get();
-        if open >= i64::try_from(node.config.max_http_connections).unwrap_or(i64::MAX) {
+        // Only this loop opens HTTP connections of this listener, so the check and the
+        // increment below cannot race another opener.
+        if open.load(Ordering::Relaxed) >= node.config.max_http_connections {
             node.metrics.close_http_connection("capacity");
             if refusals.fetch_add(1, Ordering::Relaxed) < MAX_REFUSALS_IN_FLIGHT {
                 let refusals = refusals.clone();
@@ -90,7 +155,14 @@ pub async fn accept_loop(node: Arc<Node>, listener: TcpListener) {
         // tens of milliseconds instead of one.
         let _ = stream.set_nodelay(true);
         node.metrics.http_connections_open.inc();
-        node.tracker.spawn(serve_http(node.clone(), stream, peer));
+        open.fetch_add(1, Ordering::Relaxed);
+        node.tracker.spawn(serve_http(
+            node.clone(),
+            stream,
+            peer,
+            surface,
+            open.clone(),
+        ));
     }
     debug!("listener closed");
 }
@@ -114,7 +186,13 @@ async fn refuse(mut stream: TcpStream) {
 /// response), and the idle timeout (no byte moved in either direction: a stalled body, a
 /// response the client does not read). The head's size is bounded by
 /// `HTTP_MAX_HEADER_BYTES` (hyper's read buffer): over it, hyper answers 431 and closes.
-async fn serve_http(node: Arc<Node>, stream: TcpStream, peer: std::net::SocketAddr) {
+async fn serve_http(
+    node: Arc<Node>,
+    stream: TcpStream,
+    peer: std::net::SocketAddr,
+    surface: Surface,
+    open: Arc<AtomicUsize>,
+) {
     let opened = Instant::now();
     let activity = Arc::new(AtomicU64::new(0));
     let eof = Arc::new(AtomicBool::new(false));
@@ -138,7 +216,10 @@ async fn serve_http(node: Arc<Node>, stream: TcpStream, peer: std::net::SocketAd
     let svc = service_fn(move |mut req: Request<Incoming>| {
         // The source address, for handlers that limit per client (the hook route).
         req.extensions_mut().insert(peer);
-        route(conn_node.clone(), req)
+        // Which listener it came through (the operator API's invites need it).
+        req.extensions_mut().insert(surface);
+        let span = crate::telemetry::http_span(&req);
+        crate::telemetry::in_http_span(span, route(conn_node.clone(), surface, req))
     });
     // Boxed rather than pinned on the stack, so it can be dropped (the socket closed)
     // after the metrics below are updated.
@@ -182,6 +263,7 @@ async fn serve_http(node: Arc<Node>, stream: TcpStream, peer: std::net::SocketAd
     };
     // Counted before the socket closes, so a client that saw the close also sees the count.
     node.metrics.http_connections_open.dec();
+    open.fetch_sub(1, Ordering::Relaxed);
     if let Some(reason) = closed_by {
         debug!(%peer, reason, "http connection closed by a timeout");
         node.metrics.close_http_connection(reason);
@@ -303,8 +385,18 @@ pub async fn read_json(req: Request<Incoming>, limit: usize) -> Result<Value, Bo
         .map_err(|e| BodyError::Invalid(format!("body is not valid JSON: {e}")))
 }
 
-async fn route(node: Arc<Node>, req: Request<Incoming>) -> Result<HttpResponse, Infallible> {
+/// The route table. Which listener serves which paths is decided before it, by
+/// [`Surface::serves`]: a route added here is public (and on the internal listener only if
+/// it is `/metrics`, `/api/v1/…` or `/health*`).
+async fn route(
+    node: Arc<Node>,
+    surface: Surface,
+    req: Request<Incoming>,
+) -> Result<HttpResponse, Infallible> {
     let path = req.uri().path().to_string();
+    if !surface.serves(&path) {
+        return Ok(not_found());
+    }
     let resp = match (req.method(), path.as_str()) {
         (&Method::GET, "/ws") => upgrade(node, req),
         (&Method::GET, "/health") => health(&node).await,
@@ -321,10 +413,29 @@ async fn route(node: Arc<Node>, req: Request<Incoming>) -> Result<HttpResponse, 
         }
         (&Method::POST, "/join") => join::handle(&node, req).await,
         (&Method::POST, "/hook/set-status") => hook::handle(&node, req).await,
+        // Extensions §19: file storage and the Telegram bridge are not offered.
+        (&Method::POST, "/upload") => json_response(
+            StatusCode::NOT_IMPLEMENTED,
+            &json!({"ok": false, "error": "file storage is not available on this broker"}),
+        ),
+        (&Method::GET, _) if path.starts_with("/download/") => json_response(
+            StatusCode::NOT_IMPLEMENTED,
+            &json!({"ok": false, "error": "file storage is not available on this broker"}),
+        ),
+        (&Method::POST, "/tg/token") => json_response(
+            StatusCode::NOT_IMPLEMENTED,
+            &json!({"error": "telegram bridge is not available on this broker"}),
+        ),
         _ if path.starts_with("/api/v1/") => admin::handle(&node, req).await,
-        _ => json_response(StatusCode::NOT_FOUND, &json!({"error": "not found"})),
+        _ if cli::serves(&path) => cli::handle(&node, req).await,
+        _ if web::serves(&path) => web::handle(&node, req).await,
+        _ => not_found(),
     };
     Ok(resp)
+}
+
+fn not_found() -> HttpResponse {
+    json_response(StatusCode::NOT_FOUND, &json!({"error": "not found"}))
 }
 
 fn upgrade(node: Arc<Node>, mut req: Request<Incoming>) -> HttpResponse {

@@ -60,6 +60,9 @@ pub fn now_ms() -> i64 {
 pub struct Broker {
     child: Child,
     pub addr: SocketAddr,
+    /// The internal listener (`BROKER_INTERNAL_PORT` given): `/metrics` and the operator
+    /// API are there, and [`Broker::api`] and [`Broker::metrics`] use it.
+    pub internal_addr: Option<SocketAddr>,
     pub log: PathBuf,
 }
 
@@ -99,9 +102,27 @@ impl Broker {
                 break rest.split_whitespace().next().unwrap().parse().unwrap();
             }
         };
+        // With an internal listener its line comes right after the public one.
+        let internal_addr = env
+            .iter()
+            .any(|(k, _)| *k == "BROKER_INTERNAL_PORT")
+            .then(|| {
+                let line = lines.next().unwrap().unwrap();
+                let rest = line
+                    .strip_prefix("internal listening on http://")
+                    .unwrap_or_else(|| {
+                        panic!("expected the internal listener's line, got {line:?}")
+                    });
+                rest.split_whitespace().next().unwrap().parse().unwrap()
+            });
         // Keep draining stdout so the broker never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        let broker = Broker { child, addr, log };
+        let broker = Broker {
+            child,
+            addr,
+            internal_addr,
+            log,
+        };
         broker.wait_ready();
         broker
     }
@@ -148,6 +169,12 @@ impl Broker {
         }
     }
 
+    /// Where `/metrics` and the operator API are served: the internal listener if there
+    /// is one, else the public port.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.internal_addr.unwrap_or(self.addr)
+    }
+
     pub fn try_http(
         &self,
         method: &str,
@@ -161,9 +188,14 @@ impl Broker {
     /// An HTTP request with the admin token; returns status and JSON body.
     pub fn api(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
         let body = body.map(|b| b.to_string());
-        let (status, text) = self
-            .try_http(method, path, Some(TOKEN), body.as_deref())
-            .unwrap();
+        let (status, text) = http(
+            self.admin_addr(),
+            method,
+            path,
+            Some(TOKEN),
+            body.as_deref(),
+        )
+        .unwrap();
         (
             status,
             serde_json::from_str(&text).unwrap_or(Value::String(text)),
@@ -199,7 +231,9 @@ impl Broker {
     }
 
     pub fn metrics(&self) -> String {
-        self.try_http("GET", "/metrics", None, None).unwrap().1
+        http(self.admin_addr(), "GET", "/metrics", None, None)
+            .unwrap()
+            .1
     }
 }
 

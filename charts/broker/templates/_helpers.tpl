@@ -95,13 +95,21 @@ app.kubernetes.io/component: broker
 {{- fail "shutdown.drainMs must not exceed shutdown.deadlineMs" }}
 {{- end }}
 {{- range $key, $_ := .Values.config }}
-{{- if has $key (list "BROKER_HOST" "BROKER_PORT" "BROKER_NODE_ID" "BROKER_ADMIN_TOKEN" "DATABASE_URL" "REDIS_URL" "SHUTDOWN_DRAIN_MS" "SHUTDOWN_DEADLINE_MS") }}
-{{- fail (printf "config.%s is set by the chart (see values.yaml: secret, shutdown)" $key) }}
+{{- if has $key (list "BROKER_HOST" "BROKER_PORT" "BROKER_NODE_ID" "BROKER_ADMIN_TOKEN" "DATABASE_URL" "REDIS_URL" "SHUTDOWN_DRAIN_MS" "SHUTDOWN_DEADLINE_MS" "BROKER_INTERNAL_PORT" "BROKER_INTERNAL_HOST" "BROKER_PUBLIC_URL") }}
+{{- fail (printf "config.%s is set by the chart (see values.yaml: secret, shutdown, internal, publicUrl)" $key) }}
 {{- end }}
 {{- end }}
 {{- $controller := include "broker.ingressController" . }}
 {{- if and .Values.ingress.enabled (not (has $controller (list "" "nginx" "traefik"))) }}
 {{- fail "ingress.controller must be nginx, traefik or empty" }}
+{{- end }}
+{{- if eq (int .Values.internal.port) 7900 }}
+{{- fail "internal.port must differ from the public port 7900" }}
+{{- end }}
+{{- with .Values.publicUrl }}
+{{- if not (or (hasPrefix "http://" .) (hasPrefix "https://" .)) }}
+{{- fail "publicUrl must be an http:// or https:// URL" }}
+{{- end }}
 {{- end }}
 {{- if and .Values.autoscaling.enabled (not .Values.autoscaling.targetCPUUtilizationPercentage) (not .Values.autoscaling.connections.enabled) }}
 {{- fail "autoscaling needs targetCPUUtilizationPercentage or connections.enabled" }}
@@ -111,4 +119,22 @@ app.kubernetes.io/component: broker
 {{/* terminationGracePeriodSeconds: preStop sleep + ceil(deadline) + margin. */}}
 {{- define "broker.terminationGracePeriodSeconds" -}}
 {{- add (int .Values.shutdown.preStopSleepSeconds) (div (add (int .Values.shutdown.deadlineMs) 999) 1000) (int .Values.shutdown.extraGraceSeconds) }}
+{{- end }}
+
+{{/* BROKER_PUBLIC_URL: publicUrl, else the first Ingress host (https:// when a TLS block names it), else empty. */}}
+{{- define "broker.publicUrl" -}}
+{{- if .Values.publicUrl }}
+{{- .Values.publicUrl }}
+{{- else if and .Values.ingress.enabled .Values.ingress.hosts }}
+{{- $host := (first .Values.ingress.hosts).host }}
+{{- $tls := false }}
+{{- range .Values.ingress.tls }}
+{{- if has $host (default (list) .hosts) }}
+{{- $tls = true }}
+{{- end }}
+{{- end }}
+{{- if $host }}
+{{- printf "%s://%s" (ternary "https" "http" $tls) $host }}
+{{- end }}
+{{- end }}
 {{- end }}

@@ -205,4 +205,122 @@ impl MeshStore for PgStore {
             Ok(())
         }
     }
+
+    async fn list_meshes(&self, after: Option<&str>, limit: usize) -> StoreResult<Vec<Mesh>> {
+        // The primary key's order, so a page is one index range scan.
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self
+            .query(
+                "SELECT * FROM meshes WHERE $1::text IS NULL OR id > $1 ORDER BY id LIMIT $2",
+                &[&after, &limit],
+            )
+            .await?;
+        Ok(rows.iter().map(mesh_from_row).collect())
+    }
+
+    async fn delete_mesh(&self, mesh_id: &str) -> StoreResult<bool> {
+        let mut c = self.conn().await?;
+        let tx = c.transaction().await.map_err(pg_error)?;
+        // Serialised with this mesh's audit appends, which would otherwise extend the chain
+        // being deleted.
+        tx.execute(
+            "SELECT pg_advisory_xact_lock($1, hashtext($2))",
+            &[&super::audit::AUDIT_LOCK_CLASS, &mesh_id],
+        )
+        .await
+        .map_err(pg_error)?;
+        // Keyed by sender member only: before the member rows go.
+        tx.execute(
+            "DELETE FROM message_dedup WHERE sender_member_id IN (SELECT id FROM members WHERE mesh_id = $1)",
+            &[&mesh_id],
+        )
+        .await
+        .map_err(pg_error)?;
+        // Every table of the schema with a `mesh_id` column holds mesh-scoped state (the
+        // queue, peer state, the audit chain, and each extension family's tables, with or
+        // without a foreign key to `meshes`), so a family added later is purged too.
+        for table in mesh_scoped_tables(&tx).await? {
+            if table == "members" || table == "invites" {
+                continue; // below, by the cascade from `meshes`
+            }
+            let sql = format!("DELETE FROM {} WHERE mesh_id = $1", quote_ident(&table));
+            tx.execute(&sql, &[&mesh_id]).await.map_err(pg_error)?;
+        }
+        let n = tx
+            .execute("DELETE FROM meshes WHERE id = $1", &[&mesh_id])
+            .await
+            .map_err(pg_error)?;
+        tx.commit().await.map_err(pg_error)?;
+        Ok(n > 0)
+    }
+
+    async fn delete_member(&self, mesh_id: &str, member_id: &str) -> StoreResult<bool> {
+        let mut c = self.conn().await?;
+        let tx = c.transaction().await.map_err(pg_error)?;
+        let Some(row) = tx
+            .query_opt(
+                "DELETE FROM members WHERE mesh_id = $1 AND id = $2 RETURNING pubkey",
+                &[&mesh_id, &member_id],
+            )
+            .await
+            .map_err(pg_error)?
+        else {
+            return Ok(false);
+        };
+        let pubkey: String = row.get(0);
+        tx.execute(
+            "UPDATE members SET peer_grants = peer_grants - $2::text              WHERE mesh_id = $1 AND peer_grants ? $2",
+            &[&mesh_id, &pubkey],
+        )
+        .await
+        .map_err(pg_error)?;
+        tx.execute(
+            "DELETE FROM message_queue WHERE mesh_id = $1 AND target_member_id = $2",
+            &[&mesh_id, &member_id],
+        )
+        .await
+        .map_err(pg_error)?;
+        tx.execute(
+            "DELETE FROM message_dedup WHERE sender_member_id = $1",
+            &[&member_id],
+        )
+        .await
+        .map_err(pg_error)?;
+        // What only the member had: its saved peer state, and its scheduled messages,
+        // which would fire as a member that no longer exists. What it gave the mesh
+        // (memories, tasks, shared state, streams, delivery records) stays, like the
+        // messages it sent.
+        for sql in [
+            "DELETE FROM peer_state WHERE mesh_id = $1 AND member_id = $2",
+            "DELETE FROM scheduled_message WHERE mesh_id = $1 AND member_id = $2",
+        ] {
+            tx.execute(sql, &[&mesh_id, &member_id])
+                .await
+                .map_err(pg_error)?;
+        }
+        tx.commit().await.map_err(pg_error)?;
+        Ok(true)
+    }
+}
+
+/// The tables of the current schema that have a `mesh_id` column.
+async fn mesh_scoped_tables(tx: &deadpool_postgres::Transaction<'_>) -> StoreResult<Vec<String>> {
+    let rows = tx
+        .query(
+            "SELECT c.table_name::text FROM information_schema.columns c \
+             JOIN information_schema.tables t \
+               ON t.table_schema = c.table_schema AND t.table_name = c.table_name \
+             WHERE c.table_schema = current_schema() AND t.table_type = 'BASE TABLE' \
+               AND c.column_name = 'mesh_id' \
+             ORDER BY 1",
+            &[],
+        )
+        .await
+        .map_err(pg_error)?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// A table name as an SQL identifier.
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
 }
