@@ -169,12 +169,34 @@ async fn receive_loop(
                 let Some(mesh_id) = channel.strip_prefix(&mesh_prefix) else {
                     continue;
                 };
+                let payload_len = payload.len();
                 match wire::decode(Bytes::from(payload)) {
                     Some(env) if env.origin == node_id => {}
-                    Some(wire::Envelope { trace, event, .. }) => {
+                    Some(wire::Envelope {
+                        trace, mut event, ..
+                    }) => {
                         // Continues the publisher's trace on this replica.
-                        let span = tracing::info_span!("bus.receive", mesh_id, kind = event.kind());
+                        let span = if crate::telemetry::on() {
+                            tracing::info_span!(
+                                "bus.receive",
+                                otel.kind = "consumer",
+                                mesh_id,
+                                mesh.id = mesh_id,
+                                kind = event.kind(),
+                                messaging.system = "redis",
+                                messaging.operation.type = "receive",
+                                messaging.operation.name = "message",
+                                messaging.destination.name = channel.as_str(),
+                                messaging.message.body.size = payload_len,
+                            )
+                        } else {
+                            tracing::info_span!("bus.receive", mesh_id, kind = event.kind())
+                        };
                         crate::telemetry::follow(&span, trace.as_deref());
+                        if trace.is_some() {
+                            // The receivers' push spans continue from this one.
+                            event.set_trace(crate::telemetry::traceparent(&span));
+                        }
                         span.in_scope(|| {
                             let _ = sink.send((mesh_id.to_string(), event));
                         });
@@ -252,16 +274,35 @@ impl Bus for RedisBus {
         "redis"
     }
 
-    async fn publish(&self, mesh_id: &str, event: MeshEvent) -> Result<(), BusError> {
-        let payload = wire::encode(
-            &self.node_id,
-            &event,
-            crate::telemetry::current_traceparent().as_deref(),
-        );
+    async fn publish(&self, mesh_id: &str, mut event: MeshEvent) -> Result<(), BusError> {
+        // A PRODUCER span inside an operation's trace (a send, a moderation verb); its
+        // context travels in the envelope, so the receivers' spans are its children.
+        let channel = self.channel(mesh_id);
+        let span = if crate::telemetry::in_operation() {
+            tracing::info_span!(
+                "bus.publish",
+                otel.kind = "producer",
+                mesh.id = mesh_id,
+                kind = event.kind(),
+                messaging.system = "redis",
+                messaging.operation.type = "send",
+                messaging.operation.name = "publish",
+                messaging.destination.name = channel.as_str(),
+                messaging.message.body.size = tracing::field::Empty,
+            )
+        } else {
+            tracing::Span::none()
+        };
+        // Outside an operation (directly under a connection span) nothing is propagated,
+        // so a connection's trace does not grow with every event it publishes.
+        let trace = crate::telemetry::traceparent(&span);
+        let payload = wire::encode(&self.node_id, &event, trace.as_deref());
+        span.record("messaging.message.body.size", payload.len());
+        event.set_trace(trace);
         // Local sockets get it now, whatever happens to Redis.
         let _ = self.sink.send((mesh_id.to_string(), event));
         let mut c = self.publisher.clone();
-        c.publish::<_, _, i64>(self.channel(mesh_id), payload)
+        tracing::Instrument::instrument(c.publish::<_, _, i64>(channel, payload), span)
             .await
             .map(|_| ())
             .map_err(|e| BusError(format!("{e} (delivered on this replica only)")))
@@ -311,6 +352,7 @@ mod tests {
             presence_ids: vec!["p1".to_string(), "p2".to_string()].into(),
             priority: Some(Priority::Low),
             frame: frame.clone(),
+            trace: None,
         };
         let (origin, _, back) = decode(encode("n1", &e, None)).expect("decodes");
         assert_eq!(origin, "n1");
@@ -319,6 +361,7 @@ mod tests {
                 presence_ids,
                 priority,
                 frame: f,
+                ..
             } => {
                 assert_eq!(&presence_ids[..], ["p1", "p2"]);
                 assert_eq!(priority, Some(Priority::Low));

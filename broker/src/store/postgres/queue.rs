@@ -17,7 +17,13 @@ const MAX_BATCH: usize = 512;
 /// Submissions waiting for a batch; beyond it callers wait (backpressure).
 const QUEUE_BOUND: usize = 8192;
 
-type Pending<T, R> = (T, oneshot::Sender<StoreResult<R>>);
+/// A submission: the item, where its result goes, and the submitter's span (the batch's
+/// span joins the first submitter's trace and links to the others').
+type Pending<T, R> = (
+    T,
+    oneshot::Sender<StoreResult<R>>,
+    Option<opentelemetry::trace::SpanContext>,
+);
 
 /// The store's metrics, set once the broker wires them (tests run without).
 pub(super) type Metrics = std::sync::Arc<std::sync::OnceLock<super::StoreMetrics>>;
@@ -58,6 +64,11 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
         Fut: Future<Output = StoreResult<Vec<R>>> + Send,
     {
         let (tx, mut rx) = mpsc::channel::<Pending<T, R>>(QUEUE_BOUND);
+        // What a batch writes (`QueuedMessage`, `AckItem`, …), for its span.
+        let what = std::any::type_name::<T>()
+            .rsplit("::")
+            .next()
+            .unwrap_or("batch");
         tokio::spawn(async move {
             while let Some(first) = rx.recv().await {
                 let mut batch = vec![first];
@@ -67,14 +78,30 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
                         Err(_) => break,
                     }
                 }
-                let (items, replies): (Vec<T>, Vec<_>) = batch.into_iter().unzip();
+                let mut items = Vec::with_capacity(batch.len());
+                let mut replies = Vec::with_capacity(batch.len());
+                let mut submitters = Vec::with_capacity(batch.len());
+                for (item, reply, submitter) in batch {
+                    items.push(item);
+                    replies.push(reply);
+                    submitters.push(submitter);
+                }
                 if let Some(m) = metrics.get() {
                     m.batch_rows.observe(items.len() as f64);
                 }
-                let written = match timed_get(&pool, &metrics).await {
-                    Ok(conn) => write(conn, items).await,
+                let span = crate::telemetry::db_batch_span(what, &submitters);
+                let conn =
+                    tracing::Instrument::instrument(timed_get(&pool, &metrics), span.clone()).await;
+                let written = match conn {
+                    Ok(conn) => {
+                        tracing::Instrument::instrument(write(conn, items), span.clone()).await
+                    }
                     Err(e) => Err(e),
                 };
+                if written.is_err() {
+                    span.record("otel.status_code", "error");
+                }
+                drop(span);
                 match written {
                     Ok(results) => {
                         for (reply, r) in replies.into_iter().zip(results) {
@@ -95,7 +122,7 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
     pub(super) async fn submit(&self, item: T) -> StoreResult<R> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send((item, reply))
+            .send((item, reply, crate::telemetry::submitter()))
             .await
             .map_err(|_| StoreError::Unavailable("store writer has stopped".into()))?;
         rx.await
@@ -137,6 +164,8 @@ pub(super) async fn insert_batch(
                 &col(|m| m.ciphertext.clone()),
                 &opt(|m| m.client_message_id.clone()),
                 &created,
+                &opt(|m| m.trace.clone()),
+                &opt(|m| m.subtype.clone()),
             ],
         )
         .await
@@ -264,6 +293,8 @@ pub(super) async fn claim(store: &PgStore, c: Claim<'_>) -> StoreResult<Vec<Queu
                 ciphertext: r.get("ciphertext"),
                 client_message_id: r.get("client_message_id"),
                 created_at: r.get("created_at"),
+                subtype: r.get("subtype"),
+                trace: r.get("trace_context"),
             };
             (r.get::<_, i64>("seq"), message)
         })

@@ -15,4 +15,4 @@ FROM (SELECT seq FROM message_queue
 WHERE q.seq = pick.seq
 RETURNING q.seq, q.id, q.mesh_id, q.sender_member_id, q.sender_pubkey, q.sender_member_pubkey, q.sender_name,
           q.target_member_id, q.target_session_key, q.priority, q.nonce, q.ciphertext, q.client_message_id,
-          q.created_at
+          q.created_at, q.trace_context, q.subtype

@@ -5,13 +5,15 @@
 -- client id) are queued. Each input row answers the messageId it is known by: its own,
 -- the earlier one of this batch with the same key, or the one committed before.
 -- NULL: a concurrent statement holds the key and had not committed at our snapshot.
+-- trace_context: the send's W3C traceparent (V3), so its push continues the send's trace.
+-- subtype: a scheduled reminder's `subtype` (V6), carried on its push.
 WITH m AS (
     SELECT *
     FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
-                $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::bigint[])
+                $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::bigint[], $14::text[], $15::text[])
          WITH ORDINALITY AS m(id, mesh_id, sender_member_id, sender_pubkey, sender_member_pubkey, sender_name,
                               target_member_id, target_session_key, priority, nonce, ciphertext,
-                              client_message_id, created_at, ord)
+                              client_message_id, created_at, trace_context, subtype, ord)
 ), fresh AS (
     INSERT INTO message_dedup (sender_member_id, client_message_id, message_id, created_at)
     SELECT sender_member_id, client_message_id, id, created_at FROM m
@@ -22,9 +24,10 @@ WITH m AS (
 ), queued AS (
     INSERT INTO message_queue (id, mesh_id, sender_member_id, sender_pubkey, sender_member_pubkey, sender_name,
                                target_member_id, target_session_key, priority, nonce, ciphertext,
-                               client_message_id, created_at)
+                               client_message_id, created_at, trace_context, subtype)
     SELECT id, mesh_id, sender_member_id, sender_pubkey, sender_member_pubkey, sender_name,
-           target_member_id, target_session_key, priority, nonce, ciphertext, client_message_id, created_at
+           target_member_id, target_session_key, priority, nonce, ciphertext, client_message_id, created_at,
+           trace_context, subtype
     FROM m
     WHERE m.client_message_id IS NULL OR m.id IN (SELECT message_id FROM fresh)
     ORDER BY ord
