@@ -222,12 +222,16 @@ async fn check_signed(
 
 /// The mesh and the non-revoked member owning `pubkey`.
 async fn find_member(deps: &Handshake<'_>, mesh_id: &str, pubkey: &str) -> Result<(Mesh, Member)> {
-    let mesh = deps.store.mesh(mesh_id).await.map_err(unavailable)?;
-    let member = deps
-        .store
-        .member_by_pubkey(mesh_id, pubkey)
-        .await
-        .map_err(unavailable)?;
+    let (mesh, member, archived) = tokio::join!(
+        deps.store.mesh(mesh_id),
+        deps.store.member_by_pubkey(mesh_id, pubkey),
+        deps.store.mesh_archived(mesh_id),
+    );
+    let (mesh, member) = (mesh.map_err(unavailable)?, member.map_err(unavailable)?);
+    // A deleted (archived) mesh refuses new handshakes (cli-routes §11, Ours).
+    if archived.map_err(unavailable)? {
+        return Err(HandshakeError::new("unauthorized", "this mesh was deleted"));
+    }
     match (mesh, member) {
         (Some(mesh), Some(member)) if member.revoked_at.is_none() => Ok((mesh, member)),
         (Some(mesh), Some(_)) => Err(HandshakeError::new(
