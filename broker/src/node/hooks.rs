@@ -1,4 +1,11 @@
-//! Status-hook state: statuses waiting for their presence to connect.
+//! Status hooks: statuses waiting for their presence to connect, and hooks routed to the
+//! replica that holds their presence.
+//!
+//! A hook names a process (`pid`, `cwd`), not a mesh. The replica that receives it looks
+//! for that process among its own sockets first, then in the presence registry
+//! ([`Presence::find_process`](crate::cluster::presence::Presence::find_process), which
+//! knows the mesh and presence of every live process cluster-wide) and publishes a
+//! [`MeshEvent::HookStatus`] on that mesh: the replica holding the socket applies it.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -6,7 +13,22 @@ use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::counter::Counter;
 
+use crate::cluster::bus::MeshEvent;
+use crate::hub::Control;
+use crate::node::Node;
 use crate::protocol::Status;
+
+/// Where a hook went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HookRoute {
+    /// Applied to a socket of this replica.
+    Local,
+    /// Published to the replica holding the presence (the registry found it).
+    Routed,
+    /// No live presence has this process (or the registry or bus failed): the caller may
+    /// keep it pending.
+    NotFound,
+}
 
 /// Hook statuses waiting (at most `HOOK_PENDING_MS`) for a presence to connect, by
 /// [`HookState::key`] (a hash of `pid:cwd`), at most `HOOK_PENDING_MAX` of them. Lost if the
@@ -32,13 +54,7 @@ impl HookState {
     /// what an unauthenticated caller sends never becomes a map key or a Redis key name as
     /// is (fixed length, whatever the `cwd`).
     pub fn key(pid: i64, cwd: &str) -> String {
-        use sha2::Digest;
-        let digest = sha2::Sha256::new()
-            .chain_update(pid.to_string())
-            .chain_update(b":")
-            .chain_update(cwd)
-            .finalize();
-        hex::encode(&digest[..16])
+        crate::cluster::presence::process_key(pid, cwd)
     }
 
     /// Keeps a hook status for the process `pid` in `cwd`, about to connect. Expired entries
@@ -71,5 +87,45 @@ impl HookState {
             .remove(&key)
             .filter(|(_, at)| at.elapsed() < ttl)
             .map(|(s, _)| s)
+    }
+}
+
+impl Node {
+    /// Applies a hook's status to the process `pid` in `cwd` wherever it is connected:
+    /// on this replica directly, else through the registry and the bus. Every failure of
+    /// the registry or the bus is `NotFound` (logged): a hook is a low-trust signal, the
+    /// next one tries again.
+    pub async fn route_hook(&self, pid: i64, cwd: &str, status: Status) -> HookRoute {
+        if let Some(h) = self.hub.find_by_process(pid, cwd) {
+            let _ = h.control.send(Control::HookStatus(status));
+            return HookRoute::Local;
+        }
+        let record = match self.presence.find_process(pid, cwd).await {
+            Ok(Some(r)) => r,
+            Ok(None) => return HookRoute::NotFound,
+            Err(e) => {
+                tracing::warn!(error = %e, "hook: the presence registry is unavailable");
+                return HookRoute::NotFound;
+            }
+        };
+        let event = MeshEvent::HookStatus {
+            presence_id: record.presence_id,
+            status,
+        };
+        match self.publish(&record.mesh_id, event).await {
+            Ok(()) => HookRoute::Routed,
+            Err(e) => {
+                tracing::warn!(error = %e, "hook: not published to the presence's replica");
+                HookRoute::NotFound
+            }
+        }
+    }
+
+    /// A hook routed here by another replica: the local connection of the presence, if
+    /// this replica still holds it, applies the status (never clearing `dnd`).
+    pub fn apply_routed_hook(&self, mesh_id: &str, presence_id: &str, status: Status) {
+        if let Some(h) = self.hub.find_presence(mesh_id, presence_id) {
+            let _ = h.control.send(Control::HookStatus(status));
+        }
     }
 }

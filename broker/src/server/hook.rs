@@ -3,8 +3,10 @@
 //! The route is unauthenticated, so it is a low-trust signal, and bounded everywhere:
 //!
 //! - **Scope.** A hook names one presence by `pid` and `cwd`: the most recently connected
-//!   local presence that announced both. A hook without `pid` matches nothing and is kept
-//!   for nothing (`{ok:true, pending:false}`). The reply never names the presence.
+//!   local presence that announced both, else the live presence of that process the
+//!   registry knows on another replica (the hook is routed there over the bus). A hook
+//!   without `pid` matches nothing and is kept for nothing (`{ok:true, pending:false}`).
+//!   The reply never names the presence.
 //! - **What it may set.** `idle` or `working`, never `dnd` (400), so whatever a hook sets a
 //!   hook can clear; and it never clears a `dnd` the client set itself.
 //! - **Size.** The body is at most `MAX_MESSAGE_BYTES` (413), `cwd` at most
@@ -14,7 +16,8 @@
 //!   through [`Presence::take_send_token`](crate::cluster::presence::Presence::take_send_token)
 //!   under hashed, fixed-length bucket keys that expire → 429.
 //! - **Pending.** A status for a process not connected yet waits at most `HOOK_PENDING_MS`,
-//!   at most `HOOK_PENDING_MAX` of them per replica, and applies only to that `pid`.
+//!   at most `HOOK_PENDING_MAX` of them per replica, and applies only to that `pid`, when
+//!   it connects to this replica.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -24,8 +27,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{BodyError, HttpResponse, json_response, read_json};
-use crate::hub::Control;
-use crate::node::Node;
+use crate::node::{HookRoute, Node};
 use crate::protocol::Status;
 
 #[derive(Deserialize)]
@@ -164,12 +166,10 @@ pub async fn handle(node: &Node, req: Request<Incoming>) -> HttpResponse {
     {
         return resp;
     }
-    match node.hub.find_by_process(pid, &hook.cwd) {
-        Some(h) => {
-            let _ = h.control.send(Control::HookStatus(hook.status));
-            json_response(StatusCode::OK, &json!({"ok": true}))
-        }
-        None => {
+    // Wherever the process is connected: this replica, or the one the registry names.
+    match node.route_hook(pid, &hook.cwd, hook.status).await {
+        HookRoute::Local | HookRoute::Routed => json_response(StatusCode::OK, &json!({"ok": true})),
+        HookRoute::NotFound => {
             let kept = node.remember_pending_hook(pid, &hook.cwd, hook.status);
             json_response(StatusCode::OK, &json!({"ok": true, "pending": kept}))
         }
