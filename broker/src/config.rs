@@ -34,6 +34,18 @@ pub const SETTINGS: &[Setting] = &[
         doc: "Port of the listener (HTTP routes and `GET /ws` share it).",
     },
     Setting {
+        name: "BROKER_INTERNAL_PORT",
+        default: "",
+        unit: "port",
+        doc: "Port of the internal listener, which serves `/metrics`, the operator API (`/api/v1/…`) and `/health*`; the public port then answers 404 for `/metrics` and `/api/v1/…`. `0` picks a free port. Unset: no internal listener, everything on `BROKER_PORT`. Recommended for every internet-facing deployment (docs/operations.md).",
+    },
+    Setting {
+        name: "BROKER_INTERNAL_HOST",
+        default: "127.0.0.1",
+        unit: "address",
+        doc: "Address the internal listener binds (with `BROKER_INTERNAL_PORT`); `0.0.0.0` in a pod, so that Prometheus and operators reach it over the pod network.",
+    },
+    Setting {
         name: "BROKER_ADMIN_TOKEN",
         default: "",
         unit: "string",
@@ -274,6 +286,222 @@ pub const SETTINGS: &[Setting] = &[
         doc: "Longest free-form presence field: summary, display name, profile and stats (as JSON), and each string of a `hello` (`error` `field_too_large`).",
     },
     Setting {
+        name: "MAX_TASK_TITLE_BYTES",
+        default: "512",
+        unit: "bytes",
+        doc: "Longest `create_task` title, and its `assignee` and `priority` (`error` `field_too_large`).",
+    },
+    Setting {
+        name: "MAX_TASK_TAGS",
+        default: "16",
+        unit: "tags",
+        doc: "Most tags of one task (`create_task` beyond it: `error` `field_too_large`).",
+    },
+    Setting {
+        name: "MAX_TASK_TAG_BYTES",
+        default: "64",
+        unit: "bytes",
+        doc: "Longest tag of a task (`error` `field_too_large`).",
+    },
+    Setting {
+        name: "MAX_TASK_RESULT_BYTES",
+        default: "8192",
+        unit: "bytes",
+        doc: "Longest `complete_task` result (`error` `field_too_large`; the task stays as it was).",
+    },
+    Setting {
+        name: "MAX_TASKS_PER_MESH",
+        default: "10000",
+        unit: "tasks",
+        doc: "Most tasks one mesh keeps: at the bound a new task replaces the oldest `done` one; with none done `create_task` is refused `too_many_tasks`.",
+    },
+    Setting {
+        name: "MAX_STREAM_NAME_BYTES",
+        default: "128",
+        unit: "bytes",
+        doc: "Longest stream name in `create_stream`, `subscribe`, `unsubscribe` and `publish` (`error` `name_too_long`).",
+    },
+    Setting {
+        name: "MAX_STREAMS_PER_MESH",
+        default: "1000",
+        unit: "streams",
+        doc: "Most stream names one mesh keeps (`create_stream` of a new name beyond it: `error` `too_many_streams`).",
+    },
+    Setting {
+        name: "MAX_STREAM_SUBSCRIPTIONS_PER_PRESENCE",
+        default: "64",
+        unit: "subscriptions",
+        doc: "Most streams one presence may subscribe to, cluster-wide (`subscribe` beyond it: `error` `too_many_subscriptions`).",
+    },
+    Setting {
+        name: "MAX_STATE_KEY_BYTES",
+        default: "256",
+        unit: "bytes",
+        doc: "Longest shared-state key (`set_state` beyond it: `error` `key_too_long`; `get_state` of such a key answers \"not set\").",
+    },
+    Setting {
+        name: "MAX_STATE_KEYS_PER_MESH",
+        default: "1000",
+        unit: "keys",
+        doc: "Most shared-state keys one mesh holds (`set_state` of a new key beyond it: `error` `too_many_keys`; existing keys can still be set). `0` disables the bound. `list_state` answers at most this many.",
+    },
+    Setting {
+        name: "MAX_MEMORY_CONTENT_BYTES",
+        default: "16384",
+        unit: "bytes",
+        doc: "Largest `remember` content (`error` `content_too_large`).",
+    },
+    Setting {
+        name: "MAX_MEMORY_TAGS",
+        default: "32",
+        unit: "tags",
+        doc: "Most tags of one memory (`error` `too_many_tags`).",
+    },
+    Setting {
+        name: "MAX_MEMORY_TAG_BYTES",
+        default: "64",
+        unit: "bytes",
+        doc: "Longest tag of a memory (`error` `tag_too_long`).",
+    },
+    Setting {
+        name: "MAX_RECALL_QUERY_BYTES",
+        default: "1024",
+        unit: "bytes",
+        doc: "Longest `recall` query (`error` `query_too_long`).",
+    },
+    Setting {
+        name: "MAX_MEMORIES_PER_MESH",
+        default: "10000",
+        unit: "memories",
+        doc: "Most memories (not forgotten) one mesh holds (`remember` beyond it: `error` `too_many_memories`). `0` disables the bound.",
+    },
+    Setting {
+        name: "MAX_CONTEXT_SUMMARY_BYTES",
+        default: "4096",
+        unit: "bytes",
+        doc: "Largest `share_context` summary (`error` `field_too_large`).",
+    },
+    Setting {
+        name: "MAX_CONTEXT_ITEMS",
+        default: "64",
+        unit: "items",
+        doc: "Most entries of each list of a `share_context` (`filesRead`, `keyFindings`, `tags`; `error` `field_too_large`).",
+    },
+    Setting {
+        name: "MAX_CONTEXT_ITEM_BYTES",
+        default: "1024",
+        unit: "bytes",
+        doc: "Longest entry of a `share_context` list (`error` `field_too_large`).",
+    },
+    Setting {
+        name: "MAX_CONTEXTS_LISTED",
+        default: "200",
+        unit: "contexts",
+        doc: "Most contexts one `list_contexts` answers (the newest); a mesh holds one per member that shared.",
+    },
+    Setting {
+        name: "MAX_SKILL_NAME_BYTES",
+        default: "128",
+        unit: "bytes",
+        doc: "Longest skill name (`share_skill` beyond it: `error` `field_too_large`).",
+    },
+    Setting {
+        name: "MAX_SKILL_DESCRIPTION_BYTES",
+        default: "1024",
+        unit: "bytes",
+        doc: "Longest skill description (`error` `field_too_large`).",
+    },
+    Setting {
+        name: "MAX_SKILL_INSTRUCTIONS_BYTES",
+        default: "32768",
+        unit: "bytes",
+        doc: "Largest skill `instructions` (`error` `field_too_large`).",
+    },
+    Setting {
+        name: "MAX_SKILL_MANIFEST_BYTES",
+        default: "8192",
+        unit: "bytes",
+        doc: "Largest skill `manifest` as sent (raw JSON text; `error` `field_too_large`).",
+    },
+    Setting {
+        name: "MAX_SKILL_TAGS",
+        default: "32",
+        unit: "tags",
+        doc: "Most tags of one skill (`error` `field_too_large`).",
+    },
+    Setting {
+        name: "MAX_SKILL_TAG_BYTES",
+        default: "64",
+        unit: "bytes",
+        doc: "Longest tag of a skill (`error` `field_too_large`).",
+    },
+    Setting {
+        name: "MAX_SKILLS_PER_MESH",
+        default: "500",
+        unit: "skills",
+        doc: "Most skills one mesh holds (`share_skill` of a new name beyond it: `error` `too_many_skills`; existing names can still be replaced). `0` disables the bound. `list_skills` answers at most this many.",
+    },
+    Setting {
+        name: "MAX_VAULT_KEY_BYTES",
+        default: "256",
+        unit: "bytes",
+        doc: "Longest vault key (`vault_set` beyond it: `error` `vault_error`; `vault_get`/`vault_delete` of such a key find nothing).",
+    },
+    Setting {
+        name: "MAX_VAULT_BLOB_BYTES",
+        default: "49152",
+        unit: "bytes",
+        doc: "Largest vault `ciphertext` (base64 text, the frame's `MAX_MESSAGE_BYTES` bounds it too; `error` `vault_error`).",
+    },
+    Setting {
+        name: "MAX_VAULT_FIELD_BYTES",
+        default: "1024",
+        unit: "bytes",
+        doc: "Longest vault `mount_path` or `description` (`error` `vault_error`).",
+    },
+    Setting {
+        name: "MAX_VAULT_ENTRIES_PER_MEMBER",
+        default: "100",
+        unit: "entries",
+        doc: "Most vault entries one member holds in one mesh (`vault_set` of a new key beyond it: `error` `vault_error`). `0` disables the bound. `vault_list` answers at most this many, and a `vault_get` may name at most this many keys.",
+    },
+    Setting {
+        name: "SCHEDULE_MAX_PER_MEMBER",
+        default: "100",
+        unit: "entries",
+        doc: "Most active scheduled messages (one-shots not yet fired, crons not cancelled) one member holds (`schedule` beyond it: `error` `too_many_scheduled`).",
+    },
+    Setting {
+        name: "SCHEDULE_MIN_CRON_PERIOD_MS",
+        default: "60000",
+        unit: "ms",
+        doc: "Shortest time between two fires of one cron entry (at least 60000: cron has minute resolution); a closer match is skipped.",
+    },
+    Setting {
+        name: "SCHEDULE_POLL_INTERVAL_MS",
+        default: "1000",
+        unit: "ms",
+        doc: "How often each replica's scheduler claims due scheduled messages (`FOR UPDATE SKIP LOCKED`): a due message fires at most this late.",
+    },
+    Setting {
+        name: "SCHEDULE_NOW_OFFSET_MS",
+        default: "0",
+        unit: "ms",
+        doc: "Testing only: shifts this replica's scheduler clock (due times, cron evaluation) by this many ms, so a test can reach the next cron minute at once. Leave 0 in production.",
+    },
+    Setting {
+        name: "CLOCK_MAX_PER_REPLICA",
+        default: "256",
+        unit: "clocks",
+        doc: "Most simulation clocks one replica runs as their authority (ticks); further running clocks are left to other replicas.",
+    },
+    Setting {
+        name: "CLOCK_LEASE_MS",
+        default: "3000",
+        unit: "ms",
+        doc: "Lease of a clock's authority (at least 1000), renewed about every 250 ms; after the authority dies, another replica takes the clock over within it and resumes from the stored tick.",
+    },
+    Setting {
         name: "SHUTDOWN_DRAIN_MS",
         default: "5000",
         unit: "ms",
@@ -284,6 +512,102 @@ pub const SETTINGS: &[Setting] = &[
         default: "15000",
         unit: "ms",
         doc: "On SIGTERM, the process exits at the latest after this long.",
+    },
+    Setting {
+        name: "BROKER_SESSION_SECRET",
+        default: "",
+        unit: "string",
+        doc: "HS256 key (at least 32 characters) of CLI session tokens; every replica needs the same. Unset: derived from `BROKER_ADMIN_TOKEN` (with a warning), else (dev mode) drawn at start.",
+    },
+    Setting {
+        name: "BROKER_PUBLIC_URL",
+        default: "",
+        unit: "url",
+        doc: "Public HTTP base of the broker (`https://mesh.example.com`): invite links, the device-code verification and paste-token URLs, web UI links, `Secure` cookies. Unset: derived from `Host` (and, from trusted proxies only, `X-Forwarded-Proto`/`Forwarded`).",
+    },
+    Setting {
+        name: "BROKER_PUBLIC_WS_URL",
+        default: "",
+        unit: "url",
+        doc: "Public WebSocket URL baked into invites and mesh lists (`wss://mesh.example.com/ws`). Unset: `BROKER_PUBLIC_URL` with `https`→`wss` (`http`→`ws`) and `/ws`.",
+    },
+    Setting {
+        name: "BROKER_TRUSTED_PROXIES",
+        default: "",
+        unit: "addresses",
+        doc: "Comma-separated addresses or CIDR blocks of reverse proxies whose `X-Forwarded-For`, `X-Forwarded-Proto` and `Forwarded` headers are believed (client address for rate limits, https detection). Empty: none.",
+    },
+    Setting {
+        name: "BROKER_LEGACY_AUTH",
+        default: "0",
+        unit: "`0`/`1`",
+        doc: "`1`: the legacy shim of `cli-routes.md` §3 (a `user_id` in the body or query, without a bearer, on five `/cli/` routes; loopback and private source addresses only). Anyone who can reach the broker from there can act as any user; a warning is logged at start.",
+    },
+    Setting {
+        name: "CLI_SESSION_TTL_MS",
+        default: "2592000000",
+        unit: "ms",
+        doc: "Lifetime of a CLI session token (`exp`; 30 days).",
+    },
+    Setting {
+        name: "DEVICE_CODE_TTL_MS",
+        default: "300000",
+        unit: "ms",
+        doc: "Lifetime of a device code (`POST /cli/device-code`), pending or approved and not yet polled.",
+    },
+    Setting {
+        name: "WEB_SESSION_TTL_MS",
+        default: "43200000",
+        unit: "ms",
+        doc: "Lifetime of a web UI sign-in (the session cookie).",
+    },
+    Setting {
+        name: "CLI_INVITE_TTL_MS",
+        default: "604800000",
+        unit: "ms",
+        doc: "Lifetime of an invite made by `POST /cli/mesh/<slug>/invite` when the body names none (7 days).",
+    },
+    Setting {
+        name: "CLI_INVITE_MAX_USES",
+        default: "1",
+        unit: "uses",
+        doc: "Uses of an invite made by `POST /cli/mesh/<slug>/invite` when the body names none.",
+    },
+    Setting {
+        name: "LOGIN_RATE_PER_MIN",
+        default: "10",
+        unit: "attempts/minute",
+        doc: "Web sign-in attempts per source address and per account (email), cluster-wide; beyond it 429. `0` disables the limit.",
+    },
+    Setting {
+        name: "LOGIN_LOCKOUT_FAILURES",
+        default: "5",
+        unit: "attempts",
+        doc: "Consecutive failed sign-ins that lock an account for `LOGIN_LOCKOUT_MS`. `0` disables lockout.",
+    },
+    Setting {
+        name: "LOGIN_LOCKOUT_MS",
+        default: "900000",
+        unit: "ms",
+        doc: "How long a locked account refuses sign-in (the operator's password reset unlocks it).",
+    },
+    Setting {
+        name: "DEVICE_CODE_RATE_PER_MIN",
+        default: "20",
+        unit: "requests/minute",
+        doc: "`POST /cli/device-code` per source address, cluster-wide; beyond it 429. `0` disables the limit.",
+    },
+    Setting {
+        name: "MAX_PENDING_DEVICE_CODES",
+        default: "10000",
+        unit: "codes",
+        doc: "Unexpired pending device codes, cluster-wide; beyond it `POST /cli/device-code` answers 503.",
+    },
+    Setting {
+        name: "MAX_CLI_SESSIONS_PER_USER",
+        default: "50",
+        unit: "sessions",
+        doc: "Live CLI sessions per user; a new one revokes the oldest beyond it.",
     },
     Setting {
         name: "OTEL_EXPORTER_OTLP_ENDPOINT",
@@ -301,13 +625,19 @@ pub const SETTINGS: &[Setting] = &[
         name: "OTEL_SERVICE_NAME",
         default: "mesh-broker",
         unit: "string",
-        doc: "`service.name` of exported spans (`service.instance.id` is the node id).",
+        doc: "`service.name` of exported spans (`service.instance.id` is the per-start instance id, `broker.node.id` the node id).",
     },
     Setting {
         name: "OTEL_SDK_DISABLED",
         default: "false",
         unit: "bool",
         doc: "`true` turns trace export off even when an endpoint is set. The SDK also reads `OTEL_BSP_*` (batching).",
+    },
+    Setting {
+        name: "OTEL_BSP_MAX_QUEUE_SIZE",
+        default: "2048",
+        unit: "spans",
+        doc: "Most finished spans waiting for export, the batch being sent included; beyond it new spans are dropped and counted in `broker_otel_spans_dropped_total{reason=\"queue_full\"}`.",
     },
     Setting {
         name: "LOG_FORMAT",
@@ -379,6 +709,9 @@ pub enum LogFormat {
 pub struct Config {
     pub host: IpAddr,
     pub port: u16,
+    /// `BROKER_INTERNAL_PORT`: `None` serves everything on `port`.
+    pub internal_port: Option<u16>,
+    pub internal_host: IpAddr,
     /// `None` only before dev mode generated one (see [`Config::ensure_admin_token`]).
     pub admin_token: Option<String>,
     pub node_id: String,
@@ -430,13 +763,66 @@ pub struct Config {
     pub max_groups_per_presence: usize,
     pub max_group_name_bytes: usize,
     pub max_presence_field_bytes: usize,
+    /// `MAX_STATE_KEY_BYTES`.
+    pub max_state_key_bytes: usize,
+    /// `MAX_STATE_KEYS_PER_MESH`; 0 disables the bound.
+    pub max_state_keys_per_mesh: usize,
+    pub max_memory_content_bytes: usize,
+    pub max_memory_tags: usize,
+    pub max_memory_tag_bytes: usize,
+    pub max_recall_query_bytes: usize,
+    /// `MAX_MEMORIES_PER_MESH`; 0 disables the bound.
+    pub max_memories_per_mesh: usize,
+    /// `MAX_CONTEXT_SUMMARY_BYTES`.
+    pub max_context_summary_bytes: usize,
+    /// `MAX_CONTEXT_ITEMS` (each of `filesRead`, `keyFindings`, `tags`).
+    pub max_context_items: usize,
+    pub max_context_item_bytes: usize,
+    pub max_contexts_listed: usize,
+    pub max_skill_name_bytes: usize,
+    pub max_skill_description_bytes: usize,
+    pub max_skill_instructions_bytes: usize,
+    pub max_skill_manifest_bytes: usize,
+    pub max_skill_tags: usize,
+    pub max_skill_tag_bytes: usize,
+    /// `MAX_SKILLS_PER_MESH`; 0 disables the bound.
+    pub max_skills_per_mesh: usize,
+    pub max_vault_key_bytes: usize,
+    pub max_vault_blob_bytes: usize,
+    pub max_vault_field_bytes: usize,
+    /// `MAX_VAULT_ENTRIES_PER_MEMBER`; 0 disables the bound.
+    pub max_vault_entries_per_member: usize,
+    pub max_task_title_bytes: usize,
+    pub max_task_tags: usize,
+    pub max_task_tag_bytes: usize,
+    pub max_task_result_bytes: usize,
+    /// 0 disables the bound.
+    pub max_tasks_per_mesh: usize,
+    pub max_stream_name_bytes: usize,
+    /// 0 disables the bound.
+    pub max_streams_per_mesh: usize,
+    /// 0 disables the bound.
+    pub max_stream_subscriptions_per_presence: usize,
+    /// `SCHEDULE_MAX_PER_MEMBER`.
+    pub schedule_max_per_member: usize,
+    /// `SCHEDULE_MIN_CRON_PERIOD_MS`, at least one minute.
+    pub schedule_min_cron_period: Duration,
+    pub schedule_poll_interval: Duration,
+    /// `SCHEDULE_NOW_OFFSET_MS` (tests only).
+    pub schedule_now_offset_ms: i64,
+    pub clock_max_per_replica: usize,
+    pub clock_lease: Duration,
     pub shutdown_drain: Duration,
     pub shutdown_deadline: Duration,
     /// Where spans are exported (OTLP/HTTP); `None`: traces off.
     pub otlp_traces_endpoint: Option<String>,
     pub otel_service_name: String,
+    /// Most finished spans waiting for export (`OTEL_BSP_MAX_QUEUE_SIZE`).
+    pub otel_queue_spans: usize,
     pub log_format: LogFormat,
     pub log_filter: String,
+    /// Accounts and the logged-in CLI routes (`accounts::AccountsConfig`).
+    pub accounts: crate::accounts::AccountsConfig,
 }
 
 impl Config {
@@ -455,6 +841,11 @@ impl Config {
         let config = Config {
             host: r.parse("BROKER_HOST")?,
             port: r.parse("BROKER_PORT")?,
+            internal_port: match r.optional("BROKER_INTERNAL_PORT") {
+                Some(_) => Some(r.parse("BROKER_INTERNAL_PORT")?),
+                None => None,
+            },
+            internal_host: r.parse("BROKER_INTERNAL_HOST")?,
             admin_token: r.optional("BROKER_ADMIN_TOKEN"),
             node_id: r
                 .optional("BROKER_NODE_ID")
@@ -501,6 +892,51 @@ impl Config {
             max_groups_per_presence: r.parse("MAX_GROUPS_PER_PRESENCE")?,
             max_group_name_bytes: r.parse_min("MAX_GROUP_NAME_BYTES", 1)?,
             max_presence_field_bytes: r.parse_min("MAX_PRESENCE_FIELD_BYTES", 64)?,
+            max_state_key_bytes: r.parse_min("MAX_STATE_KEY_BYTES", 1)?,
+            max_state_keys_per_mesh: r.parse("MAX_STATE_KEYS_PER_MESH")?,
+            max_memory_content_bytes: r.parse_min("MAX_MEMORY_CONTENT_BYTES", 1)?,
+            max_memory_tags: r.parse("MAX_MEMORY_TAGS")?,
+            max_memory_tag_bytes: r.parse_min("MAX_MEMORY_TAG_BYTES", 1)?,
+            max_recall_query_bytes: r.parse_min("MAX_RECALL_QUERY_BYTES", 1)?,
+            max_memories_per_mesh: r.parse("MAX_MEMORIES_PER_MESH")?,
+            max_context_summary_bytes: r.parse_min("MAX_CONTEXT_SUMMARY_BYTES", 1)?,
+            max_context_items: r.parse("MAX_CONTEXT_ITEMS")?,
+            max_context_item_bytes: r.parse_min("MAX_CONTEXT_ITEM_BYTES", 1)?,
+            max_contexts_listed: r.parse_min("MAX_CONTEXTS_LISTED", 1)?,
+            max_skill_name_bytes: r.parse_min("MAX_SKILL_NAME_BYTES", 1)?,
+            max_skill_description_bytes: r.parse("MAX_SKILL_DESCRIPTION_BYTES")?,
+            max_skill_instructions_bytes: r.parse_min("MAX_SKILL_INSTRUCTIONS_BYTES", 1)?,
+            max_skill_manifest_bytes: r.parse_min("MAX_SKILL_MANIFEST_BYTES", 2)?,
+            max_skill_tags: r.parse("MAX_SKILL_TAGS")?,
+            max_skill_tag_bytes: r.parse_min("MAX_SKILL_TAG_BYTES", 1)?,
+            max_skills_per_mesh: r.parse("MAX_SKILLS_PER_MESH")?,
+            max_vault_key_bytes: r.parse_min("MAX_VAULT_KEY_BYTES", 1)?,
+            max_vault_blob_bytes: r.parse_min("MAX_VAULT_BLOB_BYTES", 16)?,
+            max_vault_field_bytes: r.parse("MAX_VAULT_FIELD_BYTES")?,
+            max_vault_entries_per_member: r.parse("MAX_VAULT_ENTRIES_PER_MEMBER")?,
+            max_task_title_bytes: r.parse_min("MAX_TASK_TITLE_BYTES", 1)?,
+            max_task_tags: r.parse("MAX_TASK_TAGS")?,
+            max_task_tag_bytes: r.parse_min("MAX_TASK_TAG_BYTES", 1)?,
+            max_task_result_bytes: r.parse("MAX_TASK_RESULT_BYTES")?,
+            max_tasks_per_mesh: r.parse("MAX_TASKS_PER_MESH")?,
+            max_stream_name_bytes: r.parse_min("MAX_STREAM_NAME_BYTES", 1)?,
+            max_streams_per_mesh: r.parse("MAX_STREAMS_PER_MESH")?,
+            max_stream_subscriptions_per_presence: r
+                .parse("MAX_STREAM_SUBSCRIPTIONS_PER_PRESENCE")?,
+            schedule_max_per_member: r.parse("SCHEDULE_MAX_PER_MEMBER")?,
+            schedule_min_cron_period: Duration::from_millis(
+                r.parse_min::<u64>("SCHEDULE_MIN_CRON_PERIOD_MS", 60_000)?
+                    .min(MAX_MILLIS),
+            ),
+            schedule_poll_interval: r.positive_millis("SCHEDULE_POLL_INTERVAL_MS")?,
+            schedule_now_offset_ms: r
+                .parse::<i64>("SCHEDULE_NOW_OFFSET_MS")?
+                .clamp(-(MAX_MILLIS as i64), MAX_MILLIS as i64),
+            clock_max_per_replica: r.parse("CLOCK_MAX_PER_REPLICA")?,
+            // Renewed every 250 ms: a shorter lease would lapse between renewals.
+            clock_lease: Duration::from_millis(
+                r.parse_min::<u64>("CLOCK_LEASE_MS", 1000)?.min(MAX_MILLIS),
+            ),
             shutdown_drain: r.millis("SHUTDOWN_DRAIN_MS")?,
             shutdown_deadline: r.millis("SHUTDOWN_DEADLINE_MS")?,
             otlp_traces_endpoint: match r.value("OTEL_SDK_DISABLED").as_str() {
@@ -516,12 +952,14 @@ impl Config {
                 }
             },
             otel_service_name: r.value("OTEL_SERVICE_NAME"),
+            otel_queue_spans: r.parse_min("OTEL_BSP_MAX_QUEUE_SIZE", 1)?,
             log_format: match r.value("LOG_FORMAT").as_str() {
                 "text" => LogFormat::Text,
                 "json" => LogFormat::Json,
                 other => return Err(r.invalid("LOG_FORMAT", other, "expected text or json")),
             },
             log_filter: r.value("RUST_LOG"),
+            accounts: crate::accounts::AccountsConfig::from_source(src)?,
         };
         let mut config = config;
         config.instance_id = format!("{}~{}", config.node_id, crate::ids::random_id(6));

@@ -195,6 +195,18 @@ impl Hub {
             .cloned()
     }
 
+    /// The local connection of one presence, if this replica holds it (a status hook
+    /// routed here by another replica).
+    pub fn find_presence(&self, mesh_id: &str, presence_id: &str) -> Option<Arc<SessionHandle>> {
+        let meshes = self.meshes.read().unwrap_or_else(|p| p.into_inner());
+        meshes
+            .get(mesh_id)?
+            .values()
+            .filter(|h| h.presence_id == presence_id)
+            .max_by_key(|h| conn_seq(&h.conn_id))
+            .cloned()
+    }
+
     fn mesh_handles(&self, mesh_id: &str) -> Vec<Arc<SessionHandle>> {
         let meshes = self.meshes.read().unwrap_or_else(|p| p.into_inner());
         meshes

@@ -3,6 +3,7 @@
 //! The binary is thin: it reads [`config::Config`], starts logging, binds, and calls
 //! [`run`], which is also what the tests call. See `ARCHITECTURE.md` for the map.
 
+pub mod accounts;
 pub mod auth;
 pub mod cluster;
 pub mod config;
@@ -26,7 +27,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tracing::info;
 
@@ -94,11 +94,16 @@ async fn open_store(config: &Config, metrics: &Metrics) -> Result<Arc<dyn Store>
 /// Serves `listener` until `shutdown` resolves, then shuts down in phases: readiness 503,
 /// listener closed, sockets closed `going_away` spread over `SHUTDOWN_DRAIN_MS`, in-flight work
 /// awaited, and everything dropped at `SHUTDOWN_DEADLINE_MS` at the latest.
+///
+/// `listeners` is the public listener alone (a `tokio::net::TcpListener`), or with the
+/// internal one (`BROKER_INTERNAL_PORT`) as a [`server::Listeners`].
 pub async fn run(
     config: Config,
-    listener: TcpListener,
+    listeners: impl Into<server::Listeners>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
+    let listeners = listeners.into();
+    config.accounts.log_startup(config.redis_url.is_some());
     let metrics = Metrics::new();
     let store = open_store(&config, &metrics).await?;
     let (sink, events) = mpsc::unbounded_channel();
@@ -107,7 +112,11 @@ pub async fn run(
     let _stop_guard = cluster_stop.clone().drop_guard();
     let (presence, bus) = open_cluster(&config, &metrics, sink, cluster_stop).await?;
     let clustered = config.redis_url.is_some();
-    let node = Arc::new(Node::new(config, store, presence, bus, metrics));
+    let stream_subscriptions = open_stream_subscriptions(&config).await?;
+    let node = Arc::new(
+        Node::new(config, store, presence, bus, metrics)
+            .with_stream_subscriptions(stream_subscriptions),
+    );
     let workers = Workers::new(node.tracker.clone(), &node.metrics);
 
     // Bus events reach local sockets through one dispatcher, which keeps publish order.
@@ -131,6 +140,20 @@ pub async fn run(
             workers::health::run(node.clone())
         });
     }
+    // Scheduled messages (extensions §5) and simulation clocks (§6): every replica polls;
+    // the store's claims and leases make each fire and each tick happen once.
+    {
+        let node = node.clone();
+        workers.spawn("scheduler", Restart::OnFailure, move || {
+            workers::scheduler::run(node.clone())
+        });
+    }
+    {
+        let node = node.clone();
+        workers.spawn("clock_authority", Restart::OnFailure, move || {
+            workers::clock_authority::run(node.clone())
+        });
+    }
     if clustered {
         let n = node.clone();
         workers.spawn("housekeeping", Restart::OnFailure, move || {
@@ -141,8 +164,7 @@ pub async fn run(
             workers::resync::run(n.clone())
         });
     }
-    node.tracker
-        .spawn(server::accept_loop(node.clone(), listener));
+    listeners.spawn(&node);
 
     shutdown.await;
     drain(&node).await;
@@ -214,11 +236,40 @@ async fn open_cluster(
     let bus = RedisBus::connect(client, publisher, prefix, &config.instance_id, sink, stop)
         .await
         .map_err(|e| RunError::Database(format!("Redis pub/sub: {e}")))?;
-    let presence = RedisPresence::new(conn, prefix).with_replay_cache(
-        config.replay_cache_max,
-        metrics.replay_cache_evictions.clone(),
-    );
+    let presence = RedisPresence::new(conn, prefix)
+        .with_replay_cache(
+            config.replay_cache_max,
+            metrics.replay_cache_evictions.clone(),
+        )
+        // Every ping tick updates a live record, which refreshes its hook index entry.
+        .with_process_ttl(config.ping_interval * 4);
     Ok((Arc::new(presence), Arc::new(bus)))
+}
+
+/// Stream subscriptions (extensions §4): in this process's memory, or with `REDIS_URL` in
+/// Redis on a connection of their own, so that every replica sees them.
+async fn open_stream_subscriptions(
+    config: &Config,
+) -> Result<Arc<dyn cluster::subscriptions::StreamSubscriptions>, RunError> {
+    let Some(url) = &config.redis_url else {
+        return Ok(Arc::new(
+            cluster::subscriptions::MemoryStreamSubscriptions::new(),
+        ));
+    };
+    let client = redis::Client::open(url.as_str())
+        .map_err(|e| RunError::Unsupported(format!("REDIS_URL: {e}")))?;
+    let manager_config = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(2)))
+        .set_response_timeout(Some(Duration::from_secs(2)))
+        .set_max_delay(Duration::from_secs(1))
+        // Fail fast while Redis is down, as the presence connection does.
+        .set_number_of_retries(1);
+    let conn = redis::aio::ConnectionManager::new_with_config(client, manager_config)
+        .await
+        .map_err(|e| RunError::Database(format!("Redis is unreachable: {e}")))?;
+    Ok(Arc::new(
+        cluster::subscriptions::RedisStreamSubscriptions::new(conn, &config.redis_prefix),
+    ))
 }
 
 async fn drain(node: &Arc<Node>) {

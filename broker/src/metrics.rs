@@ -70,6 +70,20 @@ pub struct Metrics {
     pub http_accept_errors: Counter,
     pub worker_restarts: Family<WorkerLabel, Counter>,
     pub workers_running: Family<WorkerLabel, Gauge>,
+    pub legacy_auth_hits: Counter,
+    pub account_requests_rejected: Family<ReasonLabel, Counter>,
+    pub task_requests_refused: Family<ReasonLabel, Counter>,
+    pub stream_requests_refused: Family<ReasonLabel, Counter>,
+    pub state_requests_refused: Family<ReasonLabel, Counter>,
+    pub memory_requests_refused: Family<ReasonLabel, Counter>,
+    pub context_requests_refused: Family<ReasonLabel, Counter>,
+    pub skill_requests_refused: Family<ReasonLabel, Counter>,
+    pub vault_requests_refused: Family<ReasonLabel, Counter>,
+    pub state_changes_stale: Counter,
+    pub scheduled_rejected: Family<ReasonLabel, Counter>,
+    pub scheduled_fires: Family<ReasonLabel, Counter>,
+    pub clock_ticks: Counter,
+    pub clocks_held: Gauge,
 }
 
 /// `(name, help)` of every metric, as the registry exposes them (docs and tests read it).
@@ -97,7 +111,7 @@ pub const CATALOGUE: &[(&str, &str, &str)] = &[
     (
         "broker_messages_routed_total",
         "counter",
-        "Accepted sends, by `priority`.",
+        "Accepted sends, by `priority` (`stream`: each stream `publish`).",
     ),
     (
         "broker_messages_rejected_total",
@@ -217,7 +231,7 @@ pub const CATALOGUE: &[(&str, &str, &str)] = &[
     (
         "broker_replies_too_large_total",
         "counter",
-        "Frames not queued because they exceed `OUTBOUND_QUEUE_BYTES`, by `reason` (peers_list: larger than the bound or than the space left in the requester's queue, answered with an error; system_event: not announced).",
+        "Frames not queued because they exceed `OUTBOUND_QUEUE_BYTES`, by `reason` (peers_list: larger than the bound or than the space left in the requester's queue, answered with an error; system_event: not announced; audit_result, mesh_info_result: an `audit_query` page or a `mesh_info` overview, answered with an error).",
     ),
     (
         "broker_ws_messages_refused_total",
@@ -252,7 +266,87 @@ pub const CATALOGUE: &[(&str, &str, &str)] = &[
     (
         "broker_workers_running",
         "gauge",
-        "1 while the background worker runs, by `worker` (dispatcher, sweep, health, housekeeping, resync).",
+        "1 while the background worker runs, by `worker` (dispatcher, sweep, health, housekeeping, resync, scheduler, clock_authority).",
+    ),
+    (
+        "broker_legacy_auth_hits_total",
+        "counter",
+        "Pre-alpha.36 clients authenticating via body.user_id fallback (remove shim when near zero)",
+    ),
+    (
+        "broker_account_requests_rejected_total",
+        "counter",
+        "Account and CLI-route requests refused, by `reason` (bearer: a missing, empty, forged, expired or revoked session token; login_failed, login_locked, login_rate, device_code_rate, device_code_cap, csrf, no_session, approve_unauthorized, not_owner, not_member, too_large, unavailable).",
+    ),
+    (
+        "broker_task_requests_refused_total",
+        "counter",
+        "Task requests refused, by `reason` (field_too_large, too_many_tasks, not_claimable, not_found, unavailable).",
+    ),
+    (
+        "broker_stream_requests_refused_total",
+        "counter",
+        "Stream requests refused or dropped, by `reason` (name_too_long, too_many_streams, too_many_subscriptions, unavailable).",
+    ),
+    (
+        "broker_state_requests_refused_total",
+        "counter",
+        "Shared-state requests refused, by `reason` (invalid, key_too_long, too_many_keys, revoked, store).",
+    ),
+    (
+        "broker_memory_requests_refused_total",
+        "counter",
+        "Memory requests refused, by `reason` (invalid, content_too_large, too_many_tags, tag_too_long, too_many_memories, query_too_long, revoked, store).",
+    ),
+    (
+        "broker_context_requests_refused_total",
+        "counter",
+        "Context requests refused, by `reason` (invalid, field_too_large, revoked, store).",
+    ),
+    (
+        "broker_skill_requests_refused_total",
+        "counter",
+        "Skill requests refused, by `reason` (invalid, field_too_large, too_many_skills, forbidden: a replace or remove by neither the author nor an admin, revoked, store).",
+    ),
+    (
+        "broker_vault_requests_refused_total",
+        "counter",
+        "Vault requests refused, by `reason` (invalid, too_large, too_many_entries, revoked, store).",
+    ),
+    (
+        "broker_state_changes_stale_total",
+        "counter",
+        "`state_change` events not pushed because this replica had already pushed a newer version of the key (writers on several replicas raced; the newer value stands).",
+    ),
+    (
+        "broker_scheduled_rejected_total",
+        "counter",
+        "`schedule` requests refused, by `reason` (invalid_cron, limit: `SCHEDULE_MAX_PER_MEMBER` reached, invalid: target, subtype or size, store).",
+    ),
+    (
+        "broker_scheduled_fires_total",
+        "counter",
+        "Fires of scheduled messages on this replica, by `reason` (sent: through the send path; refused: the send path refused it for good, e.g. no such target, a grant, a banned member; retry: a backend was down or the member rate limited, tried again later).",
+    ),
+    (
+        "broker_clock_ticks_total",
+        "counter",
+        "Simulation clock ticks this replica emitted and committed as the clock's authority.",
+    ),
+    (
+        "broker_clocks_held",
+        "gauge",
+        "Simulation clocks whose authority lease this replica holds (at most `CLOCK_MAX_PER_REPLICA`).",
+    ),
+    (
+        "broker_otel_export_failures_total",
+        "counter",
+        "OTLP span exports that failed or timed out (each failure is logged, at most once a minute).",
+    ),
+    (
+        "broker_otel_spans_dropped_total",
+        "counter",
+        "Finished spans that never reached the OTLP collector, by `reason` (export_failed: their export failed or timed out).",
     ),
 ];
 
@@ -296,6 +390,20 @@ impl Metrics {
             http_accept_errors: Counter::default(),
             worker_restarts: Family::default(),
             workers_running: Family::default(),
+            legacy_auth_hits: Counter::default(),
+            account_requests_rejected: Family::default(),
+            task_requests_refused: Family::default(),
+            stream_requests_refused: Family::default(),
+            state_requests_refused: Family::default(),
+            memory_requests_refused: Family::default(),
+            context_requests_refused: Family::default(),
+            skill_requests_refused: Family::default(),
+            vault_requests_refused: Family::default(),
+            state_changes_stale: Counter::default(),
+            scheduled_rejected: Family::default(),
+            scheduled_fires: Family::default(),
+            clock_ticks: Counter::default(),
+            clocks_held: Gauge::default(),
             registry: Registry::default(),
         };
         // prometheus-client appends `_total` to counters itself, so counters are registered
@@ -366,6 +474,54 @@ impl Metrics {
         register!("broker_http_accept_errors_total", m.http_accept_errors);
         register!("broker_worker_restarts_total", m.worker_restarts);
         register!("broker_workers_running", m.workers_running);
+        register!("broker_legacy_auth_hits_total", m.legacy_auth_hits);
+        register!(
+            "broker_account_requests_rejected_total",
+            m.account_requests_rejected
+        );
+        register!(
+            "broker_task_requests_refused_total",
+            m.task_requests_refused
+        );
+        register!(
+            "broker_stream_requests_refused_total",
+            m.stream_requests_refused
+        );
+        register!(
+            "broker_state_requests_refused_total",
+            m.state_requests_refused
+        );
+        register!(
+            "broker_memory_requests_refused_total",
+            m.memory_requests_refused
+        );
+        register!(
+            "broker_context_requests_refused_total",
+            m.context_requests_refused
+        );
+        register!(
+            "broker_skill_requests_refused_total",
+            m.skill_requests_refused
+        );
+        register!(
+            "broker_vault_requests_refused_total",
+            m.vault_requests_refused
+        );
+        register!("broker_state_changes_stale_total", m.state_changes_stale);
+        register!("broker_scheduled_rejected_total", m.scheduled_rejected);
+        register!("broker_scheduled_fires_total", m.scheduled_fires);
+        register!("broker_clock_ticks_total", m.clock_ticks);
+        register!("broker_clocks_held", m.clocks_held);
+        // Process-wide, like the exporter they count (see `telemetry::EXPORT_STATS`).
+        register!(
+            "broker_otel_export_failures_total",
+            crate::telemetry::EXPORT_STATS.export_failures
+        );
+        register!(
+            "broker_otel_spans_dropped_total",
+            crate::telemetry::EXPORT_STATS.spans_dropped
+        );
+        m.init_labels();
         m.pubsub_healthy.set(1);
         m.db_healthy.set(1);
         Metrics { registry, ..m }
@@ -449,6 +605,282 @@ impl Metrics {
             .get_or_create(&ReasonLabel { reason })
             .inc();
     }
+
+    /// A shared-state request refused (`reason`: `StateError::metric_label`).
+    pub fn refuse_state(&self, reason: &'static str) {
+        self.state_requests_refused
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
+    /// A memory request refused (`reason`: `MemoryError::metric_label`).
+    pub fn refuse_memory(&self, reason: &'static str) {
+        self.memory_requests_refused
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
+    /// A context request refused (`reason`: `ContextError::metric_label`).
+    pub fn refuse_context(&self, reason: &'static str) {
+        self.context_requests_refused
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
+    /// A skill request refused (`reason`: `SkillError::metric_label`).
+    pub fn refuse_skill(&self, reason: &'static str) {
+        self.skill_requests_refused
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
+    /// A vault request refused (`reason`: `VaultError::metric_label`).
+    pub fn refuse_vault(&self, reason: &'static str) {
+        self.vault_requests_refused
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+}
+
+/// The known label values of each labelled counter. [`Metrics::new`] creates every one at 0,
+/// so a dashboard panel or a `rate()` alert shows 0 before the first event instead of "No
+/// data" (and `rate()` does not miss the first event after a restart).
+pub mod labels {
+    /// `broker_scheduled_rejected_total` (`service::schedule::ScheduleError::metric_label`).
+    pub const SCHEDULE_REJECTIONS: &[&str] = &["invalid_cron", "limit", "invalid", "store"];
+    /// `broker_scheduled_fires_total`.
+    pub const SCHEDULE_FIRES: &[&str] = &["sent", "refused", "retry"];
+    /// `broker_session_keys_refused_total`.
+    pub const SESSION_KEY_REFUSALS: &[&str] =
+        &["member_key", "proven_session_key", "live_routing_key"];
+    /// `broker_messages_routed_total` (`service::send`'s priorities).
+    pub const PRIORITIES: &[&str] = &["now", "next", "low"];
+    /// `broker_messages_rejected_total` (`SendError::metric_label`).
+    pub const MESSAGE_REJECTIONS: &[&str] = &[
+        "revoked",
+        "rate_limit",
+        "too_large",
+        "invalid",
+        "no_target",
+        "grant",
+        "outcome_unknown",
+        "store",
+    ];
+    /// `broker_messages_dropped_by_grant_total`.
+    pub const GRANT_CAPS: &[&str] = &["dm", "broadcast"];
+    /// `broker_replica_heals_total`.
+    pub const HEALS: &[&str] = &["clock_gap", "reaped"];
+    /// `broker_hook_requests_rejected_total`.
+    pub const HOOK_REJECTIONS: &[&str] = &[
+        "too_large",
+        "invalid",
+        "dnd",
+        "rate_limit_source",
+        "rate_limit_key",
+        "unavailable",
+    ];
+    /// `broker_presence_updates_rejected_total`.
+    pub const PRESENCE_REJECTIONS: &[&str] =
+        &["too_many_groups", "name_too_long", "field_too_large"];
+    /// `broker_replies_too_large_total`.
+    pub const REPLIES_TOO_LARGE: &[&str] = &[
+        "peers_list",
+        "system_event",
+        "state_list",
+        "memory_results",
+        "memory_recall_result",
+        "audit_result",
+        "context_results",
+        "context_list",
+        "skill_data",
+        "skill_list",
+        "vault_get_result",
+        "vault_list_result",
+        "mesh_info_result",
+    ];
+    /// `broker_ws_messages_refused_total`.
+    pub const WS_REFUSALS: &[&str] = &[
+        "too_large",
+        "too_many_fragments",
+        "invalid_utf8",
+        "protocol",
+    ];
+    /// `broker_http_connections_closed_total`.
+    pub const HTTP_CLOSES: &[&str] = &[
+        "header_timeout",
+        "idle_timeout",
+        "capacity",
+        "header_too_large",
+    ];
+    /// `broker_worker_restarts_total` (every worker name of `lib.rs`).
+    pub const WORKERS: &[&str] = &[
+        "dispatcher",
+        "sweep",
+        "health",
+        "housekeeping",
+        "resync",
+        "scheduler",
+        "clock_authority",
+    ];
+    /// `broker_task_requests_refused_total`.
+    pub const TASK_REFUSALS: &[&str] = &[
+        "field_too_large",
+        "too_many_tasks",
+        "not_claimable",
+        "not_found",
+        "unavailable",
+    ];
+    /// `broker_state_requests_refused_total` (`StateError::metric_label`).
+    pub const STATE_REFUSALS: &[&str] = &[
+        "invalid",
+        "key_too_long",
+        "too_many_keys",
+        "revoked",
+        "store",
+    ];
+    /// `broker_memory_requests_refused_total` (`MemoryError::metric_label`).
+    pub const MEMORY_REFUSALS: &[&str] = &[
+        "invalid",
+        "content_too_large",
+        "too_many_tags",
+        "tag_too_long",
+        "too_many_memories",
+        "query_too_long",
+        "revoked",
+        "store",
+    ];
+    /// `broker_context_requests_refused_total` (`ContextError::metric_label`).
+    pub const CONTEXT_REFUSALS: &[&str] = &["invalid", "field_too_large", "revoked", "store"];
+    /// `broker_skill_requests_refused_total` (`SkillError::metric_label`).
+    pub const SKILL_REFUSALS: &[&str] = &[
+        "invalid",
+        "field_too_large",
+        "too_many_skills",
+        "forbidden",
+        "revoked",
+        "store",
+    ];
+    /// `broker_vault_requests_refused_total` (`VaultError::metric_label`).
+    pub const VAULT_REFUSALS: &[&str] = &[
+        "invalid",
+        "too_large",
+        "too_many_entries",
+        "revoked",
+        "store",
+    ];
+    /// `broker_stream_requests_refused_total`.
+    pub const STREAM_REFUSALS: &[&str] = &[
+        "name_too_long",
+        "too_many_streams",
+        "too_many_subscriptions",
+        "unavailable",
+    ];
+
+    /// `broker_account_requests_rejected_total`.
+    pub const ACCOUNT_REJECTIONS: &[&str] = &[
+        "bearer",
+        "login_failed",
+        "login_locked",
+        "login_rate",
+        "device_code_rate",
+        "device_code_cap",
+        "csrf",
+        "no_session",
+        "approve_unauthorized",
+        "not_owner",
+        "not_member",
+        "too_large",
+        "unavailable",
+    ];
+
+    /// `broker_connections_rejected_total`: every error code that can end a handshake
+    /// (those with a closing case in `protocol::codes::ERRORS`).
+    pub fn handshake_rejections() -> impl Iterator<Item = &'static str> {
+        crate::protocol::codes::ERRORS
+            .iter()
+            .filter(|e| {
+                e.cases
+                    .iter()
+                    .any(|c| matches!(c.socket, crate::protocol::codes::Socket::Closed(_)))
+            })
+            .map(|e| e.code)
+    }
+}
+
+impl Metrics {
+    /// Creates every known label value of the labelled counters at 0 (see [`labels`]).
+    fn init_labels(&self) {
+        let reasons = |family: &Family<ReasonLabel, Counter>, values: &[&'static str]| {
+            for &reason in values {
+                let _ = family.get_or_create(&ReasonLabel { reason });
+            }
+        };
+        for reason in labels::handshake_rejections() {
+            let _ = self
+                .connections_rejected
+                .get_or_create(&ReasonLabel { reason });
+        }
+        reasons(&self.session_keys_refused, labels::SESSION_KEY_REFUSALS);
+        for &priority in labels::PRIORITIES {
+            let _ = self
+                .messages_routed
+                .get_or_create(&PriorityLabel { priority });
+        }
+        reasons(&self.messages_rejected, labels::MESSAGE_REJECTIONS);
+        for &cap in labels::GRANT_CAPS {
+            let _ = self
+                .messages_dropped_by_grant
+                .get_or_create(&CapLabel { cap });
+        }
+        reasons(&self.replica_heals, labels::HEALS);
+        reasons(&self.hook_requests_rejected, labels::HOOK_REJECTIONS);
+        reasons(&self.presence_updates_rejected, labels::PRESENCE_REJECTIONS);
+        reasons(&self.replies_too_large, labels::REPLIES_TOO_LARGE);
+        reasons(&self.ws_messages_refused, labels::WS_REFUSALS);
+        reasons(&self.http_connections_closed, labels::HTTP_CLOSES);
+        for &worker in labels::WORKERS {
+            let _ = self.worker_restarts.get_or_create(&WorkerLabel { worker });
+        }
+        reasons(&self.task_requests_refused, labels::TASK_REFUSALS);
+        reasons(&self.stream_requests_refused, labels::STREAM_REFUSALS);
+        reasons(&self.state_requests_refused, labels::STATE_REFUSALS);
+        reasons(&self.memory_requests_refused, labels::MEMORY_REFUSALS);
+        reasons(&self.context_requests_refused, labels::CONTEXT_REFUSALS);
+        reasons(&self.skill_requests_refused, labels::SKILL_REFUSALS);
+        reasons(&self.vault_requests_refused, labels::VAULT_REFUSALS);
+        reasons(&self.scheduled_rejected, labels::SCHEDULE_REJECTIONS);
+        reasons(&self.scheduled_fires, labels::SCHEDULE_FIRES);
+        reasons(&self.account_requests_rejected, labels::ACCOUNT_REJECTIONS);
+        reasons(
+            &crate::telemetry::EXPORT_STATS.spans_dropped,
+            crate::telemetry::SPANS_DROPPED_REASONS,
+        );
+    }
+}
+
+/// Counters of scheduled messages (extensions §5).
+impl Metrics {
+    pub fn reject_scheduled(&self, reason: &'static str) {
+        self.scheduled_rejected
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
+    pub fn fire_scheduled(&self, reason: &'static str) {
+        self.scheduled_fires
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+}
+
+/// Counters of the account routes.
+impl Metrics {
+    pub fn reject_account(&self, reason: &'static str) {
+        let _ = self
+            .account_requests_rejected
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
 }
 
 impl Default for Metrics {
@@ -486,6 +918,17 @@ mod tests {
         m.reply_too_large("peers_list");
         m.refuse_ws_message("invalid_utf8");
         m.close_http_connection("header_timeout");
+        m.reject_account("bearer");
+        m.task_requests_refused
+            .get_or_create(&ReasonLabel {
+                reason: "not_claimable",
+            })
+            .inc();
+        m.stream_requests_refused
+            .get_or_create(&ReasonLabel {
+                reason: "name_too_long",
+            })
+            .inc();
         m.replica_heals
             .get_or_create(&ReasonLabel { reason: "reaped" })
             .inc();
@@ -508,6 +951,30 @@ mod tests {
             text.contains(r#"broker_connections_rejected_total{reason="capacity"} 1"#),
             "{text}"
         );
+    }
+
+    /// Every catalogued counter has series before its first event: those with a label
+    /// show each known value at 0, so a new labelled counter must list its values in
+    /// [`labels`] and [`Metrics::init_labels`].
+    #[test]
+    fn labelled_counters_exist_at_zero_before_their_first_event() {
+        let text = Metrics::new().render();
+        for (name, kind, _) in CATALOGUE.iter().filter(|c| c.1 == "counter") {
+            assert!(
+                text.lines().any(|l| l.starts_with(name)),
+                "{name} ({kind}) has no series before its first event: list its label values in metrics::labels and init_labels\n{text}"
+            );
+        }
+        for want in [
+            r#"broker_connections_rejected_total{reason="capacity"} 0"#,
+            r#"broker_connections_rejected_total{reason="hello_timeout"} 0"#,
+            r#"broker_messages_rejected_total{reason="rate_limit"} 0"#,
+            r#"broker_messages_dropped_by_grant_total{cap="dm"} 0"#,
+            r#"broker_messages_routed_total{priority="low"} 0"#,
+            r#"broker_worker_restarts_total{worker="sweep"} 0"#,
+        ] {
+            assert!(text.contains(want), "{want} missing from:\n{text}");
+        }
     }
 
     #[test]

@@ -10,7 +10,7 @@ mod members;
 mod subscriptions;
 
 pub use audit::AuditSpawner;
-pub use hooks::HookState;
+pub use hooks::{HookRoute, HookState};
 pub use members::MemberCache;
 pub use subscriptions::Subscriptions;
 
@@ -71,6 +71,8 @@ pub struct Node {
     pub resync_waiting: Mutex<HashSet<String>>,
     /// Rung when the presence backend lost its data: re-sync now, bus recovery or not.
     pub resync_requested: tokio::sync::Notify,
+    /// Stream subscriptions of presences (extensions §4), cluster-wide in cluster mode.
+    pub stream_subscriptions: Arc<dyn crate::cluster::subscriptions::StreamSubscriptions>,
 }
 
 impl std::fmt::Debug for Node {
@@ -119,7 +121,20 @@ impl Node {
             heal_conns: Mutex::new(HashSet::new()),
             resync_waiting: Mutex::new(HashSet::new()),
             resync_requested: tokio::sync::Notify::new(),
+            stream_subscriptions: Arc::new(
+                crate::cluster::subscriptions::MemoryStreamSubscriptions::new(),
+            ),
         }
+    }
+
+    /// Keeps stream subscriptions in `subscriptions` (Redis in cluster mode) instead of
+    /// this process's memory.
+    pub fn with_stream_subscriptions(
+        mut self,
+        subscriptions: Arc<dyn crate::cluster::subscriptions::StreamSubscriptions>,
+    ) -> Self {
+        self.stream_subscriptions = subscriptions;
+        self
     }
 
     /// Why this replica must not take new sessions nor trust the shared presence state

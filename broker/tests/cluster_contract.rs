@@ -654,6 +654,68 @@ async fn proven_session_keys_are_remembered_per_mesh_for_their_ttl(p: &dyn Prese
     );
 }
 
+/// The status hook's lookup: the most recently connected live record of a process, in any
+/// mesh; a record in grace or gone is not found, an older live one of the process is.
+async fn processes_are_found_across_meshes(p: &dyn Presence) {
+    assert!(p.find_process(4242, "/work").await.unwrap().is_none());
+    let older = record("m1", "A", "n1/1");
+    let newer = PresenceRecord {
+        connected_at: older.connected_at + 1_000,
+        ..record("m2", "B", "n2/1")
+    };
+    let elsewhere = PresenceRecord {
+        cwd: "/elsewhere".into(),
+        ..record("m1", "C", "n1/2")
+    };
+    p.attach(older.clone()).await.unwrap();
+    p.attach(elsewhere).await.unwrap();
+    let found = p.find_process(4242, "/work").await.unwrap().unwrap();
+    assert_eq!(found.presence_id, "A");
+    p.attach(newer).await.unwrap();
+    let found = p.find_process(4242, "/work").await.unwrap().unwrap();
+    assert_eq!(
+        (found.mesh_id.as_str(), found.presence_id.as_str()),
+        ("m2", "B"),
+        "the most recently connected, in another mesh"
+    );
+    assert!(
+        p.find_process(4243, "/work").await.unwrap().is_none(),
+        "another pid"
+    );
+    assert_eq!(
+        p.find_process(4242, "/elsewhere")
+            .await
+            .unwrap()
+            .unwrap()
+            .presence_id,
+        "C"
+    );
+    // An update (the ping tick) keeps it findable; grace and removal end it.
+    assert!(
+        p.update("m2", "B", "n2/1", PresencePatch::LastPong(1))
+            .await
+            .unwrap()
+    );
+    assert!(p.release("m2", "B", "n2/1", i64::MAX).await.unwrap());
+    assert_eq!(
+        p.find_process(4242, "/work")
+            .await
+            .unwrap()
+            .unwrap()
+            .presence_id,
+        "A",
+        "B is in grace: the older live record"
+    );
+    p.remove("m1", "A", "n1/1").await.unwrap();
+    assert!(p.find_process(4242, "/work").await.unwrap().is_none());
+    let without_pid = PresenceRecord {
+        pid: None,
+        ..record("m3", "D", "n1/3")
+    };
+    p.attach(without_pid).await.unwrap();
+    assert!(p.find_process(4242, "/work").await.unwrap().is_none());
+}
+
 macro_rules! presence_contract {
     ($($name:ident),* $(,)?) => {
         mod presence_memory {
@@ -680,6 +742,7 @@ presence_contract!(
     expire_due_hands_each_record_out_once,
     live_count_follows_every_change_of_liveness,
     proven_session_keys_are_remembered_per_mesh_for_their_ttl,
+    processes_are_found_across_meshes,
 );
 
 // A single node never dies: on the memory backend heartbeat and reaping do nothing by design.
@@ -809,6 +872,7 @@ fn describe(e: &MeshEvent) -> Value {
             presence_ids,
             priority,
             frame,
+            ..
         } => json!({"deliver": {
             "presence_ids": presence_ids.to_vec(),
             "priority": priority.map(Priority::as_str),
@@ -816,6 +880,10 @@ fn describe(e: &MeshEvent) -> Value {
         }}),
         MeshEvent::Doorbell { member_id } => json!({"doorbell": member_id}),
         MeshEvent::MembersChanged => json!("members_changed"),
+        MeshEvent::HookStatus {
+            presence_id,
+            status,
+        } => json!({"hook_status": {"presence_id": presence_id, "status": status.as_str()}}),
         MeshEvent::Close {
             conn_ids,
             code,
@@ -827,6 +895,17 @@ fn describe(e: &MeshEvent) -> Value {
             "reason": reason,
             "after": match after { AfterClose::Grace => "grace", AfterClose::End => "end" },
         }}),
+        MeshEvent::StateChange {
+            presence_ids,
+            key,
+            version,
+            frame,
+        } => json!({"state_change": {
+            "presence_ids": presence_ids.to_vec(),
+            "key": key,
+            "version": version,
+            "frame": frame.to_vec(),
+        }}),
     }
 }
 
@@ -835,6 +914,7 @@ fn deliver(presence_ids: &[&str], priority: Option<Priority>, frame: &[u8]) -> M
         presence_ids: presence_ids.iter().map(|s| s.to_string()).collect(),
         priority,
         frame: Bytes::copy_from_slice(frame),
+        trace: None,
     }
 }
 
@@ -861,6 +941,10 @@ async fn bus_delivers_each_event_once(bus: &dyn Bus, events: &mut Events) {
             member_id: "member-1".into(),
         },
         MeshEvent::MembersChanged,
+        MeshEvent::HookStatus {
+            presence_id: "p9".into(),
+            status: Status::Working,
+        },
         MeshEvent::Close {
             conn_ids: vec!["n1/1".into(), "n2/7".into()],
             code: codes::KICKED.code,
@@ -872,6 +956,13 @@ async fn bus_delivers_each_event_once(bus: &dyn Bus, events: &mut Events) {
             code: codes::GOING_AWAY.code,
             reason: codes::GOING_AWAY.reason.into(),
             after: AfterClose::Grace,
+        },
+        // The frame travels raw after the header, as a `Deliver`'s does.
+        MeshEvent::StateChange {
+            presence_ids: vec!["p1".to_string(), "p4".to_string()].into(),
+            key: "deploy\nkey".into(),
+            version: 7,
+            frame: Bytes::from_static(b"{\"type\":\"state_change\",\"value\":\"a\\nb\"}\n\x00"),
         },
     ];
     for e in &sent {
@@ -1264,4 +1355,170 @@ async fn redis_presence_overlapping_heartbeats_after_a_data_loss_are_not_a_reap(
         }
         assert_eq!(lost, 1, "round {round}: the data loss is reported once");
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Stream subscriptions (`cluster::subscriptions`)
+// ---------------------------------------------------------------------------------------
+
+use broker::cluster::subscriptions::{
+    MemoryStreamSubscriptions, RedisStreamSubscriptions, StreamSubscriptions, Subscribe,
+};
+
+async fn redis_stream_subscriptions(server: &RedisServer) -> RedisStreamSubscriptions {
+    let (_, conn) = redis_conn(server).await;
+    RedisStreamSubscriptions::new(conn, &prefix())
+}
+
+/// Subscribing is idempotent and bounded per presence, streams and presences are per
+/// mesh, and both directions (a stream's subscribers, a presence's streams) agree.
+async fn subscriptions_are_per_presence_and_bounded(s: &dyn StreamSubscriptions) {
+    assert_eq!(
+        s.subscribe("m1", "p1", "logs", 2).await.unwrap(),
+        Subscribe::Added
+    );
+    assert_eq!(
+        s.subscribe("m1", "p1", "logs", 2).await.unwrap(),
+        Subscribe::Already
+    );
+    assert_eq!(
+        s.subscribe("m1", "p1", "a:b c", 2).await.unwrap(),
+        Subscribe::Added
+    );
+    assert_eq!(
+        s.subscribe("m1", "p1", "third", 2).await.unwrap(),
+        Subscribe::Full
+    );
+    assert_eq!(
+        s.subscribe("m1", "p1", "logs", 2).await.unwrap(),
+        Subscribe::Already,
+        "at the bound"
+    );
+    assert_eq!(
+        s.subscribe("m1", "p2", "logs", 0).await.unwrap(),
+        Subscribe::Added
+    );
+    assert_eq!(
+        s.subscribe("m2", "p1", "logs", 2).await.unwrap(),
+        Subscribe::Added
+    );
+    assert_eq!(
+        s.subscribers("m1", &["logs", "a:b c", "third", "none"])
+            .await
+            .unwrap(),
+        vec![
+            vec!["p1".to_string(), "p2".to_string()],
+            vec!["p1".to_string()],
+            vec![],
+            vec![]
+        ]
+    );
+    assert_eq!(
+        s.streams_of("m1", "p1").await.unwrap(),
+        vec!["a:b c", "logs"]
+    );
+    assert_eq!(
+        s.subscribers("m2", &["logs"]).await.unwrap(),
+        vec![vec!["p1".to_string()]]
+    );
+    assert!(s.subscribers("m1", &[]).await.unwrap().is_empty());
+
+    assert!(s.unsubscribe("m1", "p1", "logs").await.unwrap());
+    assert!(!s.unsubscribe("m1", "p1", "logs").await.unwrap());
+    assert_eq!(
+        s.subscribers("m1", &["logs"]).await.unwrap(),
+        vec![vec!["p2".to_string()]]
+    );
+    assert_eq!(
+        s.subscribe("m1", "p1", "third", 2).await.unwrap(),
+        Subscribe::Added,
+        "room again"
+    );
+}
+
+/// A presence that ends loses every subscription, in every stream's set; others keep theirs.
+async fn an_ended_presence_loses_all_its_subscriptions(s: &dyn StreamSubscriptions) {
+    for stream in ["a", "b", "c"] {
+        s.subscribe("m1", "gone", stream, 0).await.unwrap();
+    }
+    s.subscribe("m1", "stays", "a", 0).await.unwrap();
+    s.subscribe("m2", "gone", "a", 0).await.unwrap();
+    assert_eq!(s.remove_presence("m1", "gone").await.unwrap(), 3);
+    assert_eq!(s.remove_presence("m1", "gone").await.unwrap(), 0);
+    assert!(s.streams_of("m1", "gone").await.unwrap().is_empty());
+    assert_eq!(
+        s.subscribers("m1", &["a", "b", "c"]).await.unwrap(),
+        vec![vec!["stays".to_string()], vec![], vec![]]
+    );
+    assert_eq!(
+        s.subscribers("m2", &["a"]).await.unwrap(),
+        vec![vec!["gone".to_string()]],
+        "per mesh"
+    );
+    s.subscribe("m1", "x", "b", 0).await.unwrap();
+    s.subscribe("m1", "y", "b", 0).await.unwrap();
+    s.prune("m1", &["x".to_string(), "stays".to_string()])
+        .await
+        .unwrap();
+    assert_eq!(
+        s.subscribers("m1", &["a", "b"]).await.unwrap(),
+        vec![vec![], vec!["y".to_string()]]
+    );
+}
+
+/// Concurrent subscribes of one presence never overshoot its bound.
+async fn concurrent_subscribes_respect_the_bound(s: &dyn StreamSubscriptions) {
+    let all =
+        (0..20).map(|i| async move { s.subscribe("m1", "p", &format!("s{i}"), 5).await.unwrap() });
+    let outcomes = futures_util::future::join_all(all).await;
+    assert_eq!(
+        outcomes.iter().filter(|o| **o == Subscribe::Added).count(),
+        5
+    );
+    assert_eq!(s.streams_of("m1", "p").await.unwrap().len(), 5);
+}
+
+macro_rules! subscriptions_contract {
+    ($($name:ident),* $(,)?) => {
+        mod subscriptions_memory {
+            $(#[tokio::test] async fn $name() { super::$name(&super::MemoryStreamSubscriptions::new()).await; })*
+        }
+        mod subscriptions_redis {
+            $(#[tokio::test] async fn $name() {
+                let server = super::RedisServer::start();
+                super::$name(&super::redis_stream_subscriptions(&server).await).await;
+            })*
+        }
+    };
+}
+
+subscriptions_contract!(
+    subscriptions_are_per_presence_and_bounded,
+    an_ended_presence_loses_all_its_subscriptions,
+    concurrent_subscribes_respect_the_bound,
+);
+
+/// Two replicas' handles on one Redis see one registry.
+#[tokio::test]
+async fn redis_stream_subscriptions_are_shared_between_replicas() {
+    let server = RedisServer::start();
+    let p = prefix();
+    let (_, c1) = redis_conn(&server).await;
+    let (_, c2) = redis_conn(&server).await;
+    let (a, b) = (
+        RedisStreamSubscriptions::new(c1, &p),
+        RedisStreamSubscriptions::new(c2, &p),
+    );
+    a.subscribe("m1", "p1", "logs", 1).await.unwrap();
+    assert_eq!(
+        b.subscribers("m1", &["logs"]).await.unwrap(),
+        vec![vec!["p1".to_string()]]
+    );
+    assert_eq!(
+        b.subscribe("m1", "p1", "other", 1).await.unwrap(),
+        Subscribe::Full,
+        "one bound"
+    );
+    b.remove_presence("m1", "p1").await.unwrap();
+    assert!(a.streams_of("m1", "p1").await.unwrap().is_empty());
 }

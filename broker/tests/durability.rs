@@ -45,7 +45,10 @@ async fn an_acknowledged_message_survives_sigkill_of_the_broker() {
     );
     eventually("the schema version gauge", async || {
         b.metrics()
-            .contains("broker_schema_version 2")
+            .contains(&format!(
+                "broker_schema_version {}",
+                broker::store::postgres::SCHEMA_VERSION
+            ))
             .then_some(())
     })
     .await;
@@ -245,7 +248,10 @@ async fn readiness_honours_expected_migration() {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_broker"));
     cmd.env_clear()
         .env("DATABASE_URL", &url)
-        .env("EXPECTED_MIGRATION", "3")
+        .env(
+            "EXPECTED_MIGRATION",
+            (broker::store::postgres::SCHEMA_VERSION + 1).to_string(),
+        )
         .env("BROKER_PORT", "0")
         .env("BROKER_HOST", "127.0.0.1")
         .env("BROKER_ADMIN_TOKEN", TOKEN)

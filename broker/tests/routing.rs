@@ -58,6 +58,7 @@ async fn direct_message_is_acked_pushed_and_confirmed() {
             ciphertext: "c2VjcmV0".into(),
             created_at: created,
             client_message_id: Some("cm-1".into()),
+            subtype: None,
         }
     );
 

@@ -71,6 +71,9 @@ fn message(
         ciphertext: format!("ct-{id}"),
         client_message_id: Some(format!("c-{id}")),
         created_at,
+        subtype: None,
+        // Every queue check also proves that the trace context survives the store.
+        trace: Some(format!("traceparent-of-{id}")),
     }
 }
 
@@ -636,9 +639,22 @@ fn every_capability_has_a_contract_suite() {
         .and_then(|(_, rest)| rest.split_once('{'))
         .map(|(bounds, _)| bounds)
         .expect("store/mod.rs declares `pub trait Store: A + B + …`");
-    let parts: Vec<&str> = bounds.split('+').map(str::trim).collect();
-    let declared: Vec<&str> = store_rs
-        .lines()
+    // A bound may name its family's module (`state::StateStore`): the trait is the last part.
+    let parts: Vec<&str> = bounds
+        .split('+')
+        .map(|b| b.trim().rsplit("::").next().unwrap_or_default())
+        .collect();
+    // Capability traits live in `store/mod.rs` or in a family's own `store/<family>.rs`.
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/src/store");
+    let family_files: Vec<String> = std::fs::read_dir(dir)
+        .expect("src/store exists")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().extension().is_some_and(|x| x == "rs"))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap())
+        .collect();
+    let declared: Vec<&str> = family_files
+        .iter()
+        .flat_map(|f| f.lines())
         .filter_map(|l| l.strip_prefix("pub trait "))
         .filter_map(|l| l.split([':', ' ', '<']).next())
         .filter(|name| *name != "Store")
@@ -661,3 +677,1967 @@ fn every_capability_has_a_contract_suite() {
         );
     }
 }
+
+/// Paged listing, and deletion of a member and of a mesh with everything they own; what
+/// belongs to others stays.
+async fn listing_and_deleting<S: Store>(s: &S) {
+    for id in ["m3", "m1", "m2"] {
+        s.create_mesh(mesh(id)).await.unwrap();
+    }
+    let page = |after: Option<&'static str>, limit| async move {
+        let got = s.list_meshes(after, limit).await.unwrap();
+        got.into_iter().map(|m| m.id).collect::<Vec<_>>()
+    };
+    assert_eq!(page(None, 2).await, vec!["m1", "m2"], "id order");
+    assert_eq!(page(Some("m2"), 10).await, vec!["m3"]);
+    assert!(page(Some("m3"), 10).await.is_empty());
+    assert_eq!(s.list_meshes(None, 10).await.unwrap()[0].slug, "slug-m1");
+
+    let alice = s.add_member("m1", new_member("aa", "alice")).await.unwrap();
+    let bob = s.add_member("m1", new_member("bb", "bob")).await.unwrap();
+    let other = s
+        .add_member("m2", new_member("aa", "alice elsewhere"))
+        .await
+        .unwrap();
+    let grant = BTreeMap::from([(alice.pubkey.clone(), Some(vec!["dm".to_string()]))]);
+    s.update_grants("m1", &bob.id, grant.clone()).await.unwrap();
+    s.update_grants("m2", &other.id, grant).await.unwrap();
+    let from = |who: &broker::store::Member, id: &str, to: &str, mesh_id: &str| QueuedMessage {
+        sender_member_id: who.id.clone(),
+        ..message(id, mesh_id, to, Priority::Now, None, 1)
+    };
+    s.enqueue(from(&bob, "to-alice", &alice.id, "m1"))
+        .await
+        .unwrap();
+    s.enqueue(from(&alice, "to-bob", &bob.id, "m1"))
+        .await
+        .unwrap();
+    s.enqueue(from(&bob, "to-other", &other.id, "m2"))
+        .await
+        .unwrap();
+    for (mesh_id, who) in [("m1", &alice.id), ("m1", &bob.id), ("m2", &other.id)] {
+        s.save_peer_state(mesh_id, who, PeerState::default())
+            .await
+            .unwrap();
+    }
+    for mesh_id in ["m1", "m2"] {
+        s.append_audit(mesh_id, "peer_joined", Some(&alice.id), json!({}), 5)
+            .await
+            .unwrap();
+    }
+    s.create_invite(Invite {
+        code: "inv-m1".into(),
+        token: "token-m1".into(),
+        mesh_id: "m1".into(),
+        role: Role::Member,
+        expires_at: i64::MAX / 2,
+        max_uses: None,
+        uses: 0,
+        payload: json!({}),
+    })
+    .await
+    .unwrap();
+
+    // A member delete: its row, its queue, its peer state, its key in others' grants.
+    assert!(s.delete_member("m1", &alice.id).await.unwrap());
+    assert!(
+        !s.delete_member("m1", &alice.id).await.unwrap(),
+        "already gone"
+    );
+    assert!(!s.delete_member("nope", &bob.id).await.unwrap());
+    assert!(s.member("m1", &alice.id).await.unwrap().is_none());
+    assert!(
+        s.member_by_pubkey("m1", &alice.pubkey)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let bob_now = s.member("m1", &bob.id).await.unwrap().unwrap();
+    assert!(bob_now.peer_grants.is_empty(), "{:?}", bob_now.peer_grants);
+    assert!(
+        s.claim(claim("m1", &alice.id, 10))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        ids(&s.claim(claim("m1", &bob.id, 10)).await.unwrap()),
+        vec!["to-bob"],
+        "what she sent others stays queued"
+    );
+    assert!(s.peer_state("m1", &alice.id).await.unwrap().is_none());
+    assert!(s.peer_state("m1", &bob.id).await.unwrap().is_some());
+    assert_eq!(
+        s.audit_entries("m1").await.unwrap().len(),
+        1,
+        "the chain is kept"
+    );
+    // Her idempotency keys went with her: the same client id queues anew.
+    let again = QueuedMessage {
+        client_message_id: Some("c-to-bob".into()),
+        ..from(&alice, "to-bob-2", &bob.id, "m1")
+    };
+    let again = s.enqueue(again).await.unwrap();
+    assert_eq!(again, "to-bob-2");
+    // The same key in another mesh is another member, untouched.
+    let o = s.member("m2", &other.id).await.unwrap().unwrap();
+    assert_eq!(o.peer_grants.len(), 1);
+
+    // A mesh delete: everything under its id.
+    assert!(s.delete_mesh("m1").await.unwrap());
+    assert!(s.mesh("m1").await.unwrap().is_none());
+    assert!(s.members("m1").await.unwrap().is_empty());
+    assert!(
+        s.claim(claim("m1", &bob.id, 10_000))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(s.peer_state("m1", &bob.id).await.unwrap().is_none());
+    assert!(s.audit_entries("m1").await.unwrap().is_empty());
+    assert!(s.invite_by_token("token-m1").await.unwrap().is_none());
+    assert_eq!(page(None, 10).await, vec!["m2", "m3"]);
+    assert!(!s.delete_mesh("m1").await.unwrap(), "already gone");
+    // Nothing of m2 was touched.
+    assert_eq!(s.members("m2").await.unwrap().len(), 1);
+    assert_eq!(
+        ids(&s.claim(claim("m2", &other.id, 10)).await.unwrap()),
+        vec!["to-other"]
+    );
+    assert!(s.peer_state("m2", &other.id).await.unwrap().is_some());
+    assert_eq!(s.audit_entries("m2").await.unwrap().len(), 1);
+    // A mesh created again under the same slug starts empty.
+    s.create_mesh(mesh("m1")).await.unwrap();
+    assert!(s.members("m1").await.unwrap().is_empty());
+    assert!(s.audit_entries("m1").await.unwrap().is_empty());
+}
+
+contract!(mesh_store_deletion: listing_and_deleting);
+
+/// On PostgreSQL a member delete also drops the member's scheduled messages (they would
+/// fire as a member that no longer exists) and keeps what it gave the mesh (memories); a
+/// mesh delete purges every table with a `mesh_id` column, the extension families' too.
+#[tokio::test]
+async fn postgres_deletes_reach_the_extension_families_tables() {
+    use broker::store::memories::{MemoriesStore, Memory};
+    use broker::store::schedule::{ScheduleStore, ScheduledEntry};
+    let url = pg::fresh_db().await;
+    let s = PgStore::new(&url, 4).unwrap();
+    s.create_mesh(mesh("m1")).await.unwrap();
+    let alice = s.add_member("m1", new_member("aa", "alice")).await.unwrap();
+    let entry = |id: &str| ScheduledEntry {
+        id: id.into(),
+        mesh_id: "m1".into(),
+        presence_id: "p".into(),
+        member_id: alice.id.clone(),
+        to: "*".into(),
+        message: "later".into(),
+        deliver_at: i64::MAX / 4,
+        cron: None,
+        subtype: None,
+        fired_count: 0,
+        cancelled: false,
+        fired_at: None,
+        created_at: 1,
+    };
+    s.create_scheduled(entry("s1"), 10).await.unwrap();
+    let memory = Memory {
+        id: "mem1".into(),
+        mesh_id: "m1".into(),
+        content: "the deploy key rotates on fridays".into(),
+        tags: vec![],
+        member_id: alice.id.clone(),
+        member_name: "alice".into(),
+        created_at: 1,
+    };
+    assert!(s.remember(memory, 100).await.unwrap());
+    assert!(s.delete_member("m1", &alice.id).await.unwrap());
+    assert!(s.list_scheduled("m1", &alice.id).await.unwrap().is_empty());
+    assert_eq!(
+        s.recall("m1", "deploy", 10).await.unwrap().len(),
+        1,
+        "memories stay"
+    );
+
+    let bob = s.add_member("m1", new_member("bb", "bob")).await.unwrap();
+    s.create_scheduled(
+        ScheduledEntry {
+            member_id: bob.id.clone(),
+            ..entry("s2")
+        },
+        10,
+    )
+    .await
+    .unwrap();
+    assert!(s.delete_mesh("m1").await.unwrap());
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let tables: Vec<String> = client
+        .query(
+            "SELECT table_name::text FROM information_schema.columns \
+             WHERE table_schema = current_schema() AND column_name = 'mesh_id'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(tables.len() >= 8, "{tables:?}");
+    for table in tables {
+        let sql = format!("SELECT count(*) FROM \"{table}\" WHERE mesh_id = 'm1'");
+        let n: i64 = client.query_one(&sql, &[]).await.unwrap().get(0);
+        assert_eq!(n, 0, "{table} kept rows of the deleted mesh");
+    }
+}
+
+fn task_actor(member: &str) -> broker::store::tasks::TaskActor {
+    broker::store::tasks::TaskActor {
+        member_id: member.into(),
+        presence_id: format!("p-{member}"),
+        name: format!("name-{member}"),
+    }
+}
+
+fn task(id: &str, mesh_id: &str, creator: &str, at: i64) -> broker::store::tasks::Task {
+    broker::store::tasks::Task::new(
+        id.into(),
+        mesh_id,
+        format!("title {id}"),
+        Some(task_actor(creator)),
+        at,
+    )
+}
+
+/// Tasks: newest first with exact filters, claimed once, completed by claimer, creator or
+/// admin only, per mesh; at the bound the oldest done task makes room.
+async fn tasks_lifecycle<S: MeshStore + broker::store::tasks::TaskStore>(s: &S) {
+    use broker::store::tasks::{CreateTask, TaskFilter, TaskStatus};
+    for id in ["m1", "m2"] {
+        s.create_mesh(mesh(id)).await.unwrap();
+    }
+    let all = TaskFilter::default();
+    let mut t1 = task("t1", "m1", "alice", 10);
+    t1.assignee = Some("bob".into());
+    t1.priority = "high".into();
+    t1.tags = vec!["x".into(), "y".into()];
+    assert_eq!(
+        s.create_task(t1.clone(), 0).await.unwrap(),
+        CreateTask::Created
+    );
+    s.create_task(task("t2", "m1", "alice", 20), 0)
+        .await
+        .unwrap();
+    s.create_task(task("t3", "m2", "alice", 30), 0)
+        .await
+        .unwrap();
+    let ids = |v: Vec<broker::store::tasks::Task>| v.into_iter().map(|t| t.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(s.list_tasks("m1", &all, 100).await.unwrap()),
+        vec!["t2", "t1"]
+    );
+    assert_eq!(ids(s.list_tasks("m1", &all, 1).await.unwrap()), vec!["t2"]);
+    let got = s.list_tasks("m1", &all, 100).await.unwrap().pop().unwrap();
+    assert_eq!(got, t1, "every field round-trips");
+    let bobs = TaskFilter {
+        assignee: Some("bob".into()),
+        ..TaskFilter::default()
+    };
+    assert_eq!(
+        ids(s.list_tasks("m1", &bobs, 100).await.unwrap()),
+        vec!["t1"]
+    );
+
+    assert!(
+        !s.claim_task("m2", "t1", &task_actor("bob"), 40)
+            .await
+            .unwrap(),
+        "other mesh"
+    );
+    assert!(
+        s.claim_task("m1", "t1", &task_actor("bob"), 40)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.claim_task("m1", "t1", &task_actor("carol"), 41)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.claim_task("m1", "nope", &task_actor("carol"), 41)
+            .await
+            .unwrap()
+    );
+    let claimed = TaskFilter {
+        status: Some(TaskStatus::Claimed),
+        ..TaskFilter::default()
+    };
+    let c = s.list_tasks("m1", &claimed, 100).await.unwrap();
+    assert_eq!(c.len(), 1);
+    assert_eq!(c[0].claimed_by, Some(task_actor("bob")));
+    assert_eq!(c[0].claimed_at, Some(40));
+
+    // Carol neither claimed nor created t1; bob claimed it; alice created t2; an admin may.
+    assert!(
+        !s.complete_task("m1", "t1", "carol", false, Some("r"), 50)
+            .await
+            .unwrap()
+    );
+    assert!(
+        s.complete_task("m1", "t1", "bob", false, Some("r"), 50)
+            .await
+            .unwrap()
+    );
+    assert!(
+        s.complete_task("m1", "t2", "alice", false, None, 51)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.complete_task("m1", "t3", "alice", true, None, 52)
+            .await
+            .unwrap(),
+        "other mesh"
+    );
+    assert!(
+        s.complete_task("m2", "t3", "zed", true, None, 52)
+            .await
+            .unwrap()
+    );
+    let done = TaskFilter {
+        status: Some(TaskStatus::Done),
+        ..TaskFilter::default()
+    };
+    let d = s.list_tasks("m1", &done, 100).await.unwrap();
+    assert_eq!(d.len(), 2);
+    assert_eq!(
+        (d[1].result.as_deref(), d[1].completed_at),
+        (Some("r"), Some(50))
+    );
+    assert!(
+        !s.claim_task("m1", "t1", &task_actor("bob"), 60)
+            .await
+            .unwrap(),
+        "done"
+    );
+    // t1 and t2 done in m1, t3 done in m2.
+    assert_eq!(
+        s.task_tally("m1").await.unwrap(),
+        broker::store::tasks::TaskTally {
+            open: 0,
+            claimed: 0,
+            done: 2
+        }
+    );
+    assert_eq!(s.task_tally("m3").await.unwrap().done, 0);
+
+    // Bound 3 in m1 (two done): a new task replaces the oldest done one, then the other,
+    // then the mesh is full.
+    s.create_task(task("t4", "m1", "alice", 70), 3)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.create_task(task("t5", "m1", "alice", 80), 3)
+            .await
+            .unwrap(),
+        CreateTask::Created
+    );
+    assert_eq!(
+        ids(s.list_tasks("m1", &all, 100).await.unwrap()),
+        vec!["t5", "t4", "t2"]
+    );
+    s.create_task(task("t6", "m1", "alice", 90), 3)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.create_task(task("t7", "m1", "alice", 95), 3)
+            .await
+            .unwrap(),
+        CreateTask::Full
+    );
+    assert_eq!(
+        ids(s.list_tasks("m1", &all, 100).await.unwrap()),
+        vec!["t6", "t5", "t4"]
+    );
+}
+
+/// 50 concurrent claims of one task: exactly one wins.
+async fn tasks_concurrent_claims<S: MeshStore + broker::store::tasks::TaskStore>(s: &S) {
+    s.create_mesh(mesh("m1")).await.unwrap();
+    s.create_task(task("race", "m1", "alice", 1), 0)
+        .await
+        .unwrap();
+    let claims = (0..50).map(|i| {
+        let by = task_actor(&format!("c{i}"));
+        async move { s.claim_task("m1", "race", &by, 2).await.unwrap() }
+    });
+    let won = futures_util::future::join_all(claims).await;
+    assert_eq!(won.iter().filter(|w| **w).count(), 1, "{won:?}");
+}
+
+fn stream(id: &str, mesh_id: &str, name: &str, at: i64) -> broker::store::streams::Stream {
+    broker::store::streams::Stream {
+        id: id.into(),
+        mesh_id: mesh_id.into(),
+        name: name.into(),
+        created_by: "alice".into(),
+        created_at: at,
+    }
+}
+
+/// Stream names: idempotent per (mesh, name), also concurrently; oldest first; bounded per
+/// mesh for new names only.
+async fn stream_names<S: MeshStore + broker::store::streams::StreamStore>(s: &S) {
+    use broker::store::streams::CreateStream;
+    for id in ["m1", "m2", "m3"] {
+        s.create_mesh(mesh(id)).await.unwrap();
+    }
+    let first = stream("s1", "m1", "logs", 10);
+    assert_eq!(
+        s.create_stream(first.clone(), 2).await.unwrap(),
+        CreateStream::Stream(first.clone())
+    );
+    assert_eq!(
+        s.create_stream(stream("other-id", "m1", "logs", 11), 2)
+            .await
+            .unwrap(),
+        CreateStream::Stream(first.clone()),
+        "the existing stream answers"
+    );
+    s.create_stream(stream("s2", "m2", "logs", 12), 2)
+        .await
+        .unwrap();
+    s.create_stream(stream("s3", "m1", "metrics", 13), 2)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.create_stream(stream("s4", "m1", "third", 14), 2)
+            .await
+            .unwrap(),
+        CreateStream::Full
+    );
+    assert_eq!(
+        s.create_stream(stream("s5", "m1", "logs", 15), 2)
+            .await
+            .unwrap(),
+        CreateStream::Stream(first.clone()),
+        "an existing name is answered at the bound"
+    );
+    let names: Vec<String> = s
+        .list_streams("m1")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+    assert_eq!(names, vec!["logs", "metrics"]);
+    assert_eq!(s.list_streams("m2").await.unwrap().len(), 1);
+    assert!(s.list_streams("m3").await.unwrap().is_empty());
+
+    let racing = (0..16).map(|i| s.create_stream(stream(&format!("r{i}"), "m3", "race", 20), 0));
+    let answers = futures_util::future::join_all(racing).await;
+    let ids: std::collections::HashSet<String> = answers
+        .into_iter()
+        .map(|a| match a.unwrap() {
+            CreateStream::Stream(s) => s.id,
+            CreateStream::Full => panic!("unbounded"),
+        })
+        .collect();
+    assert_eq!(ids.len(), 1, "{ids:?}");
+}
+
+contract!(task_store: tasks_lifecycle, tasks_concurrent_claims);
+contract!(stream_store: stream_names);
+
+fn state_write<'a>(
+    mesh_id: &'a str,
+    key: &'a str,
+    value: &'a serde_json::Value,
+    by: &'a str,
+    at: i64,
+    max_keys: usize,
+) -> broker::store::state::StateWrite<'a> {
+    broker::store::state::StateWrite {
+        mesh_id,
+        key,
+        value,
+        member_id: by,
+        member_name: by,
+        now_ms: at,
+        max_keys,
+    }
+}
+
+fn written(r: broker::store::state::SetState) -> broker::store::state::StateEntry {
+    match r {
+        broker::store::state::SetState::Written(e) => e,
+        other => panic!("not written: {other:?}"),
+    }
+}
+
+/// Shared state: last write wins per (mesh, key) with versions 1, 2, …; listed by key
+/// (bytewise); a new key beyond the mesh's bound is refused, an existing one still changes.
+async fn state_keys(s: &dyn Store) {
+    use broker::store::state::SetState;
+    s.create_mesh(mesh("m1")).await.unwrap();
+    s.create_mesh(mesh("m2")).await.unwrap();
+    let v1 = json!({"nested": {"a": [1, 2]}, "s": "x"});
+    let first = written(
+        s.set_state(state_write("m1", "k", &v1, "alice", 10, 0))
+            .await
+            .unwrap(),
+    );
+    assert_eq!((first.version, first.value.clone()), (1, v1.clone()));
+    assert_eq!(s.state("m1", "k").await.unwrap(), Some(first));
+    let v2 = json!(42);
+    let second = written(
+        s.set_state(state_write("m1", "k", &v2, "bob", 20, 0))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        (
+            second.version,
+            &second.value,
+            second.updated_by_name.as_str(),
+            second.updated_at
+        ),
+        (2, &v2, "bob", 20)
+    );
+    assert_eq!(second.updated_by_member_id, "bob");
+    assert!(
+        s.state("m2", "k").await.unwrap().is_none(),
+        "meshes are separate"
+    );
+    assert!(s.state("m1", "nope").await.unwrap().is_none());
+
+    for key in ["b", "a", "B", "é", "a0"] {
+        s.set_state(state_write("m1", key, &v2, "alice", 30, 0))
+            .await
+            .unwrap();
+    }
+    let keys =
+        |v: Vec<broker::store::state::StateEntry>| v.into_iter().map(|e| e.key).collect::<Vec<_>>();
+    assert_eq!(
+        keys(s.list_state("m1", 100).await.unwrap()),
+        vec!["B", "a", "a0", "b", "k", "é"]
+    );
+    assert_eq!(keys(s.list_state("m1", 2).await.unwrap()), vec!["B", "a"]);
+    assert!(s.list_state("m3", 100).await.unwrap().is_empty());
+
+    // Bound 2 in m2.
+    for key in ["x", "y"] {
+        written(
+            s.set_state(state_write("m2", key, &v2, "alice", 40, 2))
+                .await
+                .unwrap(),
+        );
+    }
+    assert_eq!(
+        s.set_state(state_write("m2", "z", &v2, "alice", 41, 2))
+            .await
+            .unwrap(),
+        SetState::TooManyKeys
+    );
+    let again = written(
+        s.set_state(state_write("m2", "x", &v1, "alice", 42, 2))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(again.version, 2, "an existing key changes at the bound");
+    assert_eq!(keys(s.list_state("m2", 100).await.unwrap()), vec!["x", "y"]);
+}
+
+/// Concurrent writers of one key get distinct versions in commit order (the highest is the
+/// stored value), and concurrent new keys never pass the bound.
+async fn state_concurrent_writes(s: &dyn Store) {
+    s.create_mesh(mesh("m1")).await.unwrap();
+    let values: Vec<serde_json::Value> = (0..16).map(|i| json!(i)).collect();
+    let writes = values
+        .iter()
+        .map(|v| s.set_state(state_write("m1", "race", v, "w", 1, 0)));
+    let entries: Vec<_> = futures_util::future::join_all(writes)
+        .await
+        .into_iter()
+        .map(|r| written(r.unwrap()))
+        .collect();
+    let mut versions: Vec<i64> = entries.iter().map(|e| e.version).collect();
+    versions.sort();
+    assert_eq!(versions, (1..=16).collect::<Vec<i64>>());
+    let last = entries.iter().max_by_key(|e| e.version).unwrap();
+    let stored = s.state("m1", "race").await.unwrap().unwrap();
+    assert_eq!((stored.value, stored.version), (last.value.clone(), 16));
+
+    let keys: Vec<String> = (0..10).map(|i| format!("new{i}")).collect();
+    let v = json!(true);
+    let news = keys
+        .iter()
+        .map(|k| s.set_state(state_write("m1", k, &v, "w", 2, 5)));
+    let answers = futures_util::future::join_all(news).await;
+    let stored = answers
+        .into_iter()
+        .filter(|r| matches!(r, Ok(broker::store::state::SetState::Written(_))))
+        .count();
+    assert_eq!(stored, 4, "the bound of 5 keys had room for 4 more");
+}
+
+contract!(state_store: state_keys, state_concurrent_writes);
+
+fn memory(
+    id: &str,
+    mesh_id: &str,
+    by: &str,
+    content: &str,
+    at: i64,
+) -> broker::store::memories::Memory {
+    broker::store::memories::Memory {
+        id: id.into(),
+        mesh_id: mesh_id.into(),
+        content: content.into(),
+        tags: vec!["tag-one".into(), "infra".into()],
+        member_id: by.into(),
+        member_name: format!("name-{by}"),
+        created_at: at,
+    }
+}
+
+/// Memories: every term of the query must match (case-insensitively), best first; tags
+/// and forgotten memories are not found; stop words alone find nothing; forget only as
+/// allowed; the per-mesh bound counts memories not forgotten.
+async fn memories_search(s: &dyn Store) {
+    use broker::store::memories::Forgetter;
+    s.create_mesh(mesh("m1")).await.unwrap();
+    s.create_mesh(mesh("m2")).await.unwrap();
+    let once = memory("once", "m1", "alice", "We restart redis on Mondays", 10);
+    let thrice = memory(
+        "thrice",
+        "m1",
+        "bob",
+        "redis redis redis: the cache is Redis",
+        20,
+    );
+    assert!(s.remember(once.clone(), 0).await.unwrap());
+    assert!(s.remember(thrice.clone(), 0).await.unwrap());
+    assert!(
+        s.remember(
+            memory("pg", "m1", "alice", "Postgres holds the queue", 30),
+            0
+        )
+        .await
+        .unwrap()
+    );
+    assert!(
+        s.remember(memory("m2", "m2", "alice", "redis in another mesh", 40), 0)
+            .await
+            .unwrap()
+    );
+    assert_eq!(s.memory_count("m1").await.unwrap(), 3);
+    assert_eq!(s.memory_count("m2").await.unwrap(), 1);
+    assert_eq!(s.memory_count("nowhere").await.unwrap(), 0);
+
+    let ids =
+        |v: Vec<broker::store::memories::Memory>| v.into_iter().map(|m| m.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(s.recall("m1", "REDIS", 20).await.unwrap()),
+        vec!["thrice", "once"]
+    );
+    assert_eq!(
+        s.recall("m1", "redis mondays", 20).await.unwrap(),
+        vec![once.clone()],
+        "every field round-trips"
+    );
+    assert_eq!(
+        ids(s.recall("m1", "redis", 1).await.unwrap()),
+        vec!["thrice"]
+    );
+    assert!(
+        s.recall("m1", "infra", 20).await.unwrap().is_empty(),
+        "tags are not searched"
+    );
+    assert!(
+        s.recall("m1", "the is on", 20).await.unwrap().is_empty(),
+        "stop words only"
+    );
+    assert!(s.recall("m1", "mysql", 20).await.unwrap().is_empty());
+    assert!(s.recall("m3", "redis", 20).await.unwrap().is_empty());
+
+    assert!(
+        !s.forget("m1", "once", Forgetter::Author("bob"), 50)
+            .await
+            .unwrap(),
+        "not bob's"
+    );
+    assert!(
+        !s.forget("m2", "once", Forgetter::Anyone, 50).await.unwrap(),
+        "other mesh"
+    );
+    assert!(
+        s.forget("m1", "once", Forgetter::Author("alice"), 50)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.forget("m1", "once", Forgetter::Anyone, 51).await.unwrap(),
+        "already forgotten"
+    );
+    assert!(!s.forget("m1", "nope", Forgetter::Anyone, 51).await.unwrap());
+    assert!(
+        s.forget("m1", "thrice", Forgetter::Anyone, 52)
+            .await
+            .unwrap(),
+        "an admin"
+    );
+    assert!(s.recall("m1", "redis", 20).await.unwrap().is_empty());
+    assert_eq!(
+        s.memory_count("m1").await.unwrap(),
+        1,
+        "forgotten ones are not counted"
+    );
+
+    // Bound 2 in m1: one memory is left ("pg"), so one more fits; forgetting makes room.
+    assert!(
+        s.remember(memory("x", "m1", "alice", "x", 60), 2)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.remember(memory("y", "m1", "alice", "y", 61), 2)
+            .await
+            .unwrap()
+    );
+    assert!(s.forget("m1", "x", Forgetter::Anyone, 62).await.unwrap());
+    assert!(
+        s.remember(memory("z", "m1", "alice", "zebra", 63), 2)
+            .await
+            .unwrap()
+    );
+    assert_eq!(ids(s.recall("m1", "zebra", 20).await.unwrap()), vec!["z"]);
+}
+
+/// Concurrent `remember`s never pass the per-mesh bound.
+async fn memories_concurrent_bound(s: &dyn Store) {
+    s.create_mesh(mesh("m1")).await.unwrap();
+    let writes = (0..10).map(|i| s.remember(memory(&format!("c{i}"), "m1", "w", "note", i), 3));
+    let stored = futures_util::future::join_all(writes)
+        .await
+        .into_iter()
+        .filter(|r| *r.as_ref().unwrap())
+        .count();
+    assert_eq!(stored, 3);
+    assert_eq!(s.recall("m1", "note", 20).await.unwrap().len(), 3);
+}
+
+contract!(memories_store: memories_search, memories_concurrent_bound);
+
+fn scheduled(
+    id: &str,
+    member: &str,
+    deliver_at: i64,
+    cron: Option<&str>,
+) -> broker::store::schedule::ScheduledEntry {
+    broker::store::schedule::ScheduledEntry {
+        id: id.into(),
+        mesh_id: "m1".into(),
+        presence_id: format!("p-{member}"),
+        member_id: member.into(),
+        to: "*".into(),
+        message: format!("text of {id}"),
+        deliver_at,
+        cron: cron.map(str::to_string),
+        subtype: Some("reminder".into()),
+        fired_count: 0,
+        cancelled: false,
+        fired_at: None,
+        created_at: deliver_at - 1_000,
+    }
+}
+
+/// Scheduled messages: the per-member limit, listing and cancelling by member, claims by
+/// due time that hide held entries from other claims, and outcomes recorded only by a
+/// commit (a dropped claim leaves the entry due with the same fire count).
+async fn schedule_entries(s: &dyn Store) {
+    use broker::store::schedule::FireOutcome;
+    let t = 1_800_000_000_000;
+    let one = scheduled("s1", "alice", t, None);
+    s.create_scheduled(one.clone(), 3).await.unwrap();
+    s.create_scheduled(scheduled("s2", "alice", t + 10, Some("* * * * *")), 3)
+        .await
+        .unwrap();
+    s.create_scheduled(scheduled("s3", "alice", t + 60_000, None), 3)
+        .await
+        .unwrap();
+    assert!(matches!(
+        s.create_scheduled(scheduled("s4", "alice", t, None), 3)
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    s.create_scheduled(scheduled("b1", "bob", t, None), 3)
+        .await
+        .unwrap();
+    let listed = s.list_scheduled("m1", "alice").await.unwrap();
+    assert_eq!(listed.first(), Some(&one), "every field round-trips");
+    assert_eq!(
+        listed.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+        ["s1", "s2", "s3"]
+    );
+    assert!(s.list_scheduled("m2", "alice").await.unwrap().is_empty());
+
+    assert!(
+        !s.cancel_scheduled("m1", "bob", "s3").await.unwrap(),
+        "not bob's"
+    );
+    assert!(s.cancel_scheduled("m1", "alice", "s3").await.unwrap());
+    assert!(
+        !s.cancel_scheduled("m1", "alice", "s3").await.unwrap(),
+        "already cancelled"
+    );
+    assert!(!s.cancel_scheduled("m1", "alice", "nope").await.unwrap());
+    s.create_scheduled(scheduled("s4", "alice", t + 120_000, None), 3)
+        .await
+        .unwrap();
+
+    // Due at t + 10: s1, b1 and s2 (earliest first), not s4.
+    let first = s.claim_due(t + 10, 2).await.unwrap();
+    let held: Vec<String> = first.entries().iter().map(|e| e.id.clone()).collect();
+    assert_eq!(held.len(), 2);
+    let second = s.claim_due(t + 10, 10).await.unwrap();
+    let other: Vec<String> = second.entries().iter().map(|e| e.id.clone()).collect();
+    assert_eq!(
+        other.len(),
+        1,
+        "held entries are not claimed twice: {held:?} {other:?}"
+    );
+    assert!(!held.contains(&other[0]));
+    let mut all: Vec<String> = held.iter().chain(&other).cloned().collect();
+    all.sort();
+    assert_eq!(all, ["b1", "s1", "s2"]);
+    // The second claimer dies: nothing is recorded.
+    drop(second);
+    let again = s.claim_due(t + 10, 10).await.unwrap();
+    assert_eq!(again.entries().len(), 1);
+    assert_eq!(again.entries()[0].fired_count, 0);
+    again.commit(vec![]).await.unwrap();
+
+    let outcome = |id: &str| match id {
+        "s2" => FireOutcome::Fired {
+            at: t + 10,
+            next: Some(t + 60_010),
+        },
+        "b1" => FireOutcome::Retry {
+            retry_at: t + 5_000,
+        },
+        _ => FireOutcome::Fired {
+            at: t + 10,
+            next: None,
+        },
+    };
+    first
+        .commit(held.iter().map(|id| (id.clone(), outcome(id))).collect())
+        .await
+        .unwrap();
+    let rest = s.claim_due(t + 10, 10).await.unwrap();
+    let rest_ids: Vec<String> = rest.entries().iter().map(|e| e.id.clone()).collect();
+    rest.commit(
+        rest_ids
+            .iter()
+            .map(|id| (id.clone(), outcome(id)))
+            .collect(),
+    )
+    .await
+    .unwrap();
+
+    let listed = s.list_scheduled("m1", "alice").await.unwrap();
+    assert_eq!(
+        listed.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+        ["s2", "s4"],
+        "s1 fired"
+    );
+    assert_eq!(
+        (listed[0].deliver_at, listed[0].fired_count),
+        (t + 60_010, 1),
+        "the cron advanced"
+    );
+    assert!(
+        s.claim_due(t + 4_999, 10)
+            .await
+            .unwrap()
+            .entries()
+            .is_empty(),
+        "b1 waits for its retry"
+    );
+    let retried = s.claim_due(t + 5_000, 10).await.unwrap();
+    assert_eq!(retried.entries().len(), 1);
+    assert_eq!(
+        (
+            retried.entries()[0].id.as_str(),
+            retried.entries()[0].fired_count,
+            retried.entries()[0].deliver_at
+        ),
+        ("b1", 0, t),
+        "a retry keeps its fire count and due time"
+    );
+    retried.commit(vec![]).await.unwrap();
+    assert_eq!(s.list_scheduled("m1", "bob").await.unwrap().len(), 1);
+}
+
+/// Concurrent claimers split the due entries: each is handed to exactly one of them.
+async fn schedule_concurrent_claims(s: &dyn Store) {
+    let t = 1_800_000_000_000;
+    for i in 0..20 {
+        s.create_scheduled(scheduled(&format!("c{i:02}"), "alice", t + i, None), 100)
+            .await
+            .unwrap();
+    }
+    let (a, b) = futures_util::join!(s.claim_due(t + 100, 12), s.claim_due(t + 100, 12));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    let mut ids: Vec<String> = a
+        .entries()
+        .iter()
+        .chain(b.entries())
+        .map(|e| e.id.clone())
+        .collect();
+    ids.sort();
+    let n = ids.len();
+    ids.dedup();
+    assert_eq!(ids.len(), n, "no entry in two claims");
+    assert_eq!(n, 20);
+}
+
+/// Concurrent creations never pass the per-member limit.
+async fn schedule_concurrent_limit(s: &dyn Store) {
+    let t = 1_800_000_000_000;
+    let creations =
+        (0..10).map(|i| s.create_scheduled(scheduled(&format!("l{i}"), "alice", t, None), 4));
+    let stored = futures_util::future::join_all(creations)
+        .await
+        .into_iter()
+        .filter(Result::is_ok)
+        .count();
+    assert_eq!(stored, 4);
+    assert_eq!(s.list_scheduled("m1", "alice").await.unwrap().len(), 4);
+}
+
+contract!(schedule_store: schedule_entries, schedule_concurrent_claims, schedule_concurrent_limit);
+
+/// Clocks: creation and speed changes, pause and resume, the authority lease (renewed,
+/// taken when lapsed or released, bounded per holder) and the tick compare-and-set that
+/// needs a live lease and the expected tick.
+async fn clocks(s: &dyn Store) {
+    use broker::store::clocks::TICK_SIM_MS;
+    let t = 1_800_000_000_000;
+    assert_eq!(s.clock("m1").await.unwrap(), None);
+    assert_eq!(s.set_clock_paused("m1", true, t).await.unwrap(), None);
+    let c = s.set_clock("m1", 10.0, t).await.unwrap();
+    assert_eq!(
+        (c.tick, c.sim_time, c.started_at, c.paused, c.speed),
+        (0, t, t, false, 10.0)
+    );
+    assert_eq!(c.next_tick_at(), t + 6_000);
+    let c = s.set_clock("m1", 2.5, t + 1).await.unwrap();
+    assert_eq!(
+        (c.speed, c.started_at, c.sim_time),
+        (2.5, t, t),
+        "a set only changes the speed"
+    );
+    assert_eq!(s.clock("m1").await.unwrap(), Some(c.clone()));
+
+    let held = s.lease_clocks("A", t, 1_000, 10).await.unwrap();
+    assert_eq!(held, vec![c.clone()]);
+    assert!(
+        s.lease_clocks("B", t + 10, 1_000, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "A holds it"
+    );
+    assert_eq!(
+        s.advance_clock("m1", "B", 0, t + 10).await.unwrap(),
+        None,
+        "B holds no lease"
+    );
+    let ticked = s
+        .advance_clock("m1", "A", 0, t + 20)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (ticked.tick, ticked.sim_time, ticked.last_tick_at),
+        (1, t + TICK_SIM_MS, t + 20)
+    );
+    assert_eq!(
+        s.advance_clock("m1", "A", 0, t + 21).await.unwrap(),
+        None,
+        "tick 1 exists"
+    );
+    // A renews; then its lease lapses and B takes over from the stored tick.
+    assert_eq!(
+        s.lease_clocks("A", t + 500, 1_000, 10).await.unwrap().len(),
+        1
+    );
+    assert!(
+        s.lease_clocks("B", t + 1_400, 1_000, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "renewed"
+    );
+    let taken = s.lease_clocks("B", t + 1_600, 1_000, 10).await.unwrap();
+    assert_eq!(taken.iter().map(|c| c.tick).collect::<Vec<_>>(), [1]);
+    assert_eq!(
+        s.advance_clock("m1", "A", 1, t + 1_600).await.unwrap(),
+        None,
+        "A lost its lease"
+    );
+    assert_eq!(
+        s.advance_clock("m1", "B", 1, t + 1_700)
+            .await
+            .unwrap()
+            .unwrap()
+            .tick,
+        2
+    );
+
+    // Paused clocks are not leased or ticked; set_clock keeps them paused; resume restarts
+    // the interval.
+    let p = s
+        .set_clock_paused("m1", true, t + 1_800)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(p.paused);
+    assert_eq!(
+        s.advance_clock("m1", "B", 2, t + 1_900).await.unwrap(),
+        None
+    );
+    assert!(
+        s.lease_clocks("B", t + 1_900, 1_000, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(s.set_clock("m1", 50.0, t + 1_950).await.unwrap().paused);
+    let r = s
+        .set_clock_paused("m1", false, t + 2_000)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (r.paused, r.last_tick_at, r.tick, r.speed),
+        (false, t + 2_000, 2, 50.0)
+    );
+    let again = s
+        .set_clock_paused("m1", false, t + 2_500)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        again.last_tick_at,
+        t + 2_000,
+        "resuming a running clock changes nothing"
+    );
+
+    // The per-holder bound, release and auto-pause.
+    s.set_clock("m2", 1.0, t).await.unwrap();
+    s.release_clock("m1", "B").await.unwrap();
+    let one = s.lease_clocks("C", t + 3_000, 1_000, 1).await.unwrap();
+    assert_eq!(one.len(), 1, "at most the limit");
+    let both = s.lease_clocks("C", t + 3_000, 1_000, 2).await.unwrap();
+    assert_eq!(both.len(), 2);
+    assert!(
+        !s.auto_pause_clock("m2", "B").await.unwrap(),
+        "only the holder"
+    );
+    assert!(s.auto_pause_clock("m2", "C").await.unwrap());
+    assert!(s.clock("m2").await.unwrap().unwrap().paused);
+    assert_eq!(
+        s.lease_clocks("C", t + 3_100, 1_000, 2)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    s.release_clock("m1", "C").await.unwrap();
+    assert_eq!(
+        s.lease_clocks("D", t + 3_200, 1_000, 2)
+            .await
+            .unwrap()
+            .len(),
+        1,
+        "released: taken at once"
+    );
+}
+
+contract!(clock_store: clocks);
+
+// ---------------------------------------------------------------------------------------
+// Delivery status (extensions §7) and audit pages (extensions §8)
+// ---------------------------------------------------------------------------------------
+
+/// A waiting direct message is found from the queue; once confirmed, from its status
+/// record (with its delivery time); fan-outs from theirs. Prefixes match within one mesh
+/// only, the limit holds, and the sweep removes old records.
+async fn message_status_records(s: &dyn Store) {
+    use broker::store::msg_status::{SentMessage, SentTarget};
+    let t = 3_000_000;
+    s.enqueue(message("StatusAaa1", "m1", "bob", Priority::Now, None, t))
+        .await
+        .unwrap();
+    s.enqueue(message(
+        "StatusAaa2",
+        "m1",
+        "bob",
+        Priority::Now,
+        Some("sk"),
+        t,
+    ))
+    .await
+    .unwrap();
+    s.enqueue(message("StatusAaa3", "m2", "bob", Priority::Now, None, t))
+        .await
+        .unwrap();
+    let waiting = s.find_sent("m1", "StatusAaa1", 16).await.unwrap();
+    assert_eq!(waiting.len(), 1);
+    assert_eq!(
+        waiting[0],
+        SentMessage {
+            id: "StatusAaa1".into(),
+            mesh_id: "m1".into(),
+            sender_member_id: "sender".into(),
+            target: SentTarget::Direct {
+                member_id: "bob".into(),
+                session_key: None,
+            },
+            created_at: t,
+            delivered_at: None,
+        }
+    );
+    let mut both = s.find_sent("m1", "StatusAa", 16).await.unwrap();
+    both.sort_by(|a, b| a.id.cmp(&b.id));
+    assert_eq!(
+        both.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(),
+        ["StatusAaa1", "StatusAaa2"],
+        "a prefix matches within the mesh only"
+    );
+    assert_eq!(s.find_sent("m1", "StatusAa", 1).await.unwrap().len(), 1);
+
+    // Confirmed (by id, and by client id): the status outlives the queue row.
+    assert!(
+        s.mark_delivered("m1", "bob", MessageRef::Broker("StatusAaa1"))
+            .await
+            .unwrap()
+    );
+    assert!(
+        s.mark_delivered("m1", "bob", MessageRef::Client("c-StatusAaa2"))
+            .await
+            .unwrap()
+    );
+    let done = s.find_sent("m1", "StatusAaa1", 16).await.unwrap();
+    assert_eq!(done.len(), 1, "{done:?}");
+    assert!(done[0].delivered_at.is_some_and(|at| at > 0));
+    let by_client = s.find_sent("m1", "StatusAaa2", 16).await.unwrap();
+    assert_eq!(
+        by_client[0].target,
+        SentTarget::Direct {
+            member_id: "bob".into(),
+            session_key: Some("sk".into())
+        }
+    );
+    assert!(by_client[0].delivered_at.is_some());
+
+    // Fan-outs.
+    let fanout = SentMessage {
+        id: "StatusBbb1".into(),
+        mesh_id: "m1".into(),
+        sender_member_id: "alice".into(),
+        target: SentTarget::Fanout {
+            spec: "@ops".into(),
+        },
+        created_at: t + 5,
+        delivered_at: Some(t + 5),
+    };
+    s.record_fanout(fanout.clone()).await.unwrap();
+    s.record_fanout(fanout.clone()).await.unwrap();
+    assert_eq!(
+        s.find_sent("m1", "StatusBbb1", 16).await.unwrap(),
+        vec![fanout],
+        "recorded once"
+    );
+    assert!(
+        s.find_sent("m2", "StatusBbb1", 16)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(s.find_sent("m1", "StatusC", 16).await.unwrap().is_empty());
+
+    // The sweep.
+    assert_eq!(s.sweep_message_status(t + 1).await.unwrap(), 2);
+    assert!(
+        s.find_sent("m1", "StatusAaa1", 16)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(s.find_sent("m1", "StatusBbb1", 16).await.unwrap().len(), 1);
+}
+
+/// Pages are newest first, filter by event type, and count every match.
+async fn audit_pages(s: &dyn Store) {
+    for i in 0..7 {
+        let kind = if i % 2 == 0 {
+            "peer_joined"
+        } else {
+            "message_sent"
+        };
+        s.append_audit("m1", kind, Some("alice"), json!({"i": i}), 4_000_000 + i)
+            .await
+            .unwrap();
+    }
+    s.append_audit("m2", "peer_joined", None, json!({}), 4_000_000)
+        .await
+        .unwrap();
+    let page = s.audit_page("m1", None, 3, 0).await.unwrap();
+    assert_eq!(page.total, 7);
+    assert_eq!(
+        page.entries.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        [7, 6, 5]
+    );
+    let next = s.audit_page("m1", None, 3, 6).await.unwrap();
+    assert_eq!(next.entries.iter().map(|e| e.seq).collect::<Vec<_>>(), [1]);
+    let joined = s
+        .audit_page("m1", Some("peer_joined"), 10, 1)
+        .await
+        .unwrap();
+    assert_eq!(joined.total, 4);
+    assert_eq!(
+        joined.entries.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        [5, 3, 1]
+    );
+    assert_eq!(joined.entries[0].payload, json!({"i": 4}));
+    let all = s.audit_entries("m1").await.unwrap();
+    assert_eq!(
+        joined.entries[0], all[4],
+        "the same entry as the chain holds"
+    );
+    let none = s.audit_page("m1", Some("nothing"), 10, 0).await.unwrap();
+    assert_eq!((none.total, none.entries.len()), (0, 0));
+    let past = s.audit_page("m1", None, 10, 50).await.unwrap();
+    assert_eq!((past.total, past.entries.len()), (7, 0));
+}
+
+contract!(message_status_store: message_status_records, audit_pages);
+
+// ---------------------------------------------------------------------------------------
+// AccountStore (issue #12): users, device codes, CLI and web sessions, sync token ids and
+// the meshes of signed-in users.
+
+fn cli_session(
+    id: &str,
+    user: &str,
+    hash: &str,
+    created_at: i64,
+) -> broker::store::accounts::CliSession {
+    broker::store::accounts::CliSession {
+        id: id.into(),
+        user_id: user.into(),
+        token_hash: hash.into(),
+        device_code_id: None,
+        hostname: Some("host".into()),
+        platform: None,
+        arch: None,
+        created_at,
+        last_seen_at: None,
+        expires_at: created_at + 1_000_000,
+        revoked_at: None,
+    }
+}
+
+fn device_code(id: &str, now: i64) -> broker::store::accounts::DeviceCode {
+    broker::store::accounts::DeviceCode {
+        id: format!("clm_sess_{id}"),
+        device_code: format!("dc-{id}"),
+        user_code: format!("UC-{id}"),
+        status: broker::store::accounts::DeviceStatus::Pending,
+        hostname: Some("laptop".into()),
+        platform: Some("linux".into()),
+        arch: None,
+        client_ip: Some("127.0.0.1".into()),
+        user_id: None,
+        expires_at: now + 60_000,
+        created_at: now,
+        approved_at: None,
+    }
+}
+
+async fn accounts(s: &dyn Store) {
+    use broker::store::accounts::{Decision, NewUser, Poll, UserPatch, WebSession};
+    let now = broker::ids::now_ms();
+    let new = |id: &str, email: &str| NewUser {
+        id: Some(id.into()),
+        email: email.into(),
+        display_name: id.to_uppercase(),
+        password_hash: Some("$argon2id$x".into()),
+        is_admin: false,
+    };
+    let u = s.create_user(new("u1", "One@Example.com")).await.unwrap();
+    assert_eq!(u.email, "One@Example.com");
+    assert!(
+        matches!(
+            s.create_user(new("u2", "one@example.com")).await,
+            Err(StoreError::Conflict(_))
+        ),
+        "emails are unique, case-insensitively"
+    );
+    s.create_user(new("u2", "two@example.com")).await.unwrap();
+    assert_eq!(
+        s.user_by_email("ONE@example.com")
+            .await
+            .unwrap()
+            .unwrap()
+            .id,
+        "u1"
+    );
+    assert_eq!(s.users(10).await.unwrap().len(), 2);
+    assert_eq!(s.users(1).await.unwrap().len(), 1);
+    assert!(s.user("nobody").await.unwrap().is_none());
+    // Lockout: the third failure locks, and an unlock clears it.
+    assert_eq!(
+        s.record_login_failure("u1", now, 3, 1000).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        s.record_login_failure("u1", now, 3, 1000).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        s.record_login_failure("u1", now, 3, 1000).await.unwrap(),
+        Some(now + 1000)
+    );
+    let u = s
+        .update_user(
+            "u1",
+            UserPatch {
+                unlock: true,
+                disabled: Some(true),
+                ..UserPatch::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(u.disabled && u.locked_until.is_none() && u.failed_logins == 0);
+    assert_eq!(
+        s.update_user("nobody", UserPatch::default()).await,
+        Err(StoreError::NotFound)
+    );
+
+    // Device codes: pending → approved → consumed exactly once, with its session.
+    s.create_device_code(device_code("a", now), 2)
+        .await
+        .unwrap();
+    s.create_device_code(device_code("b", now), 2)
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            s.create_device_code(device_code("c", now), 2).await,
+            Err(StoreError::Invalid(_))
+        ),
+        "the pending cap"
+    );
+    assert_eq!(
+        s.poll_device_code("dc-a", now).await.unwrap(),
+        Poll::Pending
+    );
+    assert_eq!(
+        s.poll_device_code("dc-unknown", now).await.unwrap(),
+        Poll::Expired
+    );
+    let found = s
+        .device_code_by_session_or_user_code("UC-a")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(found.id, "clm_sess_a");
+    assert_eq!(
+        s.decide_device_code("UC-a", "u2", true, now).await.unwrap(),
+        Decision::Done
+    );
+    assert_eq!(
+        s.decide_device_code("UC-a", "u1", true, now).await.unwrap(),
+        Decision::NotFound,
+        "decided once"
+    );
+    let Poll::Approved(dc) = s.poll_device_code("dc-a", now).await.unwrap() else {
+        panic!("approved")
+    };
+    assert_eq!(dc.user_id.as_deref(), Some("u2"));
+    assert!(
+        s.consume_device_code(&dc.id, cli_session("j1", "u2", "h1", now), 10, now)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.consume_device_code(&dc.id, cli_session("j2", "u2", "h2", now), 10, now)
+            .await
+            .unwrap()
+    );
+    assert!(
+        s.cli_session_by_hash("h2").await.unwrap().is_none(),
+        "the loser stores nothing"
+    );
+    assert_eq!(
+        s.poll_device_code("dc-a", now).await.unwrap(),
+        Poll::Consumed
+    );
+    // An expired pending code is marked so by the decision and by a poll.
+    assert_eq!(
+        s.decide_device_code("clm_sess_b", "u2", true, now + 60_000)
+            .await
+            .unwrap(),
+        Decision::Expired
+    );
+    assert_eq!(
+        s.poll_device_code("dc-b", now).await.unwrap(),
+        Poll::Expired
+    );
+
+    // CLI sessions: by hash, touched, revoked by hash or by id, the oldest beyond the cap.
+    let got = s.cli_session_by_hash("h1").await.unwrap().unwrap();
+    assert_eq!(
+        (got.user_id.as_str(), got.hostname.as_deref()),
+        ("u2", Some("host"))
+    );
+    s.touch_cli_session("j1", now + 5).await.unwrap();
+    assert_eq!(
+        s.cli_session_by_hash("h1")
+            .await
+            .unwrap()
+            .unwrap()
+            .last_seen_at,
+        Some(now + 5)
+    );
+    s.insert_cli_session(cli_session("j3", "u2", "h3", now + 1), 2)
+        .await
+        .unwrap();
+    s.insert_cli_session(cli_session("j4", "u2", "h4", now + 2), 2)
+        .await
+        .unwrap();
+    let live: Vec<String> = s
+        .cli_sessions("u2", now + 3)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|x| x.id)
+        .collect();
+    assert_eq!(
+        live,
+        vec!["j4".to_string(), "j3".to_string()],
+        "newest first, the oldest revoked"
+    );
+    assert!(s.revoke_cli_session_by_hash("h3", now).await.unwrap());
+    assert!(!s.revoke_cli_session_by_hash("h3", now).await.unwrap());
+    assert!(
+        !s.revoke_cli_session("u1", "j4", now).await.unwrap(),
+        "only the owner's own"
+    );
+    assert!(s.revoke_cli_session("u2", "j4", now).await.unwrap());
+    assert!(s.cli_sessions("u2", now + 3).await.unwrap().is_empty());
+
+    // Web sessions.
+    let ws = WebSession {
+        id_hash: "w1".into(),
+        user_id: "u2".into(),
+        csrf: "c".into(),
+        created_at: now,
+        expires_at: now + 100,
+    };
+    s.create_web_session(ws.clone()).await.unwrap();
+    assert_eq!(s.web_session("w1", now).await.unwrap(), Some(ws));
+    assert_eq!(
+        s.web_session("w1", now + 100).await.unwrap(),
+        None,
+        "expired"
+    );
+    s.delete_web_sessions_of("u2").await.unwrap();
+    assert_eq!(s.web_session("w1", now).await.unwrap(), None);
+
+    // Sync token ids are used once until their expiry.
+    assert!(s.use_sync_jti("j", now + 100, now).await.unwrap());
+    assert!(!s.use_sync_jti("j", now + 100, now + 50).await.unwrap());
+    assert!(
+        s.use_sync_jti("j", now + 300, now + 200).await.unwrap(),
+        "forgotten after expiry"
+    );
+
+    // Meshes of signed-in users.
+    let mut m = mesh("acc1");
+    m.slug = "team".into();
+    m.owner_user_id = Some("u2".into());
+    let mut owner = new_member("aa", "team-owner");
+    owner.user_id = Some("u2".into());
+    let member = s.create_owned_mesh(m.clone(), owner).await.unwrap();
+    assert_eq!(member.user_id.as_deref(), Some("u2"));
+    assert!(s.slug_taken("team").await.unwrap());
+    let mut dup = mesh("acc2");
+    dup.slug = "team".into();
+    assert!(matches!(
+        s.create_owned_mesh(dup, new_member("bb", "x")).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(
+        s.mesh("acc2").await.unwrap().is_none(),
+        "nothing of a refused create is written"
+    );
+    let mine = s.user_meshes("u2").await.unwrap();
+    assert_eq!(mine.len(), 1);
+    assert!(mine[0].is_owner && mine[0].member_count == 1);
+    assert_eq!(mine[0].member.as_ref().unwrap().id, member.id);
+    assert!(s.user_meshes("u1").await.unwrap().is_empty());
+    // A member linked to another user sees the mesh, not as owner.
+    let other = s
+        .add_member("acc1", new_member("cc", "other"))
+        .await
+        .unwrap();
+    s.link_member("acc1", &other.id, "u1").await.unwrap();
+    let theirs = s.user_mesh_by_slug("u1", "team").await.unwrap().unwrap();
+    assert!(!theirs.is_owner && theirs.member.unwrap().id == other.id && theirs.member_count == 2);
+    s.rename_mesh("acc1", "renamed").await.unwrap();
+    assert!(s.user_mesh_by_slug("u2", "team").await.unwrap().is_none());
+    assert_eq!(
+        s.user_mesh_by_slug("u2", "renamed")
+            .await
+            .unwrap()
+            .unwrap()
+            .mesh
+            .name,
+        "renamed"
+    );
+    assert!(!s.mesh_archived("acc1").await.unwrap());
+    s.archive_mesh("acc1", now).await.unwrap();
+    assert!(s.mesh_archived("acc1").await.unwrap());
+    assert!(s.user_meshes("u2").await.unwrap().is_empty());
+    assert!(
+        !s.slug_taken("renamed").await.unwrap(),
+        "an archived mesh frees its slug"
+    );
+}
+
+/// Racing polls of one approved code: exactly one consumes it.
+async fn device_code_consumed_once(s: &dyn Store) {
+    use broker::store::accounts::NewUser;
+    let now = broker::ids::now_ms();
+    s.create_user(NewUser {
+        id: Some("r".into()),
+        email: "r@x".into(),
+        display_name: "R".into(),
+        password_hash: None,
+        is_admin: false,
+    })
+    .await
+    .unwrap();
+    s.create_device_code(device_code("race", now), 10)
+        .await
+        .unwrap();
+    s.decide_device_code("UC-race", "r", true, now)
+        .await
+        .unwrap();
+    let polls = (0..8).map(|i| {
+        s.consume_device_code(
+            "clm_sess_race",
+            cli_session(&format!("race{i}"), "r", &format!("hr{i}"), now),
+            100,
+            now,
+        )
+    });
+    let won = futures_util::future::join_all(polls)
+        .await
+        .into_iter()
+        .filter(|r| *r.as_ref().unwrap())
+        .count();
+    assert_eq!(won, 1);
+    assert_eq!(s.cli_sessions("r", now).await.unwrap().len(), 1);
+}
+
+contract!(account_store: accounts, device_code_consumed_once);
+
+fn context(
+    id: &str,
+    mesh_id: &str,
+    member: &str,
+    summary: &str,
+    tags: &[&str],
+    at: i64,
+) -> broker::store::contexts::Context {
+    broker::store::contexts::Context {
+        id: id.into(),
+        mesh_id: mesh_id.into(),
+        member_id: member.into(),
+        member_name: format!("name-{member}"),
+        summary: summary.into(),
+        files_read: vec!["a.rs".into(), "b.rs".into()],
+        key_findings: vec!["k".into()],
+        tags: tags.iter().map(|t| t.to_string()).collect(),
+        updated_at: at,
+    }
+}
+
+/// Contexts: one record per member (a share keeps the id and replaces the rest); newest
+/// first; search by case-insensitive substring of the summary or an exact tag; meshes apart.
+async fn contexts_records(s: &dyn Store) {
+    s.create_mesh(mesh("m1")).await.unwrap();
+    s.create_mesh(mesh("m2")).await.unwrap();
+    let first = context("c1", "m1", "alice", "Tuning the Redis cache", &["ops"], 10);
+    assert_eq!(s.share_context(first.clone()).await.unwrap(), "c1");
+    assert_eq!(
+        s.share_context(context("c2", "m1", "bob", "Writing docs", &["docs"], 20))
+            .await
+            .unwrap(),
+        "c2"
+    );
+    s.share_context(context(
+        "c3",
+        "m2",
+        "alice",
+        "redis elsewhere",
+        &["ops"],
+        30,
+    ))
+    .await
+    .unwrap();
+    let ids =
+        |v: Vec<broker::store::contexts::Context>| v.into_iter().map(|c| c.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(s.list_contexts("m1", 10).await.unwrap()),
+        vec!["c2", "c1"]
+    );
+    assert_eq!(ids(s.list_contexts("m1", 1).await.unwrap()), vec!["c2"]);
+    assert_eq!(
+        s.find_contexts("m1", "REDIS", 20).await.unwrap(),
+        vec![first.clone()],
+        "every field round-trips"
+    );
+    assert_eq!(
+        ids(s.find_contexts("m1", "docs", 20).await.unwrap()),
+        vec!["c2"],
+        "a tag"
+    );
+    assert_eq!(
+        ids(s.find_contexts("m1", "ITING do", 20).await.unwrap()),
+        vec!["c2"],
+        "a summary substring"
+    );
+    assert!(
+        s.find_contexts("m1", "op", 20).await.unwrap().is_empty(),
+        "a partial tag"
+    );
+    assert!(s.find_contexts("m3", "redis", 20).await.unwrap().is_empty());
+
+    // A later share by alice keeps c1 and moves it first.
+    let again = context("ignored", "m1", "alice", "Done with Redis", &[], 40);
+    assert_eq!(s.share_context(again).await.unwrap(), "c1");
+    let all = s.list_contexts("m1", 10).await.unwrap();
+    assert_eq!(ids(all.clone()), vec!["c1", "c2"]);
+    assert_eq!(all[0].summary, "Done with Redis");
+    assert!(all[0].tags.is_empty());
+    assert_eq!(all[0].updated_at, 40);
+}
+
+fn skill(mesh_id: &str, name: &str, by: &str, at: i64) -> broker::store::skills::Skill {
+    broker::store::skills::Skill {
+        mesh_id: mesh_id.into(),
+        name: name.into(),
+        description: format!("About {name}"),
+        instructions: format!("Do {name}"),
+        tags: vec!["Ops".into()],
+        manifest: Some(r#"{"z": 1, "a":[1.50, 1e400]}"#.into()),
+        author_member_id: by.into(),
+        author_name: format!("name-{by}"),
+        created_at: at,
+        updated_at: at,
+    }
+}
+
+/// Skills: upsert by name only by the author or an admin (keeping `created_at`); the
+/// manifest byte for byte; lists by name, filtered; removal as allowed; the bound.
+async fn skills_records(s: &dyn Store) {
+    use broker::store::skills::{ShareSkill, SkillActor};
+    s.create_mesh(mesh("m1")).await.unwrap();
+    s.create_mesh(mesh("m2")).await.unwrap();
+    let deploy = skill("m1", "deploy", "alice", 10);
+    assert_eq!(
+        s.share_skill(deploy.clone(), SkillActor::Member("alice"), 0)
+            .await
+            .unwrap(),
+        ShareSkill::Shared
+    );
+    assert_eq!(
+        s.skill("m1", "deploy").await.unwrap(),
+        Some(deploy.clone()),
+        "every field, the manifest byte for byte"
+    );
+    assert_eq!(s.skill("m2", "deploy").await.unwrap(), None);
+    let by_bob = broker::store::skills::Skill {
+        instructions: "hijack".into(),
+        ..skill("m1", "deploy", "bob", 20)
+    };
+    assert_eq!(
+        s.share_skill(by_bob.clone(), SkillActor::Member("bob"), 0)
+            .await
+            .unwrap(),
+        ShareSkill::Forbidden
+    );
+    assert_eq!(
+        s.skill("m1", "deploy").await.unwrap().unwrap().instructions,
+        "Do deploy"
+    );
+    assert_eq!(
+        s.share_skill(by_bob, SkillActor::Admin, 0).await.unwrap(),
+        ShareSkill::Shared,
+        "an admin replaces anyone's"
+    );
+    let now = s.skill("m1", "deploy").await.unwrap().unwrap();
+    assert_eq!(
+        (
+            now.instructions.as_str(),
+            now.author_member_id.as_str(),
+            now.created_at,
+            now.updated_at
+        ),
+        ("hijack", "bob", 10, 20)
+    );
+
+    s.share_skill(
+        skill("m1", "backup", "carol", 30),
+        SkillActor::Member("carol"),
+        0,
+    )
+    .await
+    .unwrap();
+    let names =
+        |v: Vec<broker::store::skills::Skill>| v.into_iter().map(|s| s.name).collect::<Vec<_>>();
+    assert_eq!(
+        names(s.list_skills("m1", None, 10).await.unwrap()),
+        vec!["backup", "deploy"]
+    );
+    assert_eq!(
+        names(s.list_skills("m1", None, 1).await.unwrap()),
+        vec!["backup"]
+    );
+    assert_eq!(
+        names(s.list_skills("m1", Some("DEPL"), 10).await.unwrap()),
+        vec!["deploy"],
+        "name"
+    );
+    assert_eq!(
+        names(s.list_skills("m1", Some("about back"), 10).await.unwrap()),
+        vec!["backup"],
+        "description"
+    );
+    assert_eq!(
+        names(s.list_skills("m1", Some("op"), 10).await.unwrap()),
+        vec!["backup", "deploy"],
+        "a tag's substring"
+    );
+    assert!(
+        s.list_skills("m1", Some("nothing"), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // The bound counts names in the mesh; replacing an existing name is not refused.
+    assert_eq!(
+        s.share_skill(
+            skill("m1", "third", "carol", 40),
+            SkillActor::Member("carol"),
+            2
+        )
+        .await
+        .unwrap(),
+        ShareSkill::TooManySkills
+    );
+    assert_eq!(
+        s.share_skill(
+            skill("m1", "backup", "carol", 41),
+            SkillActor::Member("carol"),
+            2
+        )
+        .await
+        .unwrap(),
+        ShareSkill::Shared
+    );
+
+    assert!(
+        !s.remove_skill("m1", "backup", SkillActor::Member("alice"))
+            .await
+            .unwrap(),
+        "not alice's"
+    );
+    assert!(
+        !s.remove_skill("m2", "backup", SkillActor::Admin)
+            .await
+            .unwrap(),
+        "another mesh"
+    );
+    assert!(
+        s.remove_skill("m1", "backup", SkillActor::Member("carol"))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.remove_skill("m1", "backup", SkillActor::Admin)
+            .await
+            .unwrap(),
+        "gone"
+    );
+    assert!(
+        s.remove_skill("m1", "deploy", SkillActor::Admin)
+            .await
+            .unwrap()
+    );
+    assert!(s.list_skills("m1", None, 10).await.unwrap().is_empty());
+}
+
+/// Concurrent shares of new names never pass the per-mesh bound.
+async fn skills_concurrent_bound(s: &dyn Store) {
+    use broker::store::skills::{ShareSkill, SkillActor};
+    s.create_mesh(mesh("m1")).await.unwrap();
+    let writes = (0..10).map(|i| {
+        s.share_skill(
+            skill("m1", &format!("s{i}"), "w", i),
+            SkillActor::Member("w"),
+            3,
+        )
+    });
+    let shared = futures_util::future::join_all(writes)
+        .await
+        .into_iter()
+        .filter(|r| *r.as_ref().unwrap() == ShareSkill::Shared)
+        .count();
+    assert_eq!(shared, 3);
+    assert_eq!(s.list_skills("m1", None, 20).await.unwrap().len(), 3);
+}
+
+fn vault_entry(
+    mesh_id: &str,
+    member: &str,
+    key: &str,
+    at: i64,
+) -> broker::store::vault::VaultEntry {
+    broker::store::vault::VaultEntry {
+        mesh_id: mesh_id.into(),
+        member_id: member.into(),
+        key: key.into(),
+        ciphertext: format!("ct-{key}-{at}"),
+        nonce: "nonce".into(),
+        sealed_key: "sealed".into(),
+        entry_type: "file".into(),
+        mount_path: Some("/etc/x".into()),
+        description: None,
+        updated_at: at,
+    }
+}
+
+/// The vault: entries per (mesh, member, key), upserted; reads and lists only the
+/// member's own, ordered by key; deletes only its own; the per-member bound.
+async fn vault_entries(s: &dyn Store) {
+    use broker::store::vault::VaultMeta;
+    s.create_mesh(mesh("m1")).await.unwrap();
+    s.create_mesh(mesh("m2")).await.unwrap();
+    let b = vault_entry("m1", "alice", "B", 10);
+    assert!(s.vault_set(b.clone(), 0).await.unwrap());
+    assert!(
+        s.vault_set(vault_entry("m1", "alice", "A", 11), 0)
+            .await
+            .unwrap()
+    );
+    assert!(
+        s.vault_set(vault_entry("m1", "bob", "A", 12), 0)
+            .await
+            .unwrap()
+    );
+    assert!(
+        s.vault_set(vault_entry("m2", "alice", "A", 13), 0)
+            .await
+            .unwrap()
+    );
+    let keys = |v: &[broker::store::vault::VaultEntry]| {
+        v.iter().map(|e| e.key.clone()).collect::<Vec<_>>()
+    };
+    let got = s
+        .vault_get("m1", "alice", &["B".into(), "A".into(), "Z".into()])
+        .await
+        .unwrap();
+    assert_eq!(keys(&got), vec!["A", "B"]);
+    assert_eq!(got[1], b, "every field round-trips");
+    assert_eq!(got[0].ciphertext, "ct-A-11");
+    assert_eq!(
+        s.vault_get("m1", "bob", &["A".into()]).await.unwrap()[0].ciphertext,
+        "ct-A-12"
+    );
+    assert!(
+        s.vault_get("m1", "carol", &["A".into()])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        s.vault_list("m1", "alice", 10).await.unwrap(),
+        vec![
+            VaultMeta::from(&vault_entry("m1", "alice", "A", 11)),
+            VaultMeta::from(&b)
+        ]
+    );
+    assert_eq!(s.vault_list("m1", "alice", 1).await.unwrap().len(), 1);
+
+    // Upsert; the bound is per member and does not refuse an existing key.
+    let newer = broker::store::vault::VaultEntry {
+        description: Some("d".into()),
+        mount_path: None,
+        ..vault_entry("m1", "alice", "B", 20)
+    };
+    assert!(s.vault_set(newer.clone(), 2).await.unwrap());
+    assert_eq!(
+        s.vault_get("m1", "alice", &["B".into()]).await.unwrap(),
+        vec![newer]
+    );
+    assert!(
+        !s.vault_set(vault_entry("m1", "alice", "C", 21), 2)
+            .await
+            .unwrap()
+    );
+    assert!(
+        s.vault_set(vault_entry("m1", "bob", "C", 21), 2)
+            .await
+            .unwrap()
+    );
+
+    assert!(
+        !s.vault_delete("m1", "bob", "B").await.unwrap(),
+        "not bob's"
+    );
+    assert!(s.vault_delete("m1", "alice", "B").await.unwrap());
+    assert!(!s.vault_delete("m1", "alice", "B").await.unwrap());
+    assert_eq!(s.vault_list("m1", "alice", 10).await.unwrap().len(), 1);
+    assert_eq!(s.vault_list("m2", "alice", 10).await.unwrap().len(), 1);
+}
+
+/// Concurrent new keys of one member never pass the bound.
+async fn vault_concurrent_bound(s: &dyn Store) {
+    s.create_mesh(mesh("m1")).await.unwrap();
+    let writes = (0..10).map(|i| s.vault_set(vault_entry("m1", "alice", &format!("k{i}"), i), 3));
+    let stored = futures_util::future::join_all(writes)
+        .await
+        .into_iter()
+        .filter(|r| *r.as_ref().unwrap())
+        .count();
+    assert_eq!(stored, 3);
+    assert_eq!(s.vault_list("m1", "alice", 20).await.unwrap().len(), 3);
+}
+
+contract!(context_store: contexts_records);
+contract!(skill_store: skills_records, skills_concurrent_bound);
+contract!(vault_store: vault_entries, vault_concurrent_bound);

@@ -42,6 +42,13 @@ pub enum MeshEvent {
         /// Never inside the header: the raw frame follows it on the wire.
         #[serde(skip)]
         frame: Bytes,
+        /// The W3C traceparent of the publishing span, so the receivers' `push` span joins
+        /// the sender's trace. Never inside the header either: the envelope's `t` carries
+        /// it, and the bus sets this field from it on receipt (and from the publishing span
+        /// on the local hand-off), so publishers leave it `None` and the wire format is
+        /// that of the previous release.
+        #[serde(skip)]
+        trace: Option<String>,
     },
     /// Queued direct messages are waiting for this member: drain its connections.
     #[serde(rename = "b")]
@@ -63,6 +70,31 @@ pub enum MeshEvent {
         #[serde(rename = "end", with = "end_flag", default = "end_flag::grace")]
         after: AfterClose,
     },
+    /// A `state_change` push (extensions §1) for these presences if connected here, like a
+    /// system `Deliver`, unless this replica already pushed a higher `version` of the same
+    /// key (`service::state::ChangeOrder`): concurrent writers on several replicas publish
+    /// in any order, and the version (the store's commit order of the key) keeps every
+    /// presence's last `state_change` equal to the stored value.
+    #[serde(rename = "s")]
+    StateChange {
+        #[serde(rename = "p", with = "shared_ids", default = "shared_ids::empty")]
+        presence_ids: Arc<[String]>,
+        key: String,
+        #[serde(rename = "v")]
+        version: i64,
+        /// Never inside the header: the raw frame follows it on the wire.
+        #[serde(skip)]
+        frame: Bytes,
+    },
+    /// A status hook (`POST /hook/set-status`) for this presence, received by another
+    /// replica: the replica holding its socket applies it (a hook never clears `dnd`).
+    #[serde(rename = "h")]
+    HookStatus {
+        #[serde(rename = "p")]
+        presence_id: String,
+        #[serde(rename = "s")]
+        status: crate::protocol::Status,
+    },
 }
 
 impl MeshEvent {
@@ -73,14 +105,26 @@ impl MeshEvent {
             MeshEvent::Doorbell { .. } => "doorbell",
             MeshEvent::Close { .. } => "close",
             MeshEvent::MembersChanged => "members_changed",
+            MeshEvent::HookStatus { .. } => "hook_status",
+            MeshEvent::StateChange { .. } => "state_change",
         }
     }
 
-    /// The raw frame that travels after the header (empty for all but `Deliver`).
+    /// The raw frame that travels after the header (empty for all but `Deliver` and
+    /// `StateChange`).
     pub fn frame(&self) -> Bytes {
         match self {
             MeshEvent::Deliver { frame, .. } => frame.clone(),
+            MeshEvent::StateChange { frame, .. } => frame.clone(),
             _ => Bytes::new(),
+        }
+    }
+
+    /// Sets the trace context a `Deliver` hands to its receivers' `push` span (see its
+    /// `trace` field); other events carry none.
+    pub fn set_trace(&mut self, traceparent: Option<String>) {
+        if let MeshEvent::Deliver { trace, .. } = self {
+            *trace = traceparent;
         }
     }
 }
@@ -187,6 +231,9 @@ pub mod wire {
         if let MeshEvent::Deliver { frame, .. } = event {
             out.extend_from_slice(frame);
         }
+        if let MeshEvent::StateChange { frame, .. } = event {
+            out.extend_from_slice(frame);
+        }
         out
     }
 
@@ -195,7 +242,10 @@ pub mod wire {
         let HeaderIn { o, mut event, t } = serde_json::from_slice(header).ok()?;
         if let MeshEvent::Deliver { frame: f, .. } = &mut event {
             *f = frame;
+        } else if let MeshEvent::StateChange { frame: f, .. } = &mut event {
+            *f = frame;
         }
+        event.set_trace(t.clone());
         Some(Envelope {
             origin: o,
             trace: t,
@@ -267,7 +317,9 @@ impl Bus for MemoryBus {
         if subscribed {
             // Through the one wire format, as any other backend would carry it (the frame
             // is shared, not copied).
-            let envelope = wire::from_parts(&wire::header("", &event, None), event.frame())
+            let trace = crate::telemetry::current_traceparent();
+            let header = wire::header("", &event, trace.as_deref());
+            let envelope = wire::from_parts(&header, event.frame())
                 .ok_or_else(|| BusError(format!("{} event does not encode", event.kind())))?;
             self.sink
                 .send((mesh_id.to_string(), envelope.event))

@@ -73,7 +73,25 @@ pub struct PresenceRecord {
     pub last_pong_at: i64,
 }
 
+/// The fixed-length key of a process (`pid` in `cwd`), for the status hook: a hash, so
+/// that what an unauthenticated caller sends never becomes a map key or a Redis key name
+/// as is.
+pub fn process_key(pid: i64, cwd: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::new()
+        .chain_update(pid.to_string())
+        .chain_update(b":")
+        .chain_update(cwd)
+        .finalize();
+    hex::encode(&digest[..16])
+}
+
 impl PresenceRecord {
+    /// The [`process_key`] of the process this presence announced, if it gave a `pid`.
+    pub fn process_key(&self) -> Option<String> {
+        self.pid.map(|pid| process_key(pid, &self.cwd))
+    }
+
     /// The key others address this presence by: its session key, else its member key.
     pub fn routing_key(&self) -> &str {
         self.session_pubkey
@@ -232,6 +250,12 @@ pub trait Presence: Send + Sync + 'static {
         mesh_id: &str,
         session_key: &str,
     ) -> PresenceResult<Option<String>>;
+    /// The live record, in any mesh, of the process `pid` in `cwd` (the status hook's
+    /// target): the most recently connected one when several are. Backends may keep an
+    /// index from [`process_key`] to records, written by every attach and refreshed by
+    /// every update of a live record (so a live record stays findable); what the index
+    /// names is checked against the record itself.
+    async fn find_process(&self, pid: i64, cwd: &str) -> PresenceResult<Option<PresenceRecord>>;
 
     /// After a data loss of the backend, until every live replica has re-registered its
     /// presences: [`Presence::list`] fails as during an outage (fan-out, `list_peers` and
@@ -546,6 +570,18 @@ impl Presence for MemoryPresence {
             .get(&(mesh_id.to_string(), session_key.to_string()))
             .filter(|(_, until)| *until > Instant::now())
             .map(|(member, _)| member.clone()))
+    }
+
+    async fn find_process(&self, pid: i64, cwd: &str) -> PresenceResult<Option<PresenceRecord>> {
+        // Single node: the records themselves are the index.
+        let inner = self.lock();
+        Ok(inner
+            .meshes
+            .values()
+            .flat_map(|m| m.values())
+            .filter(|r| r.is_live() && r.pid == Some(pid) && r.cwd == cwd)
+            .max_by_key(|r| r.connected_at)
+            .cloned())
     }
 }
 

@@ -9,6 +9,9 @@
 //! the mesh's live presence ids (the O(1) capacity count, kept by every script that changes
 //! liveness); `P:skey:{mesh}:{session key}` the member that proved a session key (TTL);
 //! `P:reaped:{node}` the tombstone a reaper leaves for the node it declared dead;
+//! `P:proc:{process key}` the status hook's index, a zset of `mesh|presence` of the records
+//! of one process by `connectedAt` (the 16 newest; TTL, refreshed by every update of a
+//! live record);
 //! `P:epoch:current` the data epoch (a random id each time Redis starts empty) and, after a
 //! data loss, `P:epoch:lost` / `P:epoch:expect` / `P:epoch:synced`, the re-sync barrier.
 //! The scripts name some keys at run time, so this backend needs one Redis (or a Redis
@@ -53,7 +56,13 @@ pub struct RedisPresence {
     /// The signatures this replica accepted within their replay window: a second guard
     /// that survives a Redis data loss, and what it re-seeds the new Redis with.
     replay: Mutex<ReplayCache>,
+    /// How long a `P:proc:{key}` index (the status hook's) lives without a refresh; every
+    /// attach and every update of a record of that process refreshes it.
+    process_ttl_ms: u64,
 }
+
+/// [`RedisPresence::process_ttl_ms`] unless the broker sets it: four 30 s ping ticks.
+const PROCESS_TTL_MS: u64 = 120_000;
 
 /// How long a reaped replica's tombstone waits for it to come back and read it.
 const TOMBSTONE_TTL_MS: u64 = 3_600_000;
@@ -181,7 +190,20 @@ impl RedisPresence {
                 max: 100_000,
                 ..ReplayCache::default()
             }),
+            process_ttl_ms: PROCESS_TTL_MS,
         }
+    }
+
+    /// How long the status hook's index entry of a record lives without an update of the
+    /// record: a few ping intervals, since every ping tick updates the record.
+    pub fn with_process_ttl(mut self, ttl: Duration) -> Self {
+        self.process_ttl_ms = (ttl.as_millis() as u64).max(1);
+        self
+    }
+
+    /// The status hook's index entry of a record (`P:proc:{process key}`), if it has a pid.
+    fn process_index(&self, record: &PresenceRecord) -> Option<String> {
+        record.process_key().map(|k| self.key("proc", &k))
     }
 
     /// Bounds the local replay cache (`REPLAY_CACHE_MAX`) and counts the signatures it
@@ -299,9 +321,8 @@ impl RedisPresence {
     async fn attach_capped(&self, record: PresenceRecord, cap: usize) -> PresenceResult<Attach> {
         let mut c = self.conn.clone();
         let json = serde_json::to_string(&record).map_err(|e| PresenceError(e.to_string()))?;
-        let out: Option<(Option<String>, Option<String>)> = self
-            .attach
-            .key(self.key("presence", &record.mesh_id))
+        let mut invocation = self.attach.key(self.key("presence", &record.mesh_id));
+        invocation
             .key(self.key("owner", &record.mesh_id))
             .key(self.grace_key())
             .key(self.key("nodep", node_of(&record.conn_id)))
@@ -311,10 +332,15 @@ impl RedisPresence {
             .arg(&record.conn_id)
             .arg(format!("{}|{}", record.mesh_id, record.presence_id))
             .arg(self.nodep_prefix())
-            .arg(cap)
-            .invoke_async(&mut c)
-            .await
-            .map_err(err)?;
+            .arg(cap);
+        if let Some(index) = self.process_index(&record) {
+            invocation
+                .key(index)
+                .arg(self.process_ttl_ms)
+                .arg(record.connected_at);
+        }
+        let out: Option<(Option<String>, Option<String>)> =
+            invocation.invoke_async(&mut c).await.map_err(err)?;
         Ok(match out {
             Some((old, owner)) => Attach::Done(decode(old, owner)),
             None => Attach::Full,
@@ -413,16 +439,20 @@ impl Presence for RedisPresence {
         patch.apply(&mut record);
         let json = serde_json::to_string(&record).map_err(|e| PresenceError(e.to_string()))?;
         let mut c = self.conn.clone();
-        let done: i64 = self
-            .update
-            .key(self.key("presence", mesh_id))
+        let mut invocation = self.update.key(self.key("presence", mesh_id));
+        invocation
             .key(self.key("owner", mesh_id))
             .arg(presence_id)
             .arg(conn_id)
-            .arg(json)
-            .invoke_async(&mut c)
-            .await
-            .map_err(err)?;
+            .arg(json);
+        if let Some(index) = self.process_index(&record) {
+            invocation
+                .key(index)
+                .arg(format!("{mesh_id}|{presence_id}"))
+                .arg(self.process_ttl_ms)
+                .arg(record.connected_at);
+        }
+        let done: i64 = invocation.invoke_async(&mut c).await.map_err(err)?;
         Ok(done == 1)
     }
 
@@ -735,6 +765,34 @@ impl Presence for RedisPresence {
         c.get(self.key("skey", &format!("{mesh_id}:{session_key}")))
             .await
             .map_err(err)
+    }
+
+    async fn find_process(&self, pid: i64, cwd: &str) -> PresenceResult<Option<PresenceRecord>> {
+        let mut c = self.conn.clone();
+        let index = self.key("proc", &super::presence::process_key(pid, cwd));
+        // Newest connection first; entries whose record is gone are dropped on the way.
+        let entries: Vec<String> = c.zrevrange(&index, 0, 15).await.map_err(err)?;
+        let mut gone = Vec::new();
+        let mut found = None;
+        for entry in &entries {
+            let Some((mesh_id, presence_id)) = entry.rsplit_once('|') else {
+                gone.push(entry.clone());
+                continue;
+            };
+            match self.get(mesh_id, presence_id).await? {
+                Some(r) if r.pid == Some(pid) && r.cwd == cwd => {
+                    if r.is_live() {
+                        found = Some(r);
+                        break;
+                    }
+                }
+                _ => gone.push(entry.clone()),
+            }
+        }
+        if !gone.is_empty() {
+            c.zrem::<_, _, ()>(&index, gone).await.map_err(err)?;
+        }
+        Ok(found)
     }
 }
 

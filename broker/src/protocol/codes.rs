@@ -185,6 +185,16 @@ pub const BANNED: Close = Close {
     }],
 };
 
+pub const REMOVED: Close = Close {
+    code: 4003,
+    reason: "removed",
+    then: Then::Terminal,
+    cases: &[Case {
+        when: "**Beyond:** the operator API deleted the member (`DELETE /api/v1/meshes/{meshId}/members/{memberId}`) or its mesh (`DELETE /api/v1/meshes/{meshId}`); a reconnect is refused, the member no longer exists",
+        presence: "ended: `peer_left` to the rest of the mesh for a member, nothing for a deleted mesh",
+    }],
+};
+
 /// Every close, in the order of the table in `docs/protocol.md`.
 pub const CLOSES: &[Close] = &[
     SESSION_REPLACED,
@@ -198,6 +208,7 @@ pub const CLOSES: &[Close] = &[
     SLOW_CONSUMER,
     KICKED,
     BANNED,
+    REMOVED,
 ];
 
 /// What happens to the socket after an `error`.
@@ -307,13 +318,32 @@ pub const ERRORS: &[ErrorCode] = &[
             open(
                 "a backend failed during `list_peers`, or during a moderation verb (reading the caller's member row, writing a ban)",
             ),
+            open("**Ours:** a backend failed during a task or stream request (extensions §0.4)"),
+            open(
+                "**Ours:** a backend failed during a shared-state or memory request (extensions §0.4); a failed `set_state` wrote nothing",
+            ),
+            open(
+                "**Ours:** a backend failed during a scheduled-message or clock request (extensions §0.4); nothing was stored",
+            ),
+            open(
+                "**Ours:** a backend failed during `message_status` or `mesh_info` (extensions §0.4)",
+            ),
+            open(
+                "**Ours:** a backend failed during a context or skill request (extensions §0.4); nothing was stored",
+            ),
         ],
     },
     ErrorCode {
         code: "invalid",
-        cases: &[open(
-            "a second `hello`/`session_hello` on a handshaked socket; `ban` of oneself, or of a `target` matching several members",
-        )],
+        cases: &[
+            open(
+                "a second `hello`/`session_hello` on a handshaked socket; `ban` of oneself, or of a `target` matching several members",
+            ),
+            open(
+                "`set_state` without a key or with a missing or `null` value; `remember` without content",
+            ),
+            open("`share_context` without a summary; `share_skill` without a name or instructions"),
+        ],
     },
     ErrorCode {
         code: "unknown_message_type",
@@ -321,13 +351,27 @@ pub const ERRORS: &[ErrorCode] = &[
     },
     ErrorCode {
         code: "forbidden",
-        cases: &[open(
-            "a moderation verb from a member who is neither admin nor owner",
-        )],
+        cases: &[
+            open("a moderation verb from a member who is neither admin nor owner"),
+            open(
+                "**Ours:** `set_state`, `remember` or `forget` from a member whose row is revoked (a ban that could not close the socket)",
+            ),
+            open(
+                "**Ours:** `audit_query`/`audit_verify` from a member who is neither admin nor owner (`only owner or admin can read the audit log`)",
+            ),
+            open(
+                "**Ours:** `share_skill` of a name another member shared, by neither that author nor an admin (nothing changes); `share_context`, `share_skill` or `remove_skill` from a member whose row is revoked",
+            ),
+        ],
     },
     ErrorCode {
         code: "not_found",
-        cases: &[open("`ban`/`unban` matched no member")],
+        cases: &[
+            open("`ban`/`unban` matched no member"),
+            open(
+                "`message_status` of an id (or prefix) matching no message of the caller's mesh (`message not found`); **Ours:** also one the caller neither sent nor was addressed by",
+            ),
+        ],
     },
     ErrorCode {
         code: "too_many_groups",
@@ -343,6 +387,9 @@ pub const ERRORS: &[ErrorCode] = &[
         code: "name_too_long",
         cases: &[
             open("**Beyond:** `join_group` with a name or role over `MAX_GROUP_NAME_BYTES`"),
+            open(
+                "**Beyond:** a stream name over `MAX_STREAM_NAME_BYTES` (`create_stream`, `subscribe`, `unsubscribe`, `publish`)",
+            ),
             closed("**Beyond:** a handshake announcing such a group", HANDSHAKE),
         ],
     },
@@ -352,6 +399,12 @@ pub const ERRORS: &[ErrorCode] = &[
             open(
                 "**Beyond:** `set_summary`, `set_profile` (merged) or `set_stats` over `MAX_PRESENCE_FIELD_BYTES`",
             ),
+            open(
+                "**Beyond:** `create_task` over `MAX_TASK_TITLE_BYTES`, `MAX_TASK_TAGS` or `MAX_TASK_TAG_BYTES`; `complete_task` over `MAX_TASK_RESULT_BYTES`",
+            ),
+            open(
+                "**Ours:** `share_context` over `MAX_CONTEXT_SUMMARY_BYTES`, `MAX_CONTEXT_ITEMS` or `MAX_CONTEXT_ITEM_BYTES`; `share_skill` over `MAX_SKILL_NAME_BYTES`, `MAX_SKILL_DESCRIPTION_BYTES`, `MAX_SKILL_INSTRUCTIONS_BYTES`, `MAX_SKILL_MANIFEST_BYTES`, `MAX_SKILL_TAGS` or `MAX_SKILL_TAG_BYTES`",
+            ),
             closed(
                 "**Beyond:** a handshake whose `displayName`, `sessionId`, `cwd`, `hostname`, `peerType`, `channel` or `model` is over it",
                 HANDSHAKE,
@@ -360,8 +413,148 @@ pub const ERRORS: &[ErrorCode] = &[
     },
     ErrorCode {
         code: "reply_too_large",
+        cases: &[
+            open("**Beyond:** a `peers_list` larger than the connection's `OUTBOUND_QUEUE_BYTES`"),
+            open(
+                "**Beyond:** a `state_list`, `memory_results` or `memory_recall_result` larger than the space left in the connection's outbound queue",
+            ),
+            open(
+                "**Beyond:** a `context_results`, `context_list`, `skill_data`, `skill_list`, `vault_get_result` or `vault_list_result` larger than the space left in the connection's outbound queue",
+            ),
+        ],
+    },
+    ErrorCode {
+        code: "invalid_cron",
         cases: &[open(
-            "**Beyond:** a `peers_list` larger than the connection's `OUTBOUND_QUEUE_BYTES`",
+            "`schedule` with a `cron` that is not five valid fields or has no fire within 366 days (`Invalid cron expression: <expr>`)",
+        )],
+    },
+    ErrorCode {
+        code: "too_many_scheduled",
+        cases: &[open(
+            "**Ours:** `schedule` past `SCHEDULE_MAX_PER_MEMBER` active entries of the member (nothing stored)",
+        )],
+    },
+    ErrorCode {
+        code: "invalid_schedule",
+        cases: &[open(
+            "**Ours:** `schedule` with an invalid `to`, a `subtype` other than `reminder`, or a message whose base64 does not fit `MAX_MESSAGE_BYTES`",
+        )],
+    },
+    ErrorCode {
+        code: "no_clock",
+        cases: &[open(
+            "`pause_clock`/`resume_clock` on a mesh without a clock (`No clock running for this mesh`)",
+        )],
+    },
+    ErrorCode {
+        code: "task_not_claimable",
+        cases: &[open(
+            "`claim_task` of a task that is not `open` or not in this mesh (another claimer won)",
+        )],
+    },
+    ErrorCode {
+        code: "task_not_found",
+        cases: &[open(
+            "`complete_task` of a task not in this mesh; **Ours:** also by a member who neither claimed nor created it and is no admin",
+        )],
+    },
+    ErrorCode {
+        code: "too_many_tasks",
+        cases: &[open(
+            "**Beyond:** `create_task` in a mesh holding `MAX_TASKS_PER_MESH` tasks none of which is `done`",
+        )],
+    },
+    ErrorCode {
+        code: "too_many_streams",
+        cases: &[open(
+            "**Beyond:** `create_stream` of a new name in a mesh holding `MAX_STREAMS_PER_MESH` streams",
+        )],
+    },
+    ErrorCode {
+        code: "too_many_subscriptions",
+        cases: &[open(
+            "**Beyond:** `subscribe` by a presence holding `MAX_STREAM_SUBSCRIPTIONS_PER_PRESENCE` subscriptions",
+        )],
+    },
+    ErrorCode {
+        code: "key_too_long",
+        cases: &[open(
+            "**Ours:** `set_state` with a key over `MAX_STATE_KEY_BYTES` (nothing is written)",
+        )],
+    },
+    ErrorCode {
+        code: "too_many_keys",
+        cases: &[open(
+            "**Ours:** `set_state` of a new key in a mesh holding `MAX_STATE_KEYS_PER_MESH` keys",
+        )],
+    },
+    ErrorCode {
+        code: "content_too_large",
+        cases: &[open(
+            "**Ours:** `remember` with content over `MAX_MEMORY_CONTENT_BYTES`",
+        )],
+    },
+    ErrorCode {
+        code: "too_many_tags",
+        cases: &[open(
+            "**Ours:** `remember` with more than `MAX_MEMORY_TAGS` tags",
+        )],
+    },
+    ErrorCode {
+        code: "tag_too_long",
+        cases: &[open(
+            "**Ours:** `remember` with a tag over `MAX_MEMORY_TAG_BYTES`",
+        )],
+    },
+    ErrorCode {
+        code: "too_many_memories",
+        cases: &[open(
+            "**Ours:** `remember` in a mesh holding `MAX_MEMORIES_PER_MESH` memories (not forgotten)",
+        )],
+    },
+    ErrorCode {
+        code: "query_too_long",
+        cases: &[open(
+            "**Ours:** `recall` with a query over `MAX_RECALL_QUERY_BYTES`",
+        )],
+    },
+    ErrorCode {
+        code: "too_many_skills",
+        cases: &[open(
+            "**Ours:** `share_skill` of a new name in a mesh holding `MAX_SKILLS_PER_MESH` skills",
+        )],
+    },
+    ErrorCode {
+        code: "vault_error",
+        cases: &[open(
+            "every refused vault request (extensions §16), with the reason as `message`: a missing or oversized field (`MAX_VAULT_KEY_BYTES`, `MAX_VAULT_BLOB_BYTES`, `MAX_VAULT_FIELD_BYTES`), **Ours:** blobs not of the client's shape (standard base64, 24-byte nonce, 80-byte sealed key), a new key beyond `MAX_VAULT_ENTRIES_PER_MEMBER`, a revoked member, a backend failure",
+        )],
+    },
+    ErrorCode {
+        code: "invalid_argument",
+        cases: &[open(
+            "`message_status` whose `messageId` is not 8–32 base62 characters (`messageId must be 8-32 base62 chars (got <n>)`)",
+        )],
+    },
+    ErrorCode {
+        code: "ambiguous_prefix",
+        cases: &[open(
+            "`message_status` whose prefix matches several messages (`prefix matched <n> messages — use a longer id`)",
+        )],
+    },
+    ErrorCode {
+        code: "audit_query_error",
+        cases: &[open("`audit_query`: the store failed (its error text)")],
+    },
+    ErrorCode {
+        code: "audit_verify_error",
+        cases: &[open("`audit_verify`: the store failed (its error text)")],
+    },
+    ErrorCode {
+        code: "unsupported",
+        cases: &[open(
+            "a request of a family this broker does not offer (extensions §0.3, §19, and topics, API keys, peer relay, the peer MCP registry, webhooks and URL watches until they are built): `<type>: <feature> is not available on this broker (needs <service>)`; list-style reads get their typed empty reply instead, fire-and-forget frames without `_reqId` nothing",
         )],
     },
 ];

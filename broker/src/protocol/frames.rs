@@ -81,6 +81,9 @@ pub struct Push<'a> {
         skip_serializing_if = "Option::is_none"
     )]
     pub client_message_id: Option<Cow<'a, str>>,
+    /// A scheduled message's `subtype` (`reminder`, extensions §5), on every push shape.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subtype: Option<Cow<'a, str>>,
 }
 
 impl<'a> Push<'a> {
@@ -99,6 +102,7 @@ impl<'a> Push<'a> {
             ciphertext: Cow::Borrowed(&m.ciphertext),
             created_at: crate::ids::iso8601_ms(m.created_at),
             client_message_id: m.client_message_id.as_deref().map(Cow::Borrowed),
+            subtype: m.subtype.as_deref().map(Cow::Borrowed),
         }
     }
 }
@@ -502,6 +506,8 @@ mod tests {
             ciphertext: "c".into(),
             client_message_id: None,
             created_at: 0,
+            subtype: None,
+            trace: None,
         };
         let v = wire(&Push::from_queued(&m));
         assert_eq!(

@@ -6,6 +6,8 @@
 
 pub mod audit_query;
 pub mod clocks;
+pub mod contexts;
+pub mod cron;
 pub mod info;
 pub mod memories;
 pub mod moderation;
@@ -15,9 +17,11 @@ pub mod presence;
 pub mod queue;
 pub mod schedule;
 pub mod send;
+pub mod skills;
 pub mod state;
 pub mod streams;
 pub mod tasks;
+pub mod vault;
 
 use std::sync::Arc;
 
@@ -104,6 +108,11 @@ impl ServiceCtx {
         self.node.presence.as_ref()
     }
 
+    /// Stream subscriptions of presences (extensions §4), cluster-wide.
+    pub fn stream_subscriptions(&self) -> &dyn crate::cluster::subscriptions::StreamSubscriptions {
+        self.node.stream_subscriptions.as_ref()
+    }
+
     /// The limits.
     pub fn config(&self) -> &Config {
         &self.node.config
@@ -131,6 +140,18 @@ impl ServiceCtx {
     /// A presence is gone for good: its state is saved and its peers are told.
     pub async fn end_presence(&self, record: PresenceRecord) {
         crate::session::end_presence(&self.node, record).await;
+    }
+
+    /// Records a broadcast's or group message's delivery status (extensions §7) off the
+    /// caller's path, on a tracked task. A failed write is logged: the message was
+    /// delivered, only `message_status` will not find it.
+    pub fn record_fanout(&self, message: crate::store::msg_status::SentMessage) {
+        let store = self.node.store.clone();
+        self.node.tracker.spawn(async move {
+            if let Err(e) = store.record_fanout(message).await {
+                tracing::warn!(error = %e, "delivery status of a fan-out not recorded");
+            }
+        });
     }
 
     /// Appends to the mesh's audit chain off the caller's path.

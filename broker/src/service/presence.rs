@@ -275,6 +275,7 @@ pub(crate) async fn announce(
         presence_ids: presence_ids.into(),
         priority: None,
         frame,
+        trace: None,
     };
     if let Err(e) = ctx.publish(mesh_id, event).await {
         warn!(error = %e, "system event not published");

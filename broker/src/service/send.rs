@@ -149,23 +149,91 @@ pub async fn send_with(
     req: SendRequest,
     accepted: impl FnOnce(&SendOutcome),
 ) -> Result<SendOutcome, SendError> {
-    let span = tracing::info_span!(
-        "send",
-        target = req.target_spec.get(..8).unwrap_or(&req.target_spec),
-        priority = req.priority.as_str(),
-        trace_id = tracing::field::Empty,
-    );
-    let _ = tracing_opentelemetry::OpenTelemetrySpanExt::set_parent(
+    send_with_options(ctx, principal, req, SendOptions::default(), accepted).await
+}
+
+/// What a send made by the broker itself on a member's behalf (a scheduled message's
+/// fire) sets beyond a client's `send`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SendOptions {
+    /// The `messageId` to use instead of a random one (derived, so that a repeated fire
+    /// carries the same id); with the same `client_message_id`, a repeat is queued once.
+    pub message_id: Option<String>,
+    /// The `subtype` every push of the message carries (`reminder`).
+    pub subtype: Option<String>,
+}
+
+/// Routes one message with [`SendOptions`]; see [`send_with`].
+pub async fn send_as(
+    ctx: &ServiceCtx,
+    principal: &Principal,
+    req: SendRequest,
+    options: SendOptions,
+) -> Result<SendOutcome, SendError> {
+    send_with_options(ctx, principal, req, options, |_| {}).await
+}
+
+async fn send_with_options(
+    ctx: &ServiceCtx,
+    principal: &Principal,
+    req: SendRequest,
+    options: SendOptions,
+    accepted: impl FnOnce(&SendOutcome),
+) -> Result<SendOutcome, SendError> {
+    let target = req.target_spec.get(..8).unwrap_or(&req.target_spec);
+    let span = if crate::telemetry::on() {
+        tracing::info_span!(
+            "send",
+            otel.kind = "server",
+            target,
+            priority = req.priority.as_str(),
+            trace_id = tracing::field::Empty,
+            mesh.id = principal.mesh.id.as_str(),
+            messaging.system = "claudemesh",
+            messaging.operation.type = "send",
+            messaging.operation.name = "send",
+            messaging.destination.name = tracing::field::Empty,
+            messaging.message.id = tracing::field::Empty,
+            messaging.message.body.size = req.ciphertext.len(),
+            otel.status_code = tracing::field::Empty,
+            otel.status_description = tracing::field::Empty,
+        )
+    } else {
+        // Traces off: the span only gives log lines their context.
+        tracing::info_span!("send", target, priority = req.priority.as_str())
+    };
+    // The root of the message's trace, linked to (not inside) the caller's span: a
+    // connection's trace does not grow with every message it sends.
+    crate::telemetry::link(
         &span,
-        opentelemetry::Context::new(),
+        crate::telemetry::span_context(&tracing::Span::current()).as_ref(),
     );
+    crate::telemetry::root(&span);
     let trace_id = crate::telemetry::trace_id(&span);
     if !trace_id.is_empty() {
         span.record("trace_id", tracing::field::display(&trace_id));
     }
-    let result = tracing::Instrument::instrument(route(ctx, principal, req, accepted), span).await;
-    if let Err(e) = &result {
-        ctx.metrics().reject_message(e.metric_label());
+    let result = tracing::Instrument::instrument(
+        route(ctx, principal, req, options, accepted),
+        span.clone(),
+    )
+    .await;
+    match &result {
+        Ok(o) => {
+            span.record("messaging.message.id", o.message_id.as_str());
+            span.record(
+                "messaging.destination.name",
+                match o.delivery {
+                    Delivery::Queued { .. } => "direct",
+                    Delivery::Fanout { .. } => "fanout",
+                },
+            );
+        }
+        Err(e) => {
+            span.record("otel.status_code", "error");
+            span.record("otel.status_description", e.metric_label());
+            ctx.metrics().reject_message(e.metric_label());
+        }
     }
     result
 }
@@ -174,6 +242,7 @@ async fn route(
     ctx: &ServiceCtx,
     p: &Principal,
     req: SendRequest,
+    options: SendOptions,
     accepted: impl FnOnce(&SendOutcome),
 ) -> Result<SendOutcome, SendError> {
     let unavailable = |e: &dyn std::fmt::Display| SendError::Unavailable(e.to_string());
@@ -219,7 +288,12 @@ async fn route(
         member_key: &p.member.pubkey,
         session_key: p.session_key.as_deref(),
     };
-    let message_id = ids::random_id(24);
+    let message_id = options
+        .message_id
+        .clone()
+        // 32 base62 characters: `claudemesh msg-status` treats anything shorter as a
+        // prefix (extensions §0.1).
+        .unwrap_or_else(|| ids::random_id(32));
     let now = now_ms();
     let audit = json!({"targetSpec": req.target_spec, "priority": req.priority.as_str()});
     let priority = req.priority;
@@ -265,6 +339,9 @@ async fn route(
                 ciphertext: req.ciphertext,
                 client_message_id: req.client_message_id,
                 created_at: now,
+                subtype: options.subtype.clone(),
+                // The send's span: the push and the client_ack continue its trace.
+                trace: crate::telemetry::current_traceparent(),
             };
             let message_id = match ctx.store().enqueue(queued).await {
                 Ok(id) => id,
@@ -325,6 +402,9 @@ async fn route(
                 ciphertext: req.ciphertext,
                 client_message_id: req.client_message_id,
                 created_at: now,
+                subtype: options.subtype.clone(),
+                // Not queued: the bus carries the trace context of a fan-out.
+                trace: None,
             };
             let frame = protocol::encode(&Push::from_queued(&fanned));
             let message_id = fanned.id;
@@ -333,6 +413,7 @@ async fn route(
                 presence_ids: fanout.presence_ids.into(),
                 priority: Some(priority),
                 frame,
+                trace: None,
             };
             ctx.publish(&p.mesh.id, event)
                 .await
@@ -343,6 +424,17 @@ async fn route(
             };
             accepted(&outcome);
             ctx.metrics().routed(priority);
+            // Delivery status (extensions §7), off the caller's path.
+            ctx.record_fanout(crate::store::msg_status::SentMessage {
+                id: outcome.message_id.clone(),
+                mesh_id: p.mesh.id.clone(),
+                sender_member_id: p.member.id.clone(),
+                target: crate::store::msg_status::SentTarget::Fanout {
+                    spec: req.target_spec.clone(),
+                },
+                created_at: now,
+                delivered_at: (presences > 0).then_some(now),
+            });
             outcome
         }
     };

@@ -58,6 +58,8 @@ pub(crate) async fn end_presence(node: &Arc<Node>, record: PresenceRecord) {
     {
         warn!(error = %e, "peer state not saved");
     }
+    // Its stream subscriptions end with it (a reattach keeps them: it never gets here).
+    crate::service::streams::presence_ended(&node.stream_subscriptions, &record).await;
     let records = node
         .presence
         .list(&record.mesh_id)

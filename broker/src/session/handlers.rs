@@ -131,12 +131,30 @@ impl Session {
     /// Claims (through `service::queue::drain`) and pushes this connection's queued direct
     /// messages, in queue order, recording each in `unacked` until its lease ends.
     /// `steal` takes messages still leased to the member's earlier connections.
+    ///
+    /// The drain is a span of its own (`drain`, with the claim's statement), and each
+    /// pushed message a `push` span in its send's trace (the context its row carries);
+    /// both link to the connection span instead of being its children.
     pub(super) async fn drain(&mut self, steal: bool) {
-        let span = tracing::info_span!("push", steal, pushed = tracing::field::Empty);
-        tracing::Instrument::instrument(self.drain_inner(steal), span).await;
+        let conn = crate::telemetry::span_context(&tracing::Span::current());
+        let span = if crate::telemetry::on() {
+            let span = tracing::info_span!(
+                "drain",
+                steal,
+                pushed = tracing::field::Empty,
+                mesh.id = self.attached.principal.mesh.id.as_str(),
+            );
+            crate::telemetry::link(&span, conn.as_ref());
+            crate::telemetry::root(&span);
+            span
+        } else {
+            // Without export, the same span as before for the logs.
+            tracing::info_span!("push", steal, pushed = tracing::field::Empty)
+        };
+        tracing::Instrument::instrument(self.drain_inner(steal, conn), span).await;
     }
 
-    async fn drain_inner(&mut self, steal: bool) {
+    async fn drain_inner(&mut self, steal: bool, conn: Option<opentelemetry::trace::SpanContext>) {
         let node = self.node.clone();
         let a = &mut self.attached;
         let req = DrainRequest {
@@ -156,6 +174,7 @@ impl Session {
                 let pending = |until| super::Pushed {
                     until,
                     client_id: None,
+                    trace: None,
                 };
                 a.unacked
                     .insert(format!("{}:retry", super::REDRAIN), pending(soon));
@@ -167,8 +186,33 @@ impl Session {
             }
         };
         let mut pushed = 0usize;
+        let drain = crate::telemetry::span_context(&tracing::Span::current());
         for m in drained.messages {
             let frame = protocol::encode(&Push::from_queued(&m));
+            let span = match m.trace.as_deref() {
+                Some(tp) if crate::telemetry::on() => {
+                    let span = tracing::info_span!(
+                        parent: None,
+                        "push",
+                        otel.kind = "producer",
+                        mesh.id = m.mesh_id.as_str(),
+                        messaging.system = "claudemesh",
+                        messaging.operation.type = "send",
+                        messaging.operation.name = "push",
+                        messaging.destination.name = "direct",
+                        messaging.message.id = m.id.as_str(),
+                        messaging.message.body.size = frame.len(),
+                        push.steal = steal,
+                    );
+                    crate::telemetry::follow(&span, Some(tp));
+                    crate::telemetry::link(&span, conn.as_ref());
+                    // And the drain that claimed it.
+                    crate::telemetry::link(&span, drain.as_ref());
+                    span
+                }
+                _ => tracing::Span::none(),
+            };
+            let _entered = span.enter();
             if !self.out.text(frame) {
                 // The socket is closing; the lease runs out and another connection retakes it.
                 break;
@@ -182,6 +226,7 @@ impl Session {
                 super::Pushed {
                     until: drained.lease_until,
                     client_id: m.client_message_id,
+                    trace: m.trace,
                 },
             );
             pushed += 1;
@@ -208,7 +253,40 @@ impl Session {
             },
         };
         let named = req.named();
-        let result = service::queue::client_ack(&self.svc, &a.principal, req).await;
+        // In the trace of the (first) message it confirms, linked to the others and to the
+        // connection span.
+        let span = if crate::telemetry::on() {
+            let span = tracing::info_span!(
+                parent: None,
+                "client_ack",
+                otel.kind = "server",
+                mesh.id = a.principal.mesh.id.as_str(),
+                messaging.system = "claudemesh",
+                messaging.operation.type = "settle",
+                messaging.operation.name = "client_ack",
+                messaging.batch.message_count = named.len(),
+                messaging.message.id = named.first().map(String::as_str).unwrap_or(""),
+            );
+            let mut traces = named
+                .iter()
+                .filter_map(|id| a.unacked.get(id).and_then(|p| p.trace.as_deref()));
+            crate::telemetry::follow_or_root(&span, traces.next());
+            for other in traces {
+                crate::telemetry::link_traceparent(&span, Some(other));
+            }
+            crate::telemetry::link(
+                &span,
+                crate::telemetry::span_context(&tracing::Span::current()).as_ref(),
+            );
+            span
+        } else {
+            tracing::Span::none()
+        };
+        let result = tracing::Instrument::instrument(
+            service::queue::client_ack(&self.svc, &a.principal, req),
+            span,
+        )
+        .await;
         for id in &named {
             a.unacked.remove(id);
         }

@@ -441,6 +441,8 @@ struct Pushed {
     /// The push's `client_message_id`: a `client_ack` by client id confirms only the
     /// messages pushed to this connection with that id.
     client_id: Option<String>,
+    /// The message's trace context (its send's), for the `client_ack` span.
+    trace: Option<String>,
 }
 
 /// Key prefix of the scheduled re-drains in [`Attached::unacked`] (message ids are base62).

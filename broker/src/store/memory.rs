@@ -16,7 +16,6 @@ use crate::store::{AuditStore, InviteStore, MeshStore, PeerStateStore, QueueStor
 
 /// Single node only: see the module documentation.
 #[derive(Debug, Default)]
-#[allow(dead_code)] // SEAM: the family fields are read once each family fills its module
 pub struct MemoryStore {
     inner: Mutex<Inner>,
     // One field per family whose capability trait lives in its own module
@@ -28,6 +27,10 @@ pub struct MemoryStore {
     pub(super) schedule: super::schedule::MemoryState,
     pub(super) clocks: super::clocks::MemoryState,
     pub(super) msg_status: super::msg_status::MemoryState,
+    pub(super) contexts: super::contexts::MemoryState,
+    pub(super) skills: super::skills::MemoryState,
+    pub(super) vault: super::vault::MemoryState,
+    pub(super) accounts: super::accounts::MemoryState,
 }
 
 #[derive(Debug, Default)]
@@ -63,6 +66,26 @@ impl MemoryStore {
         // A panic while holding the lock leaves plain data behind, still consistent enough
         // to serve: recover it instead of poisoning every later call.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Delivery status (extensions §7): the mesh's queued (undelivered) messages whose id
+    /// starts with `prefix`, at most `limit`.
+    pub(super) fn queued_with_prefix(
+        &self,
+        mesh_id: &str,
+        prefix: &str,
+        limit: usize,
+    ) -> Vec<QueuedMessage> {
+        let inner = self.lock();
+        inner
+            .queue
+            .iter()
+            .filter(|((mesh, _), _)| mesh == mesh_id)
+            .flat_map(|(_, rows)| rows.values())
+            .filter(|row| row.message.id.starts_with(prefix))
+            .take(limit)
+            .map(|row| row.message.clone())
+            .collect()
     }
 }
 
@@ -193,6 +216,49 @@ impl MeshStore for MemoryStore {
         self.lock().member_mut(mesh_id, member_id)?.revoked_at = at;
         Ok(())
     }
+
+    async fn list_meshes(&self, after: Option<&str>, limit: usize) -> StoreResult<Vec<Mesh>> {
+        let inner = self.lock();
+        let mut page: Vec<&Mesh> = inner
+            .meshes
+            .values()
+            .filter(|m| after.is_none_or(|a| m.id.as_str() > a))
+            .collect();
+        page.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+        Ok(page.into_iter().take(limit).cloned().collect())
+    }
+
+    async fn delete_mesh(&self, mesh_id: &str) -> StoreResult<bool> {
+        let mut inner = self.lock();
+        let existed = inner.meshes.remove(mesh_id).is_some();
+        let members = inner.members.remove(mesh_id).unwrap_or_default();
+        inner.invites.retain(|_, i| i.mesh_id != mesh_id);
+        inner.queue.retain(|(mesh, _), _| mesh != mesh_id);
+        inner
+            .dedup
+            .retain(|(sender, _), _| !members.contains_key(sender));
+        inner.peer_state.retain(|(mesh, _), _| mesh != mesh_id);
+        inner.audit.remove(mesh_id);
+        Ok(existed)
+    }
+
+    async fn delete_member(&self, mesh_id: &str, member_id: &str) -> StoreResult<bool> {
+        let mut inner = self.lock();
+        let Some(members) = inner.members.get_mut(mesh_id) else {
+            return Ok(false);
+        };
+        let Some(gone) = members.remove(member_id) else {
+            return Ok(false);
+        };
+        for m in members.values_mut() {
+            m.peer_grants.remove(&gone.pubkey);
+        }
+        let key = (mesh_id.to_string(), member_id.to_string());
+        inner.queue.remove(&key);
+        inner.peer_state.remove(&key);
+        inner.dedup.retain(|(sender, _), _| sender != member_id);
+        Ok(true)
+    }
 }
 
 #[async_trait]
@@ -313,16 +379,26 @@ impl QueueStore for MemoryStore {
             return Ok(false);
         };
         let before = queue.len();
+        let mut confirmed = Vec::new();
         queue.retain(|_, row| {
             let m = &row.message;
-            !match message {
+            let named = match message {
                 MessageRef::Broker(id) => m.id == id,
                 MessageRef::Client(id) => m.client_message_id.as_deref() == Some(id),
+            };
+            if named {
+                confirmed.push(super::msg_status::SentMessage::confirmed(m, ids::now_ms()));
             }
+            !named
         });
         let marked = queue.len() < before;
         if queue.is_empty() {
             inner.queue.remove(&key);
+        }
+        // Delivery status (extensions §7): a confirmed message leaves the queue into its
+        // status record, as the PostgreSQL ack statement does.
+        for m in confirmed {
+            self.msg_status.record(m);
         }
         Ok(marked)
     }
@@ -387,6 +463,36 @@ impl AuditStore for MemoryStore {
 
     async fn audit_entries(&self, mesh_id: &str) -> StoreResult<Vec<AuditEntry>> {
         Ok(self.lock().audit.get(mesh_id).cloned().unwrap_or_default())
+    }
+
+    async fn audit_page(
+        &self,
+        mesh_id: &str,
+        event_type: Option<&str>,
+        limit: usize,
+        offset: usize,
+    ) -> StoreResult<super::AuditPage> {
+        let inner = self.lock();
+        let matching: Vec<&AuditEntry> = inner
+            .audit
+            .get(mesh_id)
+            .map(|chain| {
+                chain
+                    .iter()
+                    .rev()
+                    .filter(|e| event_type.is_none_or(|t| e.event_type == t))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(super::AuditPage {
+            total: matching.len() as i64,
+            entries: matching
+                .into_iter()
+                .skip(offset)
+                .take(limit)
+                .cloned()
+                .collect(),
+        })
     }
 }
 

@@ -31,15 +31,19 @@
 //!   before (within the TTL) queues nothing and answers the original `messageId`.
 //! - **No sockets:** a store knows nothing of connections; the broker rings the doorbell.
 
+pub mod accounts;
 pub mod clocks;
+pub mod contexts;
 pub mod memories;
 pub mod memory;
 pub mod msg_status;
 pub mod postgres;
 pub mod schedule;
+pub mod skills;
 pub mod state;
 pub mod streams;
 pub mod tasks;
+pub mod vault;
 
 use std::collections::BTreeMap;
 
@@ -147,6 +151,11 @@ pub struct QueuedMessage {
     pub ciphertext: String,
     pub client_message_id: Option<String>,
     pub created_at: i64,
+    /// The `subtype` its push carries (a scheduled reminder's `reminder`, extensions §5).
+    pub subtype: Option<String>,
+    /// The W3C `traceparent` of the send that queued it (`None` when that replica exported
+    /// no traces): its push and its `client_ack` continue the send's trace.
+    pub trace: Option<String>,
 }
 
 /// Which queued messages a connection takes.
@@ -195,6 +204,15 @@ pub struct AuditEntry {
     pub created_at: i64,
     pub prev_hash: String,
     pub hash: String,
+}
+
+/// One page of a mesh's audit chain ([`AuditStore::audit_page`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditPage {
+    /// Newest first.
+    pub entries: Vec<AuditEntry>,
+    /// Entries matching the filter, over all pages.
+    pub total: i64,
 }
 
 /// The result of walking a chain.
@@ -281,23 +299,31 @@ pub trait Store:
     + schedule::ScheduleStore
     + clocks::ClockStore
     + msg_status::MessageStatusStore
+    + contexts::ContextStore
+    + skills::SkillStore
+    + vault::VaultStore
+    + accounts::AccountStore
 {
 }
 
 impl<T> Store for T where
     T: StoreBackend
-    + MeshStore
-    + InviteStore
-    + QueueStore
-    + AuditStore
-    + PeerStateStore
-    + state::StateStore
-    + memories::MemoriesStore
-    + tasks::TaskStore
-    + streams::StreamStore
-    + schedule::ScheduleStore
-    + clocks::ClockStore
-    + msg_status::MessageStatusStore
+        + MeshStore
+        + InviteStore
+        + QueueStore
+        + AuditStore
+        + PeerStateStore
+        + state::StateStore
+        + memories::MemoriesStore
+        + tasks::TaskStore
+        + streams::StreamStore
+        + schedule::ScheduleStore
+        + clocks::ClockStore
+        + msg_status::MessageStatusStore
+        + contexts::ContextStore
+        + skills::SkillStore
+        + vault::VaultStore
+        + accounts::AccountStore
 {
 }
 
@@ -338,6 +364,22 @@ pub trait MeshStore: Send + Sync + 'static {
     /// Sets or clears `revoked_at`.
     async fn set_revoked(&self, mesh_id: &str, member_id: &str, at: Option<i64>)
     -> StoreResult<()>;
+    /// One page of meshes in id order (a stable order: ids never change): those whose id
+    /// sorts after `after` (every mesh when `None`), at most `limit`.
+    async fn list_meshes(&self, after: Option<&str>, limit: usize) -> StoreResult<Vec<Mesh>>;
+    /// Deletes the mesh and everything it owns, in one step: its members (grants and bans
+    /// with them), invites, the messages queued in it, the idempotency keys of its members'
+    /// sends, their saved peer state and the mesh's audit chain. `false` when there was no
+    /// such mesh; what is left under its id (a write that raced an earlier delete) is purged
+    /// all the same, so a repeated delete cleans up.
+    async fn delete_mesh(&self, mesh_id: &str) -> StoreResult<bool>;
+    /// Deletes one member: its row, the messages queued for it, the idempotency keys of its
+    /// sends, its saved peer state, its scheduled messages, and its key from the other
+    /// members' grants. What it gave the mesh stays: messages it sent that wait for other
+    /// members, memories, tasks, shared state; the audit chain is not touched. `false` when
+    /// the mesh has no such member. (The memory store leaves the extension families' rows,
+    /// which live in their own modules' state, in place: dev mode only, gone at exit.)
+    async fn delete_member(&self, mesh_id: &str, member_id: &str) -> StoreResult<bool>;
 }
 
 /// Invites and their redemption (`POST /join`).
@@ -392,6 +434,16 @@ pub trait AuditStore: Send + Sync + 'static {
     ) -> StoreResult<()>;
     /// The mesh's chain in order.
     async fn audit_entries(&self, mesh_id: &str) -> StoreResult<Vec<AuditEntry>>;
+    /// One page of the mesh's chain, newest first (extensions §8): the entries of
+    /// `event_type` (all when `None`) after skipping `offset` of them, at most `limit`, and
+    /// how many match over all pages.
+    async fn audit_page(
+        &self,
+        mesh_id: &str,
+        event_type: Option<&str>,
+        limit: usize,
+        offset: usize,
+    ) -> StoreResult<AuditPage>;
 }
 
 /// What a member leaves behind for its next connection (spec §3.4).

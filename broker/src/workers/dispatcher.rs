@@ -19,11 +19,17 @@ pub type Events = Arc<Mutex<mpsc::UnboundedReceiver<(String, MeshEvent)>>>;
 pub async fn run(node: Arc<Node>, events: Events) -> WorkerResult {
     let mut events = events.lock().await;
     let held_limit = node.config.held_queue_bytes;
+    // Local to this loop, the one consumer of the replica's events (see its doc).
+    let mut state_order = crate::service::state::ChangeOrder::default();
     loop {
         tokio::select! {
             _ = node.kill.cancelled() => break,
             ev = events.recv() => match ev {
-                Some((mesh_id, event)) => apply(&node, &mesh_id, event, held_limit),
+                Some((mesh_id, event)) => {
+                    if state_order.admit(&node, &mesh_id, &event) {
+                        apply(&node, &mesh_id, event, held_limit);
+                    }
+                }
                 None => break,
             },
         }
@@ -38,10 +44,35 @@ pub fn apply(node: &Node, mesh_id: &str, event: MeshEvent, held_limit: usize) {
             presence_ids,
             priority,
             frame,
+            trace,
         } => {
+            // One push span per replica and fan-out, in the sender's trace (only when the
+            // event carries one: spans are exported and the sender's were too).
+            let span = match trace.as_deref() {
+                Some(tp) if crate::telemetry::on() => {
+                    let span = tracing::info_span!(
+                        "push",
+                        otel.kind = "producer",
+                        mesh.id = mesh_id,
+                        messaging.system = "claudemesh",
+                        messaging.operation.type = "send",
+                        messaging.operation.name = "push",
+                        messaging.destination.name =
+                            if priority.is_some() { "fanout" } else { "system" },
+                        messaging.message.body.size = frame.len(),
+                        push.addressed = presence_ids.len(),
+                        push.recipients = tracing::field::Empty,
+                    );
+                    crate::telemetry::follow(&span, Some(tp));
+                    span
+                }
+                _ => tracing::Span::none(),
+            };
+            let _entered = span.enter();
             let pushed = node
                 .hub
                 .deliver(mesh_id, &presence_ids, priority, &frame, held_limit);
+            span.record("push.recipients", pushed);
             node.metrics.pushes_total.inc_by(pushed);
         }
         MeshEvent::Doorbell { member_id } => node.hub.ring(mesh_id, &member_id),
@@ -53,5 +84,18 @@ pub fn apply(node: &Node, mesh_id: &str, event: MeshEvent, held_limit: usize) {
         } => node.hub.close(mesh_id, &conn_ids, code, &reason, after),
         // Sockets have nothing to do: only the member cache.
         MeshEvent::MembersChanged => node.members.forget(mesh_id),
+        MeshEvent::HookStatus {
+            presence_id,
+            status,
+        } => node.apply_routed_hook(mesh_id, &presence_id, status),
+        // Stale versions were dropped by `ChangeOrder` in `run`; a system push otherwise.
+        MeshEvent::StateChange {
+            presence_ids,
+            frame,
+            ..
+        } => {
+            node.hub
+                .deliver(mesh_id, &presence_ids, None, &frame, held_limit);
+        }
     }
 }

@@ -17,10 +17,12 @@
 //! (heartbeat, reap, expire, heal) and [`resync`] (after a bus recovery or a Redis data
 //! loss).
 
+pub mod clock_authority;
 pub mod dispatcher;
 pub mod health;
 pub mod housekeeping;
 pub mod resync;
+pub mod scheduler;
 pub mod sweep;
 
 use std::future::Future;

@@ -1,5 +1,5 @@
-//! The queue sweep: deletes undelivered direct messages older than `QUEUE_TTL_MS` and
-//! refreshes `broker_queue_depth`.
+//! The queue sweep: deletes undelivered direct messages (and delivery status records)
+//! older than `QUEUE_TTL_MS` and refreshes `broker_queue_depth`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +24,12 @@ pub async fn run(node: Arc<Node>) -> WorkerResult {
                     Ok(0) => {}
                     Ok(n) => info!(swept = n, "expired queued messages removed"),
                     Err(e) => tracing::warn!(error = %e, "queue sweep failed"),
+                }
+                // Delivery status records (extensions §7) live as long as a queued message.
+                match node.store.sweep_message_status(before).await {
+                    Ok(0) => {}
+                    Ok(n) => info!(swept = n, "expired delivery status records removed"),
+                    Err(e) => tracing::warn!(error = %e, "delivery status sweep failed"),
                 }
                 if let Ok(depth) = node.store.queue_depth().await {
                     node.metrics.queue_depth.set(depth as i64);

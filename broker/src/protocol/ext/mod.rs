@@ -2,16 +2,19 @@
 //! client frames (a serde enum tagged by `type`, decoded from the raw frame when the core
 //! decoder did not know the type), its replies and pushes, and `TYPES`, the `type`s it owns.
 
-pub mod state;
-pub mod memories;
-pub mod tasks;
-pub mod streams;
-pub mod schedule;
-pub mod clocks;
-pub mod msg_status;
 pub mod audit_query;
+pub mod clocks;
+pub mod contexts;
 pub mod info;
+pub mod memories;
+pub mod msg_status;
+pub mod schedule;
+pub mod skills;
+pub mod state;
+pub mod streams;
+pub mod tasks;
 pub mod unsupported;
+pub mod vault;
 
 /// Every `type` some family owns (the session routes these; anything else is unknown).
 pub fn is_extension(kind: &str) -> bool {
@@ -25,6 +28,9 @@ pub fn is_extension(kind: &str) -> bool {
         msg_status::TYPES,
         audit_query::TYPES,
         info::TYPES,
+        contexts::TYPES,
+        skills::TYPES,
+        vault::TYPES,
         unsupported::TYPES,
     ]
     .iter()

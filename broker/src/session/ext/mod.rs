@@ -3,16 +3,19 @@
 //! service module (`service::<family>`) and encodes the replies; this file only routes a
 //! frame to the family that owns its `type`.
 
-mod state;
-mod memories;
-mod tasks;
-mod streams;
-mod schedule;
-mod clocks;
-mod msg_status;
 mod audit_query;
+mod clocks;
+mod contexts;
 mod info;
+mod memories;
+mod msg_status;
+mod schedule;
+mod skills;
+mod state;
+mod streams;
+mod tasks;
 mod unsupported;
+mod vault;
 
 use super::Session;
 use crate::protocol::ext;
@@ -47,6 +50,15 @@ impl Session {
         }
         if ext::info::TYPES.contains(&kind) {
             return info::handle(self, kind, text, req_id).await;
+        }
+        if ext::contexts::TYPES.contains(&kind) {
+            return contexts::handle(self, kind, text, req_id).await;
+        }
+        if ext::skills::TYPES.contains(&kind) {
+            return skills::handle(self, kind, text, req_id).await;
+        }
+        if ext::vault::TYPES.contains(&kind) {
+            return vault::handle(self, kind, text, req_id).await;
         }
         if ext::unsupported::TYPES.contains(&kind) {
             return unsupported::handle(self, kind, text, req_id).await;

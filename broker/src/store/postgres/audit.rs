@@ -7,10 +7,10 @@ use serde_json::Value;
 use super::{PgStore, pg_error};
 use crate::ids::iso8601_ms;
 use crate::protocol::audit::{GENESIS, canonical_json, entry_hash};
-use crate::store::{AuditEntry, AuditStore, StoreResult};
+use crate::store::{AuditEntry, AuditPage, AuditStore, StoreResult};
 
 /// First key of the advisory lock (the second is the hash of the mesh id).
-const AUDIT_LOCK_CLASS: i32 = 0x6175_6474; // "audt"
+pub(super) const AUDIT_LOCK_CLASS: i32 = 0x6175_6474; // "audt"
 
 /// The `audit_log` columns of one mesh's part of a batch, for one multi-row insert.
 #[derive(Default)]
@@ -118,6 +118,46 @@ pub(super) async fn entries(store: &PgStore, mesh_id: &str) -> StoreResult<Vec<A
         .collect())
 }
 
+/// Extensions §8: one page, newest first, read in one statement (the count is a window
+/// over the same filter, so page and total agree).
+pub(super) async fn page(
+    store: &PgStore,
+    mesh_id: &str,
+    event_type: Option<&str>,
+    limit: usize,
+    offset: usize,
+) -> StoreResult<AuditPage> {
+    let (limit, offset) = (limit as i64, offset as i64);
+    let rows = store
+        .query(
+            "WITH matching AS ( \
+                 SELECT seq, event_type, actor_member_id, payload, created_at, prev_hash, hash \
+                 FROM audit_log WHERE mesh_id = $1 AND ($2::text IS NULL OR event_type = $2)) \
+             SELECT (SELECT count(*) FROM matching) AS total, p.* FROM \
+                 (SELECT * FROM matching ORDER BY seq DESC LIMIT $3 OFFSET $4) p \
+             RIGHT JOIN (SELECT 1) one ON true ORDER BY p.seq DESC",
+            &[&mesh_id, &event_type, &limit, &offset],
+        )
+        .await?;
+    let total = rows.first().map(|r| r.get::<_, i64>("total")).unwrap_or(0);
+    let entries = rows
+        .iter()
+        .filter_map(|r| {
+            Some(AuditEntry {
+                seq: r.get::<_, Option<i64>>("seq")?,
+                mesh_id: mesh_id.to_string(),
+                event_type: r.get("event_type"),
+                actor_member_id: r.get("actor_member_id"),
+                payload: serde_json::from_str(r.get("payload")).unwrap_or(Value::Null),
+                created_at: r.get("created_at"),
+                prev_hash: r.get("prev_hash"),
+                hash: r.get("hash"),
+            })
+        })
+        .collect();
+    Ok(AuditPage { entries, total })
+}
+
 #[async_trait]
 impl AuditStore for PgStore {
     async fn append_audit(
@@ -140,5 +180,15 @@ impl AuditStore for PgStore {
 
     async fn audit_entries(&self, mesh_id: &str) -> StoreResult<Vec<AuditEntry>> {
         entries(self, mesh_id).await
+    }
+
+    async fn audit_page(
+        &self,
+        mesh_id: &str,
+        event_type: Option<&str>,
+        limit: usize,
+        offset: usize,
+    ) -> StoreResult<AuditPage> {
+        page(self, mesh_id, event_type, limit, offset).await
     }
 }

@@ -8,8 +8,10 @@
 //! audit appends serialise per mesh under `pg_advisory_xact_lock` (see [`audit`]).
 //! The schema belongs to the migrator; this module only checks its version.
 
+mod accounts;
 mod audit;
 mod clocks;
+mod contexts;
 mod invites;
 mod members;
 mod memories;
@@ -17,9 +19,11 @@ mod msg_status;
 mod peer_state;
 mod queue;
 mod schedule;
+mod skills;
 mod state;
 mod streams;
 mod tasks;
+mod vault;
 
 use std::time::Duration;
 
@@ -33,7 +37,7 @@ use crate::protocol::Group;
 use crate::store::{QueuedMessage, StoreBackend, StoreError, StoreResult};
 
 /// The newest migration this broker was built for (`migrator/migrations/V{n}__*.sql`).
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 9;
 
 /// How long a query may wait for a pooled connection or a new one before it fails.
 const POOL_TIMEOUT: Duration = Duration::from_secs(2);
@@ -53,6 +57,8 @@ pub struct PgStore {
     enqueuer: queue::Batcher<QueuedMessage, Option<String>>,
     acker: queue::Batcher<queue::AckItem, bool>,
     auditor: queue::Batcher<audit::AuditItem, ()>,
+    /// Delivery-status records of fan-outs (extensions §7), group-committed.
+    fanouts: queue::Batcher<crate::store::msg_status::SentMessage, ()>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -105,6 +111,7 @@ impl PgStore {
             enqueuer: queue::Batcher::spawn(pool.clone(), metrics.clone(), queue::insert_batch),
             acker: queue::Batcher::spawn(pool.clone(), metrics.clone(), queue::ack_batch),
             auditor: queue::Batcher::spawn(pool.clone(), metrics.clone(), audit::append_batch),
+            fanouts: queue::Batcher::spawn(pool.clone(), metrics.clone(), msg_status::fanout_batch),
             pool,
             metrics,
         })
@@ -125,9 +132,19 @@ impl PgStore {
         sql: &str,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> StoreResult<Vec<Row>> {
-        let c = self.conn().await?;
-        let stmt = c.prepare_cached(sql).await.map_err(pg_error)?;
-        c.query(&stmt, params).await.map_err(pg_error)
+        let span = crate::telemetry::db_span(sql);
+        tracing::Instrument::instrument(
+            async {
+                let c = self.conn().await?;
+                let stmt = c.prepare_cached(sql).await.map_err(pg_error)?;
+                c.query(&stmt, params).await.map_err(pg_error)
+            },
+            span.clone(),
+        )
+        .await
+        .inspect_err(|_| {
+            span.record("otel.status_code", "error");
+        })
     }
 
     async fn execute(
@@ -135,9 +152,19 @@ impl PgStore {
         sql: &str,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> StoreResult<u64> {
-        let c = self.conn().await?;
-        let stmt = c.prepare_cached(sql).await.map_err(pg_error)?;
-        c.execute(&stmt, params).await.map_err(pg_error)
+        let span = crate::telemetry::db_span(sql);
+        tracing::Instrument::instrument(
+            async {
+                let c = self.conn().await?;
+                let stmt = c.prepare_cached(sql).await.map_err(pg_error)?;
+                c.execute(&stmt, params).await.map_err(pg_error)
+            },
+            span.clone(),
+        )
+        .await
+        .inspect_err(|_| {
+            span.record("otel.status_code", "error");
+        })
     }
 }
 
