@@ -4,14 +4,17 @@
 //! frame, call, encode the reply); the tests are another, and the REST handlers will be a
 //! third. Nothing here writes to a socket.
 
+pub mod apikeys;
 pub mod audit_query;
 pub mod clocks;
 pub mod contexts;
 pub mod cron;
 pub mod info;
+pub mod mcp_registry;
 pub mod memories;
 pub mod moderation;
 pub mod msg_status;
+pub mod peer_relay;
 pub mod peers;
 pub mod presence;
 pub mod queue;
@@ -21,7 +24,10 @@ pub mod skills;
 pub mod state;
 pub mod streams;
 pub mod tasks;
+pub mod topics;
 pub mod vault;
+pub mod watches;
+pub mod webhooks;
 
 use std::sync::Arc;
 

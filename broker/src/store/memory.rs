@@ -16,6 +16,7 @@ use crate::store::{AuditStore, InviteStore, MeshStore, PeerStateStore, QueueStor
 
 /// Single node only: see the module documentation.
 #[derive(Debug, Default)]
+#[allow(dead_code)] // SEAM: the family fields are read once each family fills its module
 pub struct MemoryStore {
     inner: Mutex<Inner>,
     // One field per family whose capability trait lives in its own module
@@ -30,6 +31,10 @@ pub struct MemoryStore {
     pub(super) contexts: super::contexts::MemoryState,
     pub(super) skills: super::skills::MemoryState,
     pub(super) vault: super::vault::MemoryState,
+    pub(super) topics: super::topics::MemoryState,
+    pub(super) apikeys: super::apikeys::MemoryState,
+    pub(super) webhooks: super::webhooks::MemoryState,
+    pub(super) watches: super::watches::MemoryState,
     pub(super) accounts: super::accounts::MemoryState,
 }
 

@@ -32,6 +32,7 @@
 //! - **No sockets:** a store knows nothing of connections; the broker rings the doorbell.
 
 pub mod accounts;
+pub mod apikeys;
 pub mod clocks;
 pub mod contexts;
 pub mod memories;
@@ -43,7 +44,10 @@ pub mod skills;
 pub mod state;
 pub mod streams;
 pub mod tasks;
+pub mod topics;
 pub mod vault;
+pub mod watches;
+pub mod webhooks;
 
 use std::collections::BTreeMap;
 
@@ -302,6 +306,10 @@ pub trait Store:
     + contexts::ContextStore
     + skills::SkillStore
     + vault::VaultStore
+    + topics::TopicStore
+    + apikeys::ApiKeyStore
+    + webhooks::WebhookStore
+    + watches::WatchStore
     + accounts::AccountStore
 {
 }
@@ -323,6 +331,10 @@ impl<T> Store for T where
         + contexts::ContextStore
         + skills::SkillStore
         + vault::VaultStore
+        + topics::TopicStore
+        + apikeys::ApiKeyStore
+        + webhooks::WebhookStore
+        + watches::WatchStore
         + accounts::AccountStore
 {
 }

@@ -3,19 +3,25 @@
 //! service module (`service::<family>`) and encodes the replies; this file only routes a
 //! frame to the family that owns its `type`.
 
+mod apikeys;
 mod audit_query;
 mod clocks;
 mod contexts;
 mod info;
+mod mcp_registry;
 mod memories;
 mod msg_status;
+mod peer_relay;
 mod schedule;
 mod skills;
 mod state;
 mod streams;
 mod tasks;
+mod topics;
 mod unsupported;
 mod vault;
+mod watches;
+mod webhooks;
 
 use super::Session;
 use crate::protocol::ext;
@@ -59,6 +65,24 @@ impl Session {
         }
         if ext::vault::TYPES.contains(&kind) {
             return vault::handle(self, kind, text, req_id).await;
+        }
+        if ext::topics::TYPES.contains(&kind) {
+            return topics::handle(self, kind, text, req_id).await;
+        }
+        if ext::apikeys::TYPES.contains(&kind) {
+            return apikeys::handle(self, kind, text, req_id).await;
+        }
+        if ext::peer_relay::TYPES.contains(&kind) {
+            return peer_relay::handle(self, kind, text, req_id).await;
+        }
+        if ext::mcp_registry::TYPES.contains(&kind) {
+            return mcp_registry::handle(self, kind, text, req_id).await;
+        }
+        if ext::webhooks::TYPES.contains(&kind) {
+            return webhooks::handle(self, kind, text, req_id).await;
+        }
+        if ext::watches::TYPES.contains(&kind) {
+            return watches::handle(self, kind, text, req_id).await;
         }
         if ext::unsupported::TYPES.contains(&kind) {
             return unsupported::handle(self, kind, text, req_id).await;

@@ -9,6 +9,7 @@
 //! The schema belongs to the migrator; this module only checks its version.
 
 mod accounts;
+mod apikeys;
 mod audit;
 mod clocks;
 mod contexts;
@@ -23,7 +24,10 @@ mod skills;
 mod state;
 mod streams;
 mod tasks;
+mod topics;
 mod vault;
+mod watches;
+mod webhooks;
 
 use std::time::Duration;
 

@@ -1,0 +1,1 @@
+//! The operations of API keys (extensions §10): `apikey_create`, `apikey_list`, `apikey_revoke`, without a transport.

@@ -1,0 +1,1 @@
+//! The operations of the peer file and directory relay (extensions §13), without a transport.
