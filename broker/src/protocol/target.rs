@@ -9,6 +9,8 @@ pub enum Target<'a> {
     Broadcast,
     /// `@name`: the presences in group `name`.
     Group(&'a str),
+    /// `#<topicId>`: a post to a topic (extensions §9).
+    Topic(&'a str),
 }
 
 /// Why a `targetSpec` cannot be routed.
@@ -22,7 +24,10 @@ pub fn classify(spec: &str) -> Result<Target<'_>, InvalidTarget> {
         _ if super::signing::is_key_hex(spec) => Ok(Target::Direct(spec)),
         _ => match spec.strip_prefix('@') {
             Some(name) if !name.is_empty() => Ok(Target::Group(name)),
-            _ => Err(InvalidTarget),
+            _ => match spec.strip_prefix('#') {
+                Some(topic) if !topic.is_empty() => Ok(Target::Topic(topic)),
+                _ => Err(InvalidTarget),
+            },
         },
     }
 }
@@ -39,6 +44,8 @@ mod tests {
         assert_eq!(classify("@all"), Ok(Target::Broadcast));
         assert_eq!(classify("@ops"), Ok(Target::Group("ops")));
         assert_eq!(classify("@"), Err(InvalidTarget));
+        assert_eq!(classify("#abc"), Ok(Target::Topic("abc")));
+        assert_eq!(classify("#"), Err(InvalidTarget));
         assert_eq!(classify(""), Err(InvalidTarget));
         assert_eq!(classify(&key.to_uppercase()), Err(InvalidTarget));
         assert_eq!(classify(&key[..63]), Err(InvalidTarget));
