@@ -38,7 +38,9 @@ USER 10001:10001
 ENV BROKER_HOST=0.0.0.0 \
     BROKER_PORT=7900 \
     LOG_FORMAT=json
-EXPOSE 7900
+# 7900: clients (WebSockets, /health, /join, hooks); 7901: the internal port
+# (BROKER_INTERNAL_PORT: /metrics and the operator API) when the deployment sets it.
+EXPOSE 7900 7901
 # Liveness only: /health answers 200 while the process serves. Readiness (/health/ready)
 # is for load balancers and Kubernetes, which check it themselves.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=40s --retries=3 \
