@@ -253,7 +253,7 @@ pub const SETTINGS: &[Setting] = &[
         name: "HOOK_PENDING_MAX",
         default: "10000",
         unit: "entries",
-        doc: "Most hook statuses kept waiting for presences at once, per replica; further ones are dropped (`broker_hook_pending_dropped_total`).",
+        doc: "Most hook statuses kept waiting for presences at once: cluster-wide in Redis, per replica on a single node (or while Redis fails); further ones are dropped (`broker_hook_pending_dropped_total`).",
     },
     Setting {
         name: "HOOK_MAX_CWD_BYTES",
@@ -464,6 +464,282 @@ pub const SETTINGS: &[Setting] = &[
         default: "100",
         unit: "entries",
         doc: "Most vault entries one member holds in one mesh (`vault_set` of a new key beyond it: `error` `vault_error`). `0` disables the bound. `vault_list` answers at most this many, and a `vault_get` may name at most this many keys.",
+    },
+    Setting {
+        name: "MAX_TOPICS_PER_MESH",
+        default: "1000",
+        unit: "topics",
+        doc: "Most non-archived topics one mesh holds (`topic_create` of a new name beyond it: `error` `too_many_topics`). `0` disables the bound. `topic_list` answers at most this many.",
+    },
+    Setting {
+        name: "MAX_TOPIC_MEMBERS",
+        default: "1000",
+        unit: "members",
+        doc: "Most members one topic has (a join beyond it: `error` `topic_full`, REST 409). `0` disables the bound.",
+    },
+    Setting {
+        name: "MAX_TOPIC_NAME_CHARS",
+        default: "64",
+        unit: "characters",
+        doc: "Longest topic name (`topic_create` beyond it: `error` `invalid_args`).",
+    },
+    Setting {
+        name: "MAX_TOPIC_DESCRIPTION_BYTES",
+        default: "1024",
+        unit: "bytes",
+        doc: "Longest topic description (`topic_create` beyond it: `error` `invalid_args`).",
+    },
+    Setting {
+        name: "TOPIC_HISTORY_MAX_LIMIT",
+        default: "200",
+        unit: "messages",
+        doc: "Largest page of `topic_history` and REST topic messages: a larger `limit` is clamped to it (counted in `broker_topic_history_clamped_total`).",
+    },
+    Setting {
+        name: "FILES_ENABLED",
+        default: "true",
+        unit: "bool",
+        doc: "`false` turns file sharing (extensions §19.1) off: `POST /upload` and `GET /download/…` answer 501, `list_files` an empty `file_list`, the other file frames `error` `unsupported`.",
+    },
+    Setting {
+        name: "MAX_FILE_BYTES",
+        default: "52428800",
+        unit: "bytes",
+        doc: "Largest uploaded file (`POST /upload` beyond it: 413 `{ok:false, error:\"file too large (max <N>MB)\"}`; a `Content-Length` over it is refused before the body is read).",
+    },
+    Setting {
+        name: "MAX_MESH_FILE_BYTES",
+        default: "1073741824",
+        unit: "bytes",
+        doc: "Bytes the files of one mesh may hold together, in-progress uploads included, cluster-wide (an upload that would pass it: 413 `{ok:false, error:\"mesh file storage is full (max <N>MB)\"}`, the partial upload dropped). Deleting a file releases its bytes.",
+    },
+    Setting {
+        name: "MAX_FILES_PER_MESH",
+        default: "10000",
+        unit: "files",
+        doc: "Files (not deleted) one mesh may hold; an upload beyond it: 413. `0` disables the bound.",
+    },
+    Setting {
+        name: "MAX_FILE_NAME_BYTES",
+        default: "255",
+        unit: "bytes",
+        doc: "Longest `X-File-Name` (after percent-decoding), `list_files` `query` or `from` (400 / `error` `invalid`).",
+    },
+    Setting {
+        name: "MAX_FILE_TAGS",
+        default: "32",
+        unit: "tags",
+        doc: "Most `X-Tags` of one upload, each at most `MAX_FILE_NAME_BYTES` (400 beyond it).",
+    },
+    Setting {
+        name: "MAX_FILE_KEYS",
+        default: "256",
+        unit: "keys",
+        doc: "Most per-peer sealed keys of one encrypted file (`X-File-Keys` beyond it: 400; `grant_file_access` of a new peer beyond it: `error` `invalid`). `0` disables the bound.",
+    },
+    Setting {
+        name: "MAX_FILE_ACCESSES",
+        default: "1000",
+        unit: "entries",
+        doc: "Accesses kept per file for `file_status` (the newest; older ones are dropped).",
+    },
+    Setting {
+        name: "FILE_URL_TTL_MS",
+        default: "60000",
+        unit: "ms",
+        doc: "How long the download URL of a `get_file` (a signed token, valid on every replica sharing the session secret) stays valid.",
+    },
+    Setting {
+        name: "FILE_UPLOAD_TIMEOUT_MS",
+        default: "600000",
+        unit: "ms",
+        doc: "Longest `POST /upload` body transfer (beyond it: 408, the partial upload dropped). An incomplete upload older than twice this (its replica died) is dropped by the next upload to its mesh.",
+    },
+    Setting {
+        name: "PEER_RELAY_TIMEOUT_MS",
+        default: "15000",
+        unit: "ms",
+        doc: "How long a relayed `peer_file_request`/`peer_dir_request` waits for the target's answer (extensions §13); then the requester gets its `*_response_forward` with `error` `peer did not answer within <N>s`.",
+    },
+    Setting {
+        name: "MCP_CALL_TIMEOUT_MS",
+        default: "30000",
+        unit: "ms",
+        doc: "How long an `mcp_call` waits for the host's `mcp_call_response` (extensions §14); then the caller gets `mcp_call_result` with `error` `MCP call timed out (<N>s)`.",
+    },
+    Setting {
+        name: "MAX_PENDING_PEER_REQUESTS_PER_PRESENCE",
+        default: "32",
+        unit: "requests",
+        doc: "Most relayed file/dir requests and MCP calls one presence has waiting for an answer, cluster-wide (beyond it: `error` `too_many_pending` for a relay, `mcp_call_result.error` for a call). `0` disables the bound.",
+    },
+    Setting {
+        name: "MAX_PENDING_PEER_REQUESTS_PER_REPLICA",
+        default: "10000",
+        unit: "requests",
+        doc: "Most relayed file/dir requests and MCP calls waiting for an answer that this replica keeps a timer for (refused like the per-presence bound). `0` disables the bound.",
+    },
+    Setting {
+        name: "MAX_MCP_SERVERS_PER_MESH",
+        default: "64",
+        unit: "servers",
+        doc: "Most peer-hosted MCP servers one mesh registers (`mcp_register` of a new name beyond it: `error` `too_many_mcp_servers`). `0` disables the bound.",
+    },
+    Setting {
+        name: "MAX_MCP_TOOLS",
+        default: "128",
+        unit: "tools",
+        doc: "Most tools of one `mcp_register` (`error` `field_too_large`).",
+    },
+    Setting {
+        name: "MAX_MCP_NAME_BYTES",
+        default: "128",
+        unit: "bytes",
+        doc: "Longest MCP server or tool name of `mcp_register` (`error` `field_too_large`).",
+    },
+    Setting {
+        name: "MAX_MCP_REGISTRATION_BYTES",
+        default: "32768",
+        unit: "bytes",
+        doc: "Largest registration of one `mcp_register` (descriptions, tools and their input schemas, as JSON; `error` `field_too_large`).",
+    },
+    Setting {
+        name: "MAX_API_KEYS_PER_MEMBER",
+        default: "100",
+        unit: "keys",
+        doc: "Most API keys one member holds in one mesh, revoked and expired ones of the last day included (older ones are purged at the next `apikey_create`); beyond it `apikey_create` answers `error` `too_many_keys`. `0` disables the bound.",
+    },
+    Setting {
+        name: "REST_MAX_STREAMS_PER_KEY",
+        default: "4",
+        unit: "streams",
+        doc: "Most SSE streams (`GET /api/v1/topics/:name/stream`) one API key holds open on one replica; beyond it 429 `{error:\"too_many_streams\"}`.",
+    },
+    Setting {
+        name: "REST_MAX_STREAMS_PER_REPLICA",
+        default: "1000",
+        unit: "streams",
+        doc: "Most SSE streams one replica holds open; beyond it 503 `{error:\"too_many_streams\"}`.",
+    },
+    Setting {
+        name: "REST_STREAM_HEARTBEAT_MS",
+        default: "30000",
+        unit: "ms",
+        doc: "Period of the SSE `heartbeat` event, and of the re-check of the stream's key (a revocation or a ban ends the stream at once: both publish `MembersChanged`).",
+    },
+    Setting {
+        name: "REST_STREAM_POLL_MS",
+        default: "2000",
+        unit: "ms",
+        doc: "The safety net of SSE streams: how often a stream reads the store for topic messages after its cursor even when no bus event woke it (a post wakes the topic's streams on every replica through the mesh bus at once).",
+    },
+    Setting {
+        name: "REST_AUTH_FAILURES_PER_MIN",
+        default: "30",
+        unit: "per minute",
+        doc: "Failed API-key lookups (`error.api_key_invalid`) allowed per client address per minute, cluster-wide; a failure beyond it answers 429 `{error:\"rate_limited\"}` instead of 401.",
+    },
+    Setting {
+        name: "MAX_REST_BODY_BYTES",
+        default: "65536",
+        unit: "bytes",
+        doc: "Largest REST v1 request body (413 `{error:\"body_too_large\"}`).",
+    },
+    Setting {
+        name: "MAX_WEBHOOKS_PER_MESH",
+        default: "20",
+        unit: "webhooks",
+        doc: "Most webhooks one mesh holds (`create_webhook` beyond it: `error` `too_many_webhooks`). `0` disables the bound. `list_webhooks` answers at most this many.",
+    },
+    Setting {
+        name: "MAX_WEBHOOK_NAME_BYTES",
+        default: "64",
+        unit: "bytes",
+        doc: "Longest webhook name (`create_webhook` beyond it: `error` `invalid_webhook`).",
+    },
+    Setting {
+        name: "WEBHOOK_MAX_BODY_BYTES",
+        default: "65536",
+        unit: "bytes",
+        doc: "Largest body of an inbound `POST /hook/<meshId>/<secret>` (beyond it: 413 `payload too large`, read no further).",
+    },
+    Setting {
+        name: "WEBHOOK_RATE_PER_MIN",
+        default: "60",
+        unit: "calls/min",
+        doc: "Inbound calls one webhook accepts per minute, cluster-wide (a token bucket in the presence backend, burst the same; beyond it: 429). `0` disables the limit.",
+    },
+    Setting {
+        name: "MAX_WATCHES_PER_MEMBER",
+        default: "20",
+        unit: "watches",
+        doc: "Most URL watches one member holds in one mesh (`watch` beyond it: `error` `invalid_args`). `0` disables the bound.",
+    },
+    Setting {
+        name: "MAX_WATCHES_PER_MESH",
+        default: "200",
+        unit: "watches",
+        doc: "Most URL watches one mesh holds (`watch` beyond it: `error` `invalid_args`). `0` disables the bound.",
+    },
+    Setting {
+        name: "WATCH_MIN_INTERVAL_SECS",
+        default: "5",
+        unit: "s",
+        doc: "Shortest `interval` of a URL watch; a shorter one is raised to it.",
+    },
+    Setting {
+        name: "WATCH_MAX_INTERVAL_SECS",
+        default: "86400",
+        unit: "s",
+        doc: "Longest `interval` of a URL watch; a longer one is lowered to it.",
+    },
+    Setting {
+        name: "WATCH_FETCH_TIMEOUT_MS",
+        default: "10000",
+        unit: "ms",
+        doc: "Time limit of one URL watch check (connect, request and body); a slower check fails and is skipped.",
+    },
+    Setting {
+        name: "WATCH_MAX_RESPONSE_BYTES",
+        default: "1048576",
+        unit: "bytes",
+        doc: "Most bytes of a watched URL's response body read per check; the rest is not read (the value is computed on what was read).",
+    },
+    Setting {
+        name: "WATCH_LEASE_MS",
+        default: "30000",
+        unit: "ms",
+        doc: "How long a replica holds a claimed watch while checking it (at least `WATCH_FETCH_TIMEOUT_MS` + 1000). A replica that dies mid-check delays that watch by at most this.",
+    },
+    Setting {
+        name: "WATCH_POLL_INTERVAL_MS",
+        default: "1000",
+        unit: "ms",
+        doc: "How often each replica's watcher claims due URL watches (`FOR UPDATE SKIP LOCKED`): a check runs at most this late.",
+    },
+    Setting {
+        name: "WATCH_ALLOWED_NETS",
+        default: "",
+        unit: "addresses",
+        doc: "Comma-separated addresses or CIDR blocks a URL watch may fetch although they are loopback, private, link-local, unspecified or cloud-metadata addresses (refused otherwise, after DNS resolution). Empty: none. For tests and trusted internal targets only.",
+    },
+    Setting {
+        name: "MAX_WATCH_URL_BYTES",
+        default: "2048",
+        unit: "bytes",
+        doc: "Longest watched URL (`error` `invalid_args`).",
+    },
+    Setting {
+        name: "MAX_WATCH_FIELD_BYTES",
+        default: "256",
+        unit: "bytes",
+        doc: "Longest `label`, `extract`, `notify_on`, header name or header value of a URL watch (`error` `invalid_args`).",
+    },
+    Setting {
+        name: "MAX_WATCH_HEADERS",
+        default: "16",
+        unit: "headers",
+        doc: "Most request headers of one URL watch (`error` `invalid_args`).",
     },
     Setting {
         name: "SCHEDULE_MAX_PER_MEMBER",
@@ -792,6 +1068,68 @@ pub struct Config {
     pub max_vault_field_bytes: usize,
     /// `MAX_VAULT_ENTRIES_PER_MEMBER`; 0 disables the bound.
     pub max_vault_entries_per_member: usize,
+    /// `MAX_TOPICS_PER_MESH`; 0 disables the bound.
+    pub max_topics_per_mesh: usize,
+    /// `MAX_TOPIC_MEMBERS`; 0 disables the bound.
+    pub max_topic_members: usize,
+    pub max_topic_name_chars: usize,
+    pub max_topic_description_bytes: usize,
+    pub topic_history_max_limit: usize,
+    /// `FILES_ENABLED` (extensions §19.1).
+    pub files_enabled: bool,
+    pub max_file_bytes: u64,
+    pub max_mesh_file_bytes: u64,
+    /// 0 disables the bound.
+    pub max_files_per_mesh: usize,
+    pub max_file_name_bytes: usize,
+    pub max_file_tags: usize,
+    /// 0 disables the bound.
+    pub max_file_keys: usize,
+    pub max_file_accesses: usize,
+    pub file_url_ttl: Duration,
+    pub file_upload_timeout: Duration,
+    /// `PEER_RELAY_TIMEOUT_MS`.
+    pub peer_relay_timeout: Duration,
+    /// `MCP_CALL_TIMEOUT_MS`.
+    pub mcp_call_timeout: Duration,
+    /// `MAX_PENDING_PEER_REQUESTS_PER_PRESENCE`; 0 disables the bound.
+    pub max_pending_peer_requests_per_presence: usize,
+    /// `MAX_PENDING_PEER_REQUESTS_PER_REPLICA`; 0 disables the bound.
+    pub max_pending_peer_requests_per_replica: usize,
+    /// `MAX_MCP_SERVERS_PER_MESH`; 0 disables the bound.
+    pub max_mcp_servers_per_mesh: usize,
+    pub max_mcp_tools: usize,
+    pub max_mcp_name_bytes: usize,
+    pub max_mcp_registration_bytes: usize,
+    /// `MAX_API_KEYS_PER_MEMBER`; 0 disables the bound.
+    pub max_api_keys_per_member: usize,
+    pub rest_max_streams_per_key: usize,
+    pub rest_max_streams_per_replica: usize,
+    pub rest_stream_heartbeat: Duration,
+    pub rest_stream_poll: Duration,
+    pub rest_auth_failures_per_min: u32,
+    pub max_rest_body_bytes: usize,
+    /// `MAX_WEBHOOKS_PER_MESH`; 0 disables the bound.
+    pub max_webhooks_per_mesh: usize,
+    pub max_webhook_name_bytes: usize,
+    pub webhook_max_body_bytes: usize,
+    /// `WEBHOOK_RATE_PER_MIN`; 0 disables the limit.
+    pub webhook_rate_per_min: u32,
+    /// `MAX_WATCHES_PER_MEMBER`; 0 disables the bound.
+    pub max_watches_per_member: usize,
+    /// `MAX_WATCHES_PER_MESH`; 0 disables the bound.
+    pub max_watches_per_mesh: usize,
+    pub watch_min_interval_secs: u32,
+    pub watch_max_interval_secs: u32,
+    pub watch_fetch_timeout: Duration,
+    pub watch_max_response_bytes: usize,
+    pub watch_lease: Duration,
+    pub watch_poll_interval: Duration,
+    /// `WATCH_ALLOWED_NETS`: blocks a watch may fetch despite the SSRF rules.
+    pub watch_allowed_nets: Vec<crate::accounts::Cidr>,
+    pub max_watch_url_bytes: usize,
+    pub max_watch_field_bytes: usize,
+    pub max_watch_headers: usize,
     pub max_task_title_bytes: usize,
     pub max_task_tags: usize,
     pub max_task_tag_bytes: usize,
@@ -914,6 +1252,68 @@ impl Config {
             max_vault_blob_bytes: r.parse_min("MAX_VAULT_BLOB_BYTES", 16)?,
             max_vault_field_bytes: r.parse("MAX_VAULT_FIELD_BYTES")?,
             max_vault_entries_per_member: r.parse("MAX_VAULT_ENTRIES_PER_MEMBER")?,
+            max_topics_per_mesh: r.parse("MAX_TOPICS_PER_MESH")?,
+            max_topic_members: r.parse("MAX_TOPIC_MEMBERS")?,
+            max_topic_name_chars: r.parse_min("MAX_TOPIC_NAME_CHARS", 1)?,
+            max_topic_description_bytes: r.parse("MAX_TOPIC_DESCRIPTION_BYTES")?,
+            topic_history_max_limit: r.parse_min("TOPIC_HISTORY_MAX_LIMIT", 1)?,
+            files_enabled: r.parse("FILES_ENABLED")?,
+            max_file_bytes: r.parse_min("MAX_FILE_BYTES", 1)?,
+            max_mesh_file_bytes: r.parse_min("MAX_MESH_FILE_BYTES", 1)?,
+            max_files_per_mesh: r.parse("MAX_FILES_PER_MESH")?,
+            max_file_name_bytes: r.parse_min("MAX_FILE_NAME_BYTES", 1)?,
+            max_file_tags: r.parse("MAX_FILE_TAGS")?,
+            max_file_keys: r.parse("MAX_FILE_KEYS")?,
+            max_file_accesses: r.parse_min("MAX_FILE_ACCESSES", 1)?,
+            file_url_ttl: r.positive_millis("FILE_URL_TTL_MS")?,
+            file_upload_timeout: r.positive_millis("FILE_UPLOAD_TIMEOUT_MS")?,
+            peer_relay_timeout: r.positive_millis("PEER_RELAY_TIMEOUT_MS")?,
+            mcp_call_timeout: r.positive_millis("MCP_CALL_TIMEOUT_MS")?,
+            max_pending_peer_requests_per_presence: r
+                .parse("MAX_PENDING_PEER_REQUESTS_PER_PRESENCE")?,
+            max_pending_peer_requests_per_replica: r
+                .parse("MAX_PENDING_PEER_REQUESTS_PER_REPLICA")?,
+            max_mcp_servers_per_mesh: r.parse("MAX_MCP_SERVERS_PER_MESH")?,
+            max_mcp_tools: r.parse("MAX_MCP_TOOLS")?,
+            max_mcp_name_bytes: r.parse_min("MAX_MCP_NAME_BYTES", 1)?,
+            max_mcp_registration_bytes: r.parse_min("MAX_MCP_REGISTRATION_BYTES", 64)?,
+            max_api_keys_per_member: r.parse("MAX_API_KEYS_PER_MEMBER")?,
+            rest_max_streams_per_key: r.parse("REST_MAX_STREAMS_PER_KEY")?,
+            rest_max_streams_per_replica: r.parse("REST_MAX_STREAMS_PER_REPLICA")?,
+            rest_stream_heartbeat: r.positive_millis("REST_STREAM_HEARTBEAT_MS")?,
+            rest_stream_poll: r.positive_millis("REST_STREAM_POLL_MS")?,
+            rest_auth_failures_per_min: r.parse("REST_AUTH_FAILURES_PER_MIN")?,
+            max_rest_body_bytes: r.parse("MAX_REST_BODY_BYTES")?,
+            max_webhooks_per_mesh: r.parse("MAX_WEBHOOKS_PER_MESH")?,
+            max_webhook_name_bytes: r.parse_min("MAX_WEBHOOK_NAME_BYTES", 1)?,
+            webhook_max_body_bytes: r.parse_min("WEBHOOK_MAX_BODY_BYTES", 2)?,
+            webhook_rate_per_min: r.parse("WEBHOOK_RATE_PER_MIN")?,
+            max_watches_per_member: r.parse("MAX_WATCHES_PER_MEMBER")?,
+            max_watches_per_mesh: r.parse("MAX_WATCHES_PER_MESH")?,
+            watch_min_interval_secs: r.parse_min("WATCH_MIN_INTERVAL_SECS", 1)?,
+            watch_max_interval_secs: r.parse_min("WATCH_MAX_INTERVAL_SECS", 1)?,
+            watch_fetch_timeout: r.positive_millis("WATCH_FETCH_TIMEOUT_MS")?,
+            watch_max_response_bytes: r.parse_min("WATCH_MAX_RESPONSE_BYTES", 1)?,
+            // Checked below: a lease shorter than a check would let a second replica in.
+            watch_lease: r.positive_millis("WATCH_LEASE_MS")?,
+            watch_poll_interval: r.positive_millis("WATCH_POLL_INTERVAL_MS")?,
+            watch_allowed_nets: {
+                let mut nets = Vec::new();
+                let raw = r.value("WATCH_ALLOWED_NETS");
+                for part in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+                    nets.push(crate::accounts::Cidr::parse(part).ok_or_else(|| {
+                        r.invalid(
+                            "WATCH_ALLOWED_NETS",
+                            &raw,
+                            format!("{part:?} is not an address or CIDR block"),
+                        )
+                    })?);
+                }
+                nets
+            },
+            max_watch_url_bytes: r.parse_min("MAX_WATCH_URL_BYTES", 16)?,
+            max_watch_field_bytes: r.parse_min("MAX_WATCH_FIELD_BYTES", 1)?,
+            max_watch_headers: r.parse("MAX_WATCH_HEADERS")?,
             max_task_title_bytes: r.parse_min("MAX_TASK_TITLE_BYTES", 1)?,
             max_task_tags: r.parse("MAX_TASK_TAGS")?,
             max_task_tag_bytes: r.parse_min("MAX_TASK_TAG_BYTES", 1)?,
@@ -976,6 +1376,14 @@ impl Config {
                 name: "PONG_TIMEOUT_MS",
                 value: config.pong_timeout.as_millis().to_string(),
                 why: "must be longer than PING_INTERVAL_MS, or every idle socket is terminated"
+                    .into(),
+            });
+        }
+        if config.watch_lease < config.watch_fetch_timeout + Duration::from_secs(1) {
+            return Err(ConfigError::Invalid {
+                name: "WATCH_LEASE_MS",
+                value: config.watch_lease.as_millis().to_string(),
+                why: "must be at least WATCH_FETCH_TIMEOUT_MS + 1000, or a check could outlive its lease"
                     .into(),
             });
         }

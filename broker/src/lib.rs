@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod node;
 pub mod outbound;
 pub mod protocol;
+pub mod rest;
 pub mod routing;
 pub mod server;
 pub mod service;
@@ -113,9 +114,11 @@ pub async fn run(
     let (presence, bus) = open_cluster(&config, &metrics, sink, cluster_stop).await?;
     let clustered = config.redis_url.is_some();
     let stream_subscriptions = open_stream_subscriptions(&config).await?;
+    let mcp_registry = open_mcp_registry(&config).await?;
     let node = Arc::new(
         Node::new(config, store, presence, bus, metrics)
-            .with_stream_subscriptions(stream_subscriptions),
+            .with_stream_subscriptions(stream_subscriptions)
+            .with_mcp_registry(mcp_registry),
     );
     let workers = Workers::new(node.tracker.clone(), &node.metrics);
 
@@ -152,6 +155,14 @@ pub async fn run(
         let node = node.clone();
         workers.spawn("clock_authority", Restart::OnFailure, move || {
             workers::clock_authority::run(node.clone())
+        });
+    }
+    // URL watches (extensions §17): every replica polls; the store's leases make each check
+    // happen on one replica at a time.
+    {
+        let node = node.clone();
+        workers.spawn("watcher", Restart::OnFailure, move || {
+            workers::watcher::run(node.clone())
         });
     }
     if clustered {
@@ -270,6 +281,32 @@ async fn open_stream_subscriptions(
     Ok(Arc::new(
         cluster::subscriptions::RedisStreamSubscriptions::new(conn, &config.redis_prefix),
     ))
+}
+
+/// The peer MCP registry and pending peer requests (extensions §13, §14): in this
+/// process's memory, or with `REDIS_URL` in Redis on a connection of their own, so that
+/// every replica sees them.
+async fn open_mcp_registry(
+    config: &Config,
+) -> Result<Arc<dyn cluster::mcp_registry::McpRegistry>, RunError> {
+    let Some(url) = &config.redis_url else {
+        return Ok(Arc::new(cluster::mcp_registry::MemoryMcpRegistry::new()));
+    };
+    let client = redis::Client::open(url.as_str())
+        .map_err(|e| RunError::Unsupported(format!("REDIS_URL: {e}")))?;
+    let manager_config = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(2)))
+        .set_response_timeout(Some(Duration::from_secs(2)))
+        .set_max_delay(Duration::from_secs(1))
+        // Fail fast while Redis is down, as the presence connection does.
+        .set_number_of_retries(1);
+    let conn = redis::aio::ConnectionManager::new_with_config(client, manager_config)
+        .await
+        .map_err(|e| RunError::Database(format!("Redis is unreachable: {e}")))?;
+    Ok(Arc::new(cluster::mcp_registry::RedisMcpRegistry::new(
+        conn,
+        &config.redis_prefix,
+    )))
 }
 
 async fn drain(node: &Arc<Node>) {

@@ -79,6 +79,25 @@ pub struct Metrics {
     pub context_requests_refused: Family<ReasonLabel, Counter>,
     pub skill_requests_refused: Family<ReasonLabel, Counter>,
     pub vault_requests_refused: Family<ReasonLabel, Counter>,
+    pub topic_requests_refused: Family<ReasonLabel, Counter>,
+    pub topics_created: Counter,
+    pub topic_posts: Counter,
+    pub topic_notifications: Counter,
+    pub topic_history_clamped: Counter,
+    pub file_requests_refused: Family<ReasonLabel, Counter>,
+    pub file_bytes_uploaded: Counter,
+    pub file_bytes_downloaded: Counter,
+    pub webhook_requests_refused: Family<ReasonLabel, Counter>,
+    pub webhook_deliveries: Counter,
+    pub watch_requests_refused: Family<ReasonLabel, Counter>,
+    pub watch_checks: Family<ReasonLabel, Counter>,
+    pub apikey_requests_refused: Family<ReasonLabel, Counter>,
+    pub rest_requests_refused: Family<ReasonLabel, Counter>,
+    pub rest_streams_open: Gauge,
+    pub relay_requests_refused: Family<ReasonLabel, Counter>,
+    pub mcp_requests_refused: Family<ReasonLabel, Counter>,
+    pub peer_requests_pending: Gauge,
+    pub peer_requests_finished: Family<ReasonLabel, Counter>,
     pub state_changes_stale: Counter,
     pub scheduled_rejected: Family<ReasonLabel, Counter>,
     pub scheduled_fires: Family<ReasonLabel, Counter>,
@@ -231,7 +250,7 @@ pub const CATALOGUE: &[(&str, &str, &str)] = &[
     (
         "broker_replies_too_large_total",
         "counter",
-        "Frames not queued because they exceed `OUTBOUND_QUEUE_BYTES`, by `reason` (peers_list: larger than the bound or than the space left in the requester's queue, answered with an error; system_event: not announced; audit_result, mesh_info_result: an `audit_query` page or a `mesh_info` overview, answered with an error).",
+        "Frames not queued because they exceed `OUTBOUND_QUEUE_BYTES`, by `reason` (peers_list: larger than the bound or than the space left in the requester's queue, answered with an error; system_event: not announced; audit_result, mesh_info_result, mcp_list_result: an `audit_query` page, a `mesh_info` overview or an `mcp_list` answer, answered with an error).",
     ),
     (
         "broker_ws_messages_refused_total",
@@ -266,7 +285,7 @@ pub const CATALOGUE: &[(&str, &str, &str)] = &[
     (
         "broker_workers_running",
         "gauge",
-        "1 while the background worker runs, by `worker` (dispatcher, sweep, health, housekeeping, resync, scheduler, clock_authority).",
+        "1 while the background worker runs, by `worker` (dispatcher, sweep, health, housekeeping, resync, scheduler, clock_authority, watcher).",
     ),
     (
         "broker_legacy_auth_hits_total",
@@ -312,6 +331,101 @@ pub const CATALOGUE: &[(&str, &str, &str)] = &[
         "broker_vault_requests_refused_total",
         "counter",
         "Vault requests refused, by `reason` (invalid, too_large, too_many_entries, revoked, store).",
+    ),
+    (
+        "broker_topic_requests_refused_total",
+        "counter",
+        "Topic requests and posts refused, by `reason` (invalid, not_found, too_many_topics: `MAX_TOPICS_PER_MESH`, topic_full: `MAX_TOPIC_MEMBERS`, not_member: a private/dm topic, revoked, key: a topic-key route's refusal, store).",
+    ),
+    (
+        "broker_topics_created_total",
+        "counter",
+        "Topics created (extensions §9).",
+    ),
+    (
+        "broker_topic_posts_total",
+        "counter",
+        "Topic posts stored (WebSocket `send` to `#<topicId>` and REST `POST /messages`).",
+    ),
+    (
+        "broker_topic_notifications_total",
+        "counter",
+        "Mention notifications written by topic posts.",
+    ),
+    (
+        "broker_topic_history_clamped_total",
+        "counter",
+        "History requests whose `limit` was over `TOPIC_HISTORY_MAX_LIMIT` and was clamped to it.",
+    ),
+    (
+        "broker_file_requests_refused_total",
+        "counter",
+        "File requests refused (frames, `POST /upload`, `GET /download/…`), by `reason` (not_found, not_targeted, forbidden, invalid, too_many_keys, revoked, disabled, unauthorized, too_large, mesh_full, timeout, store).",
+    ),
+    (
+        "broker_file_bytes_uploaded_total",
+        "counter",
+        "Bytes of file bodies stored by uploads through this replica.",
+    ),
+    (
+        "broker_file_bytes_downloaded_total",
+        "counter",
+        "Bytes of file bodies sent by downloads through this replica.",
+    ),
+    (
+        "broker_webhook_requests_refused_total",
+        "counter",
+        "Webhook requests refused, by `reason`: over the WebSocket (invalid, exists, too_many_webhooks, forbidden, store) and inbound `POST /hook/…` calls (too_large, bad_json, unauthorized, not_object, rate_limit, store).",
+    ),
+    (
+        "broker_webhook_deliveries_total",
+        "counter",
+        "Inbound webhook calls accepted and published to the mesh's live presences.",
+    ),
+    (
+        "broker_watch_requests_refused_total",
+        "counter",
+        "`watch` requests refused, by `reason` (invalid, target: the SSRF rules refused the URL, too_many, store).",
+    ),
+    (
+        "broker_watch_checks_total",
+        "counter",
+        "URL watch checks made by this replica, by `reason` (baseline: the first value, unchanged, changed: the value differs, notified: a `watch_triggered` was published, undelivered: the member had no live presence, failed: the fetch failed, refused: the SSRF rules refused the target, revoked: the member is banned or gone, the watch was removed unfetched).",
+    ),
+    (
+        "broker_apikey_requests_refused_total",
+        "counter",
+        "`apikey_*` requests refused, by `reason` (invalid, forbidden: `admin` capability asked by a non-admin, too_many_keys, revoked, store).",
+    ),
+    (
+        "broker_rest_requests_refused_total",
+        "counter",
+        "REST v1 requests refused before their route ran, by `reason` (key_missing, key_invalid, missing_capability, topic_out_of_scope, rate_limited: failed key lookups of one source over `REST_AUTH_FAILURES_PER_MIN`, too_many_streams, invalid, store).",
+    ),
+    (
+        "broker_rest_streams_open",
+        "gauge",
+        "REST SSE streams (`/api/v1/topics/:name/stream`) open on this replica (bounded by `REST_MAX_STREAMS_PER_REPLICA` and `REST_MAX_STREAMS_PER_KEY`).",
+    ),
+    (
+        "broker_relay_requests_refused_total",
+        "counter",
+        "Peer file/dir relay requests refused, by `reason` (invalid, not_found: no live presence has the target key, forbidden: the target's grants lack `file-read`, too_many_pending, unavailable).",
+    ),
+    (
+        "broker_mcp_requests_refused_total",
+        "counter",
+        "Peer MCP registry requests refused, by `reason` (invalid, field_too_large, too_many_servers, forbidden: a replace or unregister by another member, not_found, offline, host_gone, too_many_pending, unavailable).",
+    ),
+    (
+        "broker_peer_requests_pending",
+        "gauge",
+        "Relayed file/dir requests and MCP calls this replica waits on (one timer each; bounded by `MAX_PENDING_PEER_REQUESTS_PER_REPLICA`).",
+    ),
+    (
+        "broker_peer_requests_finished_total",
+        "counter",
+        "Relayed file/dir requests and MCP calls resolved on this replica, by `reason` (answered: the target's answer was delivered, timed_out, target_gone: the target's socket closed or its presence ended, unmatched: an answer that matched no pending request of its sender, dropped).",
     ),
     (
         "broker_state_changes_stale_total",
@@ -399,6 +513,25 @@ impl Metrics {
             context_requests_refused: Family::default(),
             skill_requests_refused: Family::default(),
             vault_requests_refused: Family::default(),
+            topic_requests_refused: Family::default(),
+            topics_created: Counter::default(),
+            topic_posts: Counter::default(),
+            topic_notifications: Counter::default(),
+            topic_history_clamped: Counter::default(),
+            file_requests_refused: Family::default(),
+            file_bytes_uploaded: Counter::default(),
+            file_bytes_downloaded: Counter::default(),
+            webhook_requests_refused: Family::default(),
+            webhook_deliveries: Counter::default(),
+            watch_requests_refused: Family::default(),
+            watch_checks: Family::default(),
+            apikey_requests_refused: Family::default(),
+            rest_requests_refused: Family::default(),
+            rest_streams_open: Gauge::default(),
+            relay_requests_refused: Family::default(),
+            mcp_requests_refused: Family::default(),
+            peer_requests_pending: Gauge::default(),
+            peer_requests_finished: Family::default(),
             state_changes_stale: Counter::default(),
             scheduled_rejected: Family::default(),
             scheduled_fires: Family::default(),
@@ -506,6 +639,55 @@ impl Metrics {
         register!(
             "broker_vault_requests_refused_total",
             m.vault_requests_refused
+        );
+        register!(
+            "broker_topic_requests_refused_total",
+            m.topic_requests_refused
+        );
+        register!("broker_topics_created_total", m.topics_created);
+        register!("broker_topic_posts_total", m.topic_posts);
+        register!("broker_topic_notifications_total", m.topic_notifications);
+        register!(
+            "broker_topic_history_clamped_total",
+            m.topic_history_clamped
+        );
+        register!(
+            "broker_file_requests_refused_total",
+            m.file_requests_refused
+        );
+        register!("broker_file_bytes_uploaded_total", m.file_bytes_uploaded);
+        register!(
+            "broker_file_bytes_downloaded_total",
+            m.file_bytes_downloaded
+        );
+        register!(
+            "broker_webhook_requests_refused_total",
+            m.webhook_requests_refused
+        );
+        register!("broker_webhook_deliveries_total", m.webhook_deliveries);
+        register!(
+            "broker_watch_requests_refused_total",
+            m.watch_requests_refused
+        );
+        register!("broker_watch_checks_total", m.watch_checks);
+        register!(
+            "broker_apikey_requests_refused_total",
+            m.apikey_requests_refused
+        );
+        register!(
+            "broker_rest_requests_refused_total",
+            m.rest_requests_refused
+        );
+        register!("broker_rest_streams_open", m.rest_streams_open);
+        register!(
+            "broker_relay_requests_refused_total",
+            m.relay_requests_refused
+        );
+        register!("broker_mcp_requests_refused_total", m.mcp_requests_refused);
+        register!("broker_peer_requests_pending", m.peer_requests_pending);
+        register!(
+            "broker_peer_requests_finished_total",
+            m.peer_requests_finished
         );
         register!("broker_state_changes_stale_total", m.state_changes_stale);
         register!("broker_scheduled_rejected_total", m.scheduled_rejected);
@@ -640,6 +822,71 @@ impl Metrics {
             .get_or_create(&ReasonLabel { reason })
             .inc();
     }
+
+    /// A topic request or post refused (`reason`: `TopicError::metric_label`).
+    pub fn refuse_topic(&self, reason: &'static str) {
+        self.topic_requests_refused
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
+    /// A topic created.
+    pub fn topic_created(&self) {
+        self.topics_created.inc();
+    }
+
+    /// A topic post stored with `notifications` mention notifications.
+    pub fn topic_posted(&self, notifications: usize) {
+        self.topic_posts.inc();
+        self.topic_notifications.inc_by(notifications as u64);
+    }
+
+    /// A history `limit` clamped to `TOPIC_HISTORY_MAX_LIMIT`.
+    pub fn clamp_topic_history(&self) {
+        self.topic_history_clamped.inc();
+    }
+
+    /// A file request refused (`reason`: `FileError::metric_label` or an HTTP refusal).
+    pub fn refuse_file(&self, reason: &'static str) {
+        self.file_requests_refused
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
+    /// A webhook request refused (`reason`: `WebhookError::metric_label` or an HTTP refusal).
+    pub fn refuse_webhook(&self, reason: &'static str) {
+        self.webhook_requests_refused
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
+    /// A `watch` request refused (`reason`: `WatchError::metric_label`).
+    pub fn refuse_watch(&self, reason: &'static str) {
+        self.watch_requests_refused
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
+    /// A URL watch check and what came of it (`labels::WATCH_CHECKS`).
+    pub fn watch_checked(&self, reason: &'static str) {
+        self.watch_checks
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
+    /// An `apikey_*` request refused (`reason`: `ApiKeyError::metric_label`).
+    pub fn refuse_apikey(&self, reason: &'static str) {
+        self.apikey_requests_refused
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
+    /// A REST v1 request refused before its route ran (`reason`: `rest::Refusal`).
+    pub fn refuse_rest(&self, reason: &'static str) {
+        self.rest_requests_refused
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
 }
 
 /// The known label values of each labelled counter. [`Metrics::new`] creates every one at 0,
@@ -696,7 +943,13 @@ pub mod labels {
         "skill_list",
         "vault_get_result",
         "vault_list_result",
+        "topic_list_response",
+        "topic_members_response",
+        "topic_history_response",
+        "file_list",
+        "file_status_result",
         "mesh_info_result",
+        "mcp_list_result",
     ];
     /// `broker_ws_messages_refused_total`.
     pub const WS_REFUSALS: &[&str] = &[
@@ -721,6 +974,7 @@ pub mod labels {
         "resync",
         "scheduler",
         "clock_authority",
+        "watcher",
     ];
     /// `broker_task_requests_refused_total`.
     pub const TASK_REFUSALS: &[&str] = &[
@@ -768,12 +1022,109 @@ pub mod labels {
         "revoked",
         "store",
     ];
+    /// `broker_topic_requests_refused_total` (`TopicError::metric_label`).
+    pub const TOPIC_REFUSALS: &[&str] = &[
+        "invalid",
+        "not_found",
+        "too_many_topics",
+        "topic_full",
+        "not_member",
+        "revoked",
+        "key",
+        "store",
+    ];
+    /// `broker_file_requests_refused_total` (`FileError::metric_label` and the HTTP
+    /// routes' refusals).
+    pub const FILE_REFUSALS: &[&str] = &[
+        "not_found",
+        "not_targeted",
+        "forbidden",
+        "invalid",
+        "too_many_keys",
+        "revoked",
+        "disabled",
+        "unauthorized",
+        "too_large",
+        "mesh_full",
+        "timeout",
+        "store",
+    ];
+    /// `broker_webhook_requests_refused_total` (`WebhookError::metric_label` and the
+    /// inbound route's refusals).
+    pub const WEBHOOK_REFUSALS: &[&str] = &[
+        "invalid",
+        "exists",
+        "too_many_webhooks",
+        "forbidden",
+        "too_large",
+        "bad_json",
+        "unauthorized",
+        "not_object",
+        "rate_limit",
+        "store",
+    ];
+    /// `broker_watch_requests_refused_total` (`WatchError::metric_label`).
+    pub const WATCH_REFUSALS: &[&str] = &["invalid", "target", "too_many", "store"];
+    /// `broker_watch_checks_total`.
+    pub const WATCH_CHECKS: &[&str] = &[
+        "baseline",
+        "unchanged",
+        "changed",
+        "notified",
+        "undelivered",
+        "failed",
+        "refused",
+        "revoked",
+    ];
+    /// `broker_apikey_requests_refused_total` (`ApiKeyError::metric_label`).
+    pub const APIKEY_REFUSALS: &[&str] =
+        &["invalid", "forbidden", "too_many_keys", "revoked", "store"];
+    /// `broker_rest_requests_refused_total`.
+    pub const REST_REFUSALS: &[&str] = &[
+        "key_missing",
+        "key_invalid",
+        "missing_capability",
+        "topic_out_of_scope",
+        "rate_limited",
+        "too_many_streams",
+        "invalid",
+        "store",
+    ];
     /// `broker_stream_requests_refused_total`.
     pub const STREAM_REFUSALS: &[&str] = &[
         "name_too_long",
         "too_many_streams",
         "too_many_subscriptions",
         "unavailable",
+    ];
+
+    /// `broker_relay_requests_refused_total` (`RelayError::metric_label`).
+    pub const RELAY_REFUSALS: &[&str] = &[
+        "invalid",
+        "not_found",
+        "forbidden",
+        "too_many_pending",
+        "unavailable",
+    ];
+    /// `broker_mcp_requests_refused_total` (`McpError::metric_label`).
+    pub const MCP_REFUSALS: &[&str] = &[
+        "invalid",
+        "field_too_large",
+        "too_many_servers",
+        "forbidden",
+        "not_found",
+        "offline",
+        "host_gone",
+        "too_many_pending",
+        "unavailable",
+    ];
+    /// `broker_peer_requests_finished_total`.
+    pub const PEER_REQUEST_OUTCOMES: &[&str] = &[
+        "answered",
+        "timed_out",
+        "target_gone",
+        "unmatched",
+        "dropped",
     ];
 
     /// `broker_account_requests_rejected_total`.
@@ -848,6 +1199,16 @@ impl Metrics {
         reasons(&self.context_requests_refused, labels::CONTEXT_REFUSALS);
         reasons(&self.skill_requests_refused, labels::SKILL_REFUSALS);
         reasons(&self.vault_requests_refused, labels::VAULT_REFUSALS);
+        reasons(&self.topic_requests_refused, labels::TOPIC_REFUSALS);
+        reasons(&self.file_requests_refused, labels::FILE_REFUSALS);
+        reasons(&self.webhook_requests_refused, labels::WEBHOOK_REFUSALS);
+        reasons(&self.watch_requests_refused, labels::WATCH_REFUSALS);
+        reasons(&self.watch_checks, labels::WATCH_CHECKS);
+        reasons(&self.apikey_requests_refused, labels::APIKEY_REFUSALS);
+        reasons(&self.rest_requests_refused, labels::REST_REFUSALS);
+        reasons(&self.relay_requests_refused, labels::RELAY_REFUSALS);
+        reasons(&self.mcp_requests_refused, labels::MCP_REFUSALS);
+        reasons(&self.peer_requests_finished, labels::PEER_REQUEST_OUTCOMES);
         reasons(&self.scheduled_rejected, labels::SCHEDULE_REJECTIONS);
         reasons(&self.scheduled_fires, labels::SCHEDULE_FIRES);
         reasons(&self.account_requests_rejected, labels::ACCOUNT_REJECTIONS);
@@ -899,6 +1260,30 @@ pub fn metrics_markdown() -> String {
         out.push_str(&format!("| `{name}` | {kind} | {help} |\n"));
     }
     out
+}
+
+/// Counters of the peer relay and the peer MCP registry (extensions §13, §14).
+impl Metrics {
+    /// A relay request refused (`reason`: `RelayError::metric_label`).
+    pub fn refuse_relay(&self, reason: &'static str) {
+        self.relay_requests_refused
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
+    /// An MCP registry request refused (`reason`: `McpError::metric_label`).
+    pub fn refuse_mcp(&self, reason: &'static str) {
+        self.mcp_requests_refused
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
+    /// A pending peer request resolved (`labels::PEER_REQUEST_OUTCOMES`).
+    pub fn peer_request_finished(&self, reason: &'static str) {
+        self.peer_requests_finished
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
 }
 
 #[cfg(test)]

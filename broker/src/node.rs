@@ -27,7 +27,6 @@ use crate::cluster::presence::Presence;
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
-use crate::protocol::Status;
 use crate::store::Store;
 
 /// Everything the tasks of one replica share. Each field says why it exists.
@@ -73,6 +72,12 @@ pub struct Node {
     pub resync_requested: tokio::sync::Notify,
     /// Stream subscriptions of presences (extensions §4), cluster-wide in cluster mode.
     pub stream_subscriptions: Arc<dyn crate::cluster::subscriptions::StreamSubscriptions>,
+    /// The peer MCP registry and the pending peer requests (extensions §13, §14),
+    /// cluster-wide in cluster mode.
+    pub mcp_registry: Arc<dyn crate::cluster::mcp_registry::McpRegistry>,
+    /// The peer requests this replica waits on (their timers), bounded by
+    /// `MAX_PENDING_PEER_REQUESTS_PER_REPLICA`.
+    pub peer_pending: Arc<crate::service::peer_relay::PendingSlots>,
 }
 
 impl std::fmt::Debug for Node {
@@ -124,7 +129,19 @@ impl Node {
             stream_subscriptions: Arc::new(
                 crate::cluster::subscriptions::MemoryStreamSubscriptions::new(),
             ),
+            mcp_registry: Arc::new(crate::cluster::mcp_registry::MemoryMcpRegistry::new()),
+            peer_pending: Arc::new(crate::service::peer_relay::PendingSlots::default()),
         }
+    }
+
+    /// Keeps the peer MCP registry and the pending peer requests in `registry` (Redis in
+    /// cluster mode) instead of this process's memory.
+    pub fn with_mcp_registry(
+        mut self,
+        registry: Arc<dyn crate::cluster::mcp_registry::McpRegistry>,
+    ) -> Self {
+        self.mcp_registry = registry;
+        self
     }
 
     /// Keeps stream subscriptions in `subscriptions` (Redis in cluster mode) instead of
@@ -198,7 +215,8 @@ impl Node {
         self.subscriptions
             .sync(
                 mesh_id,
-                || self.hub.has_mesh(mesh_id),
+                // Local sockets, or REST SSE streams (`rest::sse`) woken by the mesh's events.
+                || self.hub.has_mesh(mesh_id) || crate::rest::sse::has_mesh(mesh_id),
                 // Without a subscription this replica would miss invalidations.
                 || self.members.remove(mesh_id),
             )
@@ -207,9 +225,11 @@ impl Node {
 
     /// After the bus reconnected: subscribe every local mesh again (idempotent).
     pub async fn resubscribe_all(&self) {
-        self.subscriptions
-            .resubscribe_all(self.hub.mesh_ids())
-            .await;
+        let mut meshes = self.hub.mesh_ids();
+        meshes.extend(crate::rest::sse::mesh_ids());
+        meshes.sort();
+        meshes.dedup();
+        self.subscriptions.resubscribe_all(meshes).await;
     }
 
     /// A connection id unique across the cluster: this node's id and a sequence number.
@@ -239,11 +259,6 @@ impl Node {
         HookState::key(pid, cwd)
     }
 
-    /// See [`HookState::remember`].
-    pub fn remember_pending_hook(&self, pid: i64, cwd: &str, status: Status) -> bool {
-        self.hooks.remember(pid, cwd, status)
-    }
-
     /// The narrow handles the handshake checks take.
     pub fn handshake(&self) -> crate::auth::Handshake<'_> {
         crate::auth::Handshake {
@@ -258,11 +273,6 @@ impl Node {
             },
             metrics: &self.metrics,
         }
-    }
-
-    /// See [`HookState::take`].
-    pub fn take_pending_hook(&self, pid: Option<i64>, cwd: &str) -> Option<Status> {
-        self.hooks.take(pid, cwd)
     }
 }
 

@@ -1522,3 +1522,267 @@ async fn redis_stream_subscriptions_are_shared_between_replicas() {
     b.remove_presence("m1", "p1").await.unwrap();
     assert!(a.streams_of("m1", "p1").await.unwrap().is_empty());
 }
+
+// ---------------------------------------------------------------------------------------
+// The peer MCP registry and pending peer requests (`cluster::mcp_registry`)
+// ---------------------------------------------------------------------------------------
+
+use broker::cluster::mcp_registry::{
+    McpRegistry, MemoryMcpRegistry, Pending, PendingKind, RedisMcpRegistry, Registration, Swap,
+    Tool,
+};
+
+async fn redis_mcp_registry(server: &RedisServer) -> RedisMcpRegistry {
+    let (_, conn) = redis_conn(server).await;
+    RedisMcpRegistry::new(conn, &prefix())
+}
+
+fn registration(name: &str, member: &str, presence: &str) -> Registration {
+    Registration {
+        server_name: name.into(),
+        description: format!("{name} server"),
+        tools: vec![Tool {
+            name: "t".into(),
+            description: "a tool".into(),
+            input_schema: serde_json::json!({"type": "object", "properties": {"x": {"type": "number", "default": 1.5}}, "required": []}),
+        }],
+        persistent: false,
+        host_member_id: member.into(),
+        host_presence_id: presence.into(),
+        hosted_by: "host".into(),
+        online: true,
+        offline_since: None,
+        registered_at: 1,
+    }
+}
+
+fn pending(id: &str, requester: &str, target: &str, deadline_ms: i64) -> Pending {
+    Pending {
+        id: id.into(),
+        kind: PendingKind::McpCall,
+        requester_presence_id: requester.into(),
+        target_presence_id: target.into(),
+        req_id: Some(format!("r-{id}")),
+        subject: "srv".into(),
+        deadline_ms,
+    }
+}
+
+/// Registrations are compare-and-set by their previous value, bounded per mesh for new
+/// names only, and per mesh.
+async fn registrations_are_compare_and_set_and_bounded(r: &dyn McpRegistry) {
+    let one = registration("one", "m1", "p1");
+    assert_eq!(
+        r.swap("mesh", "one", None, Some(&one), 2).await.unwrap(),
+        Swap::Done
+    );
+    assert_eq!(
+        r.swap("mesh", "one", None, Some(&one), 2).await.unwrap(),
+        Swap::Conflict,
+        "not absent any more"
+    );
+    let read = r.server("mesh", "one").await.unwrap().unwrap();
+    assert_eq!(read, one, "a registration round-trips exactly");
+    let moved = Registration {
+        host_presence_id: "p2".into(),
+        ..read.clone()
+    };
+    assert_eq!(
+        r.swap("mesh", "one", Some(&read), Some(&moved), 2)
+            .await
+            .unwrap(),
+        Swap::Done
+    );
+    assert_eq!(
+        r.swap("mesh", "one", Some(&read), None, 2).await.unwrap(),
+        Swap::Conflict,
+        "a stale expected value changes nothing"
+    );
+    let two = registration("two", "m1", "p1");
+    r.swap("mesh", "two", None, Some(&two), 2).await.unwrap();
+    assert_eq!(
+        r.swap(
+            "mesh",
+            "three",
+            None,
+            Some(&registration("three", "m", "p")),
+            2
+        )
+        .await
+        .unwrap(),
+        Swap::Full
+    );
+    let two_again = Registration {
+        description: "replaced".into(),
+        ..two.clone()
+    };
+    assert_eq!(
+        r.swap("mesh", "two", Some(&two), Some(&two_again), 2)
+            .await
+            .unwrap(),
+        Swap::Done,
+        "replacing is no new name"
+    );
+    assert_eq!(
+        r.swap("other", "one", None, Some(&one), 2).await.unwrap(),
+        Swap::Done,
+        "per mesh"
+    );
+    let names: Vec<String> = r
+        .servers("mesh")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.server_name)
+        .collect();
+    assert_eq!(names, ["one", "two"]);
+    assert_eq!(
+        r.swap("mesh", "one", Some(&moved), None, 2).await.unwrap(),
+        Swap::Done
+    );
+    assert!(r.server("mesh", "one").await.unwrap().is_none());
+}
+
+/// A pending request is taken exactly once, only by its target when one is named, and the
+/// requester's bound counts open requests only.
+async fn pending_requests_are_taken_once_and_bounded_per_requester(r: &dyn McpRegistry) {
+    let now = broker::ids::now_ms();
+    assert!(
+        r.open("m", &pending("a", "req", "host", now + 60_000), 2, now)
+            .await
+            .unwrap()
+    );
+    assert!(
+        r.open("m", &pending("b", "req", "host", now + 60_000), 2, now)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !r.open("m", &pending("c", "req", "host", now + 60_000), 2, now)
+            .await
+            .unwrap()
+    );
+    assert!(
+        r.open("m", &pending("d", "other", "host", now + 60_000), 2, now)
+            .await
+            .unwrap()
+    );
+    assert_eq!(r.open_to("m", "host", now).await.unwrap(), ["a", "b", "d"]);
+    assert!(r.is_open("m", "a").await.unwrap());
+    assert!(r.take("m", "a", Some("intruder")).await.unwrap().is_none());
+    let taken = r.take("m", "a", Some("host")).await.unwrap().unwrap();
+    assert_eq!(taken, pending("a", "req", "host", now + 60_000));
+    assert!(r.take("m", "a", None).await.unwrap().is_none(), "once");
+    assert!(!r.is_open("m", "a").await.unwrap());
+    assert!(
+        r.open("m", &pending("c", "req", "host", now + 60_000), 2, now)
+            .await
+            .unwrap(),
+        "room again"
+    );
+    assert_eq!(r.open_to("m", "host", now).await.unwrap(), ["b", "c", "d"]);
+    assert!(
+        r.take("other-mesh", "b", None).await.unwrap().is_none(),
+        "per mesh"
+    );
+    // Expired entries no longer count against the bound.
+    let later = now + 120_000;
+    assert!(
+        r.open("m", &pending("e", "req", "host", later + 1_000), 2, later)
+            .await
+            .unwrap()
+    );
+    assert_eq!(r.open_to("m", "host", later).await.unwrap(), ["e"]);
+}
+
+macro_rules! mcp_registry_contract {
+    ($($name:ident),* $(,)?) => {
+        mod mcp_registry_memory {
+            $(#[tokio::test] async fn $name() { super::$name(&super::MemoryMcpRegistry::new()).await; })*
+        }
+        mod mcp_registry_redis {
+            $(#[tokio::test] async fn $name() {
+                let server = super::RedisServer::start();
+                super::$name(&super::redis_mcp_registry(&server).await).await;
+            })*
+        }
+    };
+}
+
+mcp_registry_contract!(
+    registrations_are_compare_and_set_and_bounded,
+    pending_requests_are_taken_once_and_bounded_per_requester,
+);
+
+/// Pending status hooks (`keep_pending_hook`/`take_pending_hook`): shared by Redis, bounded
+/// across every caller, replaced in place, taken once, expiring; the memory backend does
+/// not share them (its replica keeps them itself).
+#[tokio::test]
+async fn redis_presence_keeps_pending_hooks_bounded_and_takes_each_once() {
+    let server = RedisServer::start();
+    let prefix = prefix();
+    let p = redis_presence(&server, &prefix).await;
+    let q = redis_presence(&server, &prefix).await;
+    let ttl = Duration::from_secs(60);
+    assert_eq!(
+        p.keep_pending_hook("k1", Status::Working, ttl, 2)
+            .await
+            .unwrap(),
+        Some(true)
+    );
+    assert_eq!(
+        q.keep_pending_hook("k2", Status::Working, ttl, 2)
+            .await
+            .unwrap(),
+        Some(true)
+    );
+    // The bound is shared: a third key is dropped, a key already waiting is replaced.
+    assert_eq!(
+        q.keep_pending_hook("k3", Status::Working, ttl, 2)
+            .await
+            .unwrap(),
+        Some(false)
+    );
+    assert_eq!(
+        q.keep_pending_hook("k1", Status::Idle, ttl, 2)
+            .await
+            .unwrap(),
+        Some(true)
+    );
+    // Taken by exactly one caller, whichever client wrote it.
+    assert_eq!(q.take_pending_hook("k1").await.unwrap(), Some(Status::Idle));
+    assert_eq!(p.take_pending_hook("k1").await.unwrap(), None);
+    assert_eq!(p.take_pending_hook("k3").await.unwrap(), None);
+    // Taking made room again.
+    assert_eq!(
+        p.keep_pending_hook("k3", Status::Working, Duration::from_millis(50), 2)
+            .await
+            .unwrap(),
+        Some(true)
+    );
+    // The bound is full (k2, k3) until k3 expires: then its slot is free for k4.
+    let deadline = Instant::now() + WAIT;
+    while p
+        .keep_pending_hook("k4", Status::Working, ttl, 2)
+        .await
+        .unwrap()
+        != Some(true)
+    {
+        assert!(Instant::now() < deadline, "k3 never expired");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(p.take_pending_hook("k3").await.unwrap(), None, "expired");
+    assert_eq!(
+        p.take_pending_hook("k2").await.unwrap(),
+        Some(Status::Working)
+    );
+    let memory = MemoryPresence::new();
+    assert_eq!(
+        memory
+            .keep_pending_hook("k1", Status::Working, ttl, 2)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(memory.take_pending_hook("k1").await.unwrap(), None);
+}

@@ -274,9 +274,11 @@ async fn audit_query_and_verify_see_the_same_chain_from_both_replicas() {
         .iter()
         .filter(|e| e.event_type == "message_sent")
         .collect();
-    assert_eq!(sent[0].actor, "admin", "the display name");
-    assert_eq!(sent[1].actor, "owner");
-    assert_eq!(sent[0].payload["targetSpec"], "*");
+    // The two sends went through different replicas: their appends may land in either order.
+    let mut actors: Vec<&str> = sent.iter().map(|e| e.actor.as_str()).collect();
+    actors.sort();
+    assert_eq!(actors, ["admin", "owner"], "the display names");
+    assert!(sent.iter().all(|e| e.payload["targetSpec"] == "*"));
 
     let page: AuditResult = parse(
         &cd.request(
@@ -551,9 +553,7 @@ async fn every_refused_family_releases_the_cli_at_once() {
 
     // (frame, the reply type the CLI matches, or None for `unsupported`).
     let cases: Vec<(Value, Option<&str>)> = vec![
-        // §19.1 files
-        (json!({"type": "list_files"}), Some("file_list")),
-        (json!({"type": "get_file", "fileId": "f1"}), None),
+        // (§19.1 files are built: `tests/ext_files.rs`.)
         // §19.2 vectors
         (json!({"type": "list_collections"}), Some("collection_list")),
         (
@@ -578,31 +578,6 @@ async fn every_refused_family_releases_the_cli_at_once() {
             json!({"type": "mcp_deploy", "server_name": "svc", "source": {"type": "git", "url": "x"}}),
             None,
         ),
-        // §9–§17, not built yet (contexts, skills and the vault are: not refused)
-        (json!({"type": "topic_list"}), Some("topic_list_response")),
-        (
-            json!({"type": "topic_history", "topic": "general", "limit": 20}),
-            Some("topic_history_response"),
-        ),
-        (json!({"type": "apikey_list"}), Some("apikey_list_response")),
-        (
-            json!({"type": "apikey_create", "label": "l", "capabilities": ["send"]}),
-            None,
-        ),
-        (json!({"type": "topic_create", "name": "t"}), None),
-        (
-            json!({"type": "peer_file_request", "targetPubkey": "ab", "filePath": "x"}),
-            None,
-        ),
-        (json!({"type": "mcp_list"}), Some("mcp_list_result")),
-        (
-            json!({"type": "mcp_call", "serverName": "s", "toolName": "t", "args": {}}),
-            Some("mcp_call_result"),
-        ),
-        (json!({"type": "list_webhooks"}), Some("webhook_list")),
-        (json!({"type": "create_webhook", "name": "w"}), None),
-        (json!({"type": "watch_list"}), Some("watch_list_result")),
-        (json!({"type": "watch", "url": "https://example.com"}), None),
     ];
     for (frame, typed) in cases {
         let reply = c.request(frame.clone()).await;
@@ -611,36 +586,6 @@ async fn every_refused_family_releases_the_cli_at_once() {
             assert_eq!(reply["type"], t);
         }
     }
-    // Frames the CLI sends without `_reqId` are answered without one (tolerant matching
-    // takes the oldest request waiting for that type).
-    c.send(json!({"type": "mcp_list"})).await;
-    let reply = c.expect("mcp_list_result").await;
-    assert_eq!(reply, json!({"type": "mcp_list_result", "servers": []}));
-    c.send(json!({"type": "mcp_call", "serverName": "fs", "toolName": "t", "args": {}}))
-        .await;
-    assert_eq!(
-        c.expect("mcp_call_result").await["error"],
-        "MCP server \"fs\" not found in mesh"
-    );
-    c.send(json!({"type": "topic_members", "topic": "general"}))
-        .await;
-    assert_eq!(
-        c.expect("topic_members_response").await,
-        json!({"type": "topic_members_response", "topic": "general", "members": []})
-    );
-    // Fire-and-forget frames are silent (an `error` would release another pending request).
-    for t in [
-        "topic_join",
-        "topic_leave",
-        "topic_mark_read",
-        "mcp_unregister",
-    ] {
-        c.send(json!({"type": t, "topic": "general", "serverName": "s"}))
-            .await;
-    }
-    c.expect_none(Duration::from_millis(300), |v| v["type"] == "error")
-        .await;
-
     // The CLI's own frames of this file's families, as `msg-status` and `info` send them.
     let ack = c.send_msg("*", "now", "x").await;
     let id = ack["messageId"].as_str().unwrap().to_string();
@@ -682,13 +627,7 @@ async fn every_refused_family_releases_the_cli_at_once() {
     }
     assert!(info.get("_reqId").is_none());
 
-    // HTTP routes of §19.
-    let (status, body) = b.try_http("POST", "/upload", None, Some("x")).unwrap();
-    assert_eq!(status, 501);
-    assert_eq!(
-        serde_json::from_str::<Value>(&body).unwrap(),
-        json!({"ok": false, "error": "file storage is not available on this broker"})
-    );
+    // HTTP routes of §19 (files, §19.1, are built: `tests/ext_files.rs`).
     let (status, body) = b.try_http("POST", "/tg/token", None, Some("{}")).unwrap();
     assert_eq!(status, 501);
     assert_eq!(

@@ -2641,3 +2641,1404 @@ async fn vault_concurrent_bound(s: &dyn Store) {
 contract!(context_store: contexts_records);
 contract!(skill_store: skills_records, skills_concurrent_bound);
 contract!(vault_store: vault_entries, vault_concurrent_bound);
+
+/// Deletes reach every family, on both backends: a member delete takes what only the
+/// member had (its scheduled messages, its user link) and keeps what it gave the mesh; a
+/// mesh delete takes every family's data (a mesh created again under the same id starts
+/// empty in each family, and its clock is no longer leased, so it stops); other meshes keep
+/// theirs. A family added later adds its write and its empty read here.
+async fn deleting_reaches_every_family(s: &dyn Store) {
+    use broker::store::memories::Memory;
+    use broker::store::msg_status::{SentMessage, SentTarget};
+    use broker::store::schedule::ScheduledEntry;
+    use broker::store::skills::SkillActor;
+    use broker::store::tasks::TaskFilter;
+
+    let value = json!({"v": 1});
+    for mesh_id in ["m1", "m2"] {
+        s.create_mesh(mesh(mesh_id)).await.unwrap();
+    }
+    let mut members = Vec::new();
+    for mesh_id in ["m1", "m2"] {
+        let alice = s
+            .add_member(mesh_id, new_member("aa", "alice"))
+            .await
+            .unwrap();
+        let bob = s
+            .add_member(mesh_id, new_member("bb", "bob"))
+            .await
+            .unwrap();
+        let a = alice.id.as_str();
+        written(
+            s.set_state(state_write(mesh_id, "k", &value, a, 10, 0))
+                .await
+                .unwrap(),
+        );
+        let memory = Memory {
+            id: format!("mem-{mesh_id}"),
+            mesh_id: mesh_id.into(),
+            content: "the deploy key rotates on fridays".into(),
+            tags: vec![],
+            member_id: a.into(),
+            member_name: "alice".into(),
+            created_at: 1,
+        };
+        assert!(s.remember(memory, 0).await.unwrap());
+        s.create_task(task(&format!("t-{mesh_id}"), mesh_id, a, 1), 0)
+            .await
+            .unwrap();
+        s.create_stream(stream(&format!("st-{mesh_id}"), mesh_id, "logs", 1), 0)
+            .await
+            .unwrap();
+        for (id, who) in [("s-alice", a), ("s-bob", bob.id.as_str())] {
+            let entry = ScheduledEntry {
+                id: format!("{id}-{mesh_id}"),
+                mesh_id: mesh_id.into(),
+                presence_id: "p".into(),
+                member_id: who.into(),
+                to: "*".into(),
+                message: "later".into(),
+                deliver_at: i64::MAX / 4,
+                cron: None,
+                subtype: None,
+                fired_count: 0,
+                cancelled: false,
+                fired_at: None,
+                created_at: 1,
+            };
+            s.create_scheduled(entry, 10).await.unwrap();
+        }
+        s.set_clock(mesh_id, 10.0, 1).await.unwrap();
+        s.record_fanout(SentMessage {
+            id: format!("Status{mesh_id}"),
+            mesh_id: mesh_id.into(),
+            sender_member_id: a.into(),
+            target: SentTarget::Fanout { spec: "*".into() },
+            created_at: broker::ids::now_ms(),
+            delivered_at: None,
+        })
+        .await
+        .unwrap();
+        s.share_context(context(
+            &format!("c-{mesh_id}"),
+            mesh_id,
+            a,
+            "summary",
+            &[],
+            1,
+        ))
+        .await
+        .unwrap();
+        s.share_skill(skill(mesh_id, "deploy", a, 1), SkillActor::Member(a), 0)
+            .await
+            .unwrap();
+        assert!(
+            s.vault_set(vault_entry(mesh_id, a, "key", 1), 0)
+                .await
+                .unwrap()
+        );
+        assert_eq!(
+            s.webhook_create(webhook(mesh_id, "ci", a, 1), 0)
+                .await
+                .unwrap(),
+            broker::store::webhooks::WebhookCreated::Created
+        );
+        for (id, who) in [("w-alice", a), ("w-bob", bob.id.as_str())] {
+            s.watch_create(url_watch(&format!("{id}-{mesh_id}"), mesh_id, who, 1), 0, 0)
+                .await
+                .unwrap();
+        }
+        s.archive_mesh(mesh_id, 1).await.unwrap();
+        members.push((alice, bob));
+    }
+    let (alice, bob) = members.swap_remove(0);
+
+    // A member delete: its scheduled messages go (they would fire as nobody); what it gave
+    // the mesh stays.
+    assert!(s.delete_member("m1", &bob.id).await.unwrap());
+    assert!(s.list_scheduled("m1", &bob.id).await.unwrap().is_empty());
+    assert_eq!(s.list_scheduled("m1", &alice.id).await.unwrap().len(), 1);
+    assert_eq!(s.memory_count("m1").await.unwrap(), 1);
+    // Its URL watches go too (they are only the member's); its webhooks were the mesh's.
+    assert!(s.watch_list("m1", &bob.id).await.unwrap().is_empty());
+    assert_eq!(s.watch_list("m1", &alice.id).await.unwrap().len(), 1);
+
+    // A mesh delete, then a mesh under the same id: every family starts empty.
+    assert!(s.delete_mesh("m1").await.unwrap());
+    s.create_mesh(mesh("m1")).await.unwrap();
+    let reads = |mesh_id: &'static str, member: String| async move {
+        let m = member.as_str();
+        [
+            ("state", s.list_state(mesh_id, 100).await.unwrap().len()),
+            ("memories", s.memory_count(mesh_id).await.unwrap() as usize),
+            (
+                "recall",
+                s.recall(mesh_id, "deploy", 10).await.unwrap().len(),
+            ),
+            (
+                "tasks",
+                s.list_tasks(mesh_id, &TaskFilter::default(), 100)
+                    .await
+                    .unwrap()
+                    .len(),
+            ),
+            ("streams", s.list_streams(mesh_id).await.unwrap().len()),
+            (
+                "schedule",
+                s.list_scheduled(mesh_id, m).await.unwrap().len(),
+            ),
+            (
+                "clock",
+                usize::from(s.clock(mesh_id).await.unwrap().is_some()),
+            ),
+            (
+                "msg_status",
+                s.find_sent(mesh_id, "Status", 10).await.unwrap().len(),
+            ),
+            (
+                "contexts",
+                s.list_contexts(mesh_id, 10).await.unwrap().len(),
+            ),
+            (
+                "skills",
+                s.list_skills(mesh_id, None, 10).await.unwrap().len(),
+            ),
+            ("vault", s.vault_list(mesh_id, m, 10).await.unwrap().len()),
+            ("webhooks", s.webhook_list(mesh_id, 10).await.unwrap().len()),
+            ("watches", s.watch_list(mesh_id, m).await.unwrap().len()),
+            (
+                "archived",
+                usize::from(s.mesh_archived(mesh_id).await.unwrap()),
+            ),
+        ]
+    };
+    for (family, n) in reads("m1", alice.id.clone()).await {
+        assert_eq!(n, 0, "{family} kept data of the deleted mesh");
+    }
+    // The deleted mesh's clock is no longer leased by anyone: it stops.
+    let leased = s.lease_clocks("holder", 10, 60_000, 10).await.unwrap();
+    assert_eq!(
+        leased
+            .iter()
+            .map(|c| c.mesh_id.as_str())
+            .collect::<Vec<_>>(),
+        vec!["m2"],
+        "only the surviving mesh's clock runs"
+    );
+    // The other mesh kept everything.
+    let (other_alice, _) = &members[0];
+    for (family, n) in reads("m2", other_alice.id.clone()).await {
+        assert_eq!(n, 1, "{family} of the other mesh");
+    }
+}
+
+contract!(family_deletion: deleting_reaches_every_family);
+
+// ---------------------------------------------------------------------------------------
+// Files (extensions §19.1)
+
+fn file_record(
+    mesh_id: &str,
+    id: &str,
+    name: &str,
+    by: &str,
+    at: i64,
+) -> broker::store::files::FileRecord {
+    broker::store::files::FileRecord {
+        id: id.into(),
+        mesh_id: mesh_id.into(),
+        uploader_member_id: format!("member-{by}"),
+        uploader_name: by.into(),
+        name: name.into(),
+        tags: vec!["t1".into()],
+        persistent: true,
+        encrypted: false,
+        owner_pubkey: None,
+        target_spec: None,
+        size: 0,
+        uploaded_at: at,
+    }
+}
+
+/// Uploads `body` as one file in chunks of `chunk` bytes; completes it.
+async fn upload_file(
+    s: &dyn Store,
+    f: broker::store::files::FileRecord,
+    body: &[u8],
+    chunk: usize,
+) {
+    use broker::store::files::Begin;
+    let (mesh_id, id) = (f.mesh_id.clone(), f.id.clone());
+    assert_eq!(s.file_begin(f, vec![], 0, 0).await.unwrap(), Begin::Started);
+    for (seq, part) in body.chunks(chunk).enumerate() {
+        assert!(
+            s.file_append(&mesh_id, &id, seq as i32, part, u64::MAX >> 1)
+                .await
+                .unwrap()
+        );
+    }
+    s.file_complete(&mesh_id, &id, body.len() as i64)
+        .await
+        .unwrap();
+}
+
+async fn files_lifecycle(s: &dyn Store) {
+    use broker::store::files::{Begin, FileAccess, FileKey};
+    s.create_mesh(mesh("m1")).await.unwrap();
+    s.create_mesh(mesh("m2")).await.unwrap();
+
+    // An upload is invisible until complete; its chunks read back in order.
+    let key = FileKey {
+        pubkey: "ab".repeat(32),
+        sealed_key: "sealed-a".into(),
+    };
+    let f = file_record("m1", "F1", "Report.PDF", "alice", 10);
+    assert_eq!(
+        s.file_begin(f.clone(), vec![key.clone()], 0, 0)
+            .await
+            .unwrap(),
+        Begin::Started
+    );
+    assert!(s.file_append("m1", "F1", 0, b"hello ", 1000).await.unwrap());
+    assert_eq!(s.file("m1", "F1").await.unwrap(), None);
+    assert!(s.file_list("m1", None, None, 10).await.unwrap().is_empty());
+    assert!(s.file_append("m1", "F1", 1, b"world", 1000).await.unwrap());
+    s.file_complete("m1", "F1", 11).await.unwrap();
+    let got = s.file("m1", "F1").await.unwrap().unwrap();
+    assert_eq!(
+        got,
+        broker::store::files::FileRecord {
+            size: 11,
+            ..f.clone()
+        }
+    );
+    assert_eq!(
+        s.file("m2", "F1").await.unwrap(),
+        None,
+        "another mesh sees nothing"
+    );
+    assert_eq!(s.file_chunk("F1", 0).await.unwrap().unwrap(), b"hello ");
+    assert_eq!(s.file_chunk("F1", 1).await.unwrap().unwrap(), b"world");
+    assert_eq!(s.file_chunk("F1", 2).await.unwrap(), None);
+    assert_eq!(s.mesh_file_bytes("m1").await.unwrap(), 11);
+    assert!(
+        s.file_append("m1", "F1", 2, b"x", 1000).await.is_err(),
+        "a complete file takes no more chunks"
+    );
+
+    // Keys: given at upload, granted later, bounded.
+    assert_eq!(
+        s.file_key("F1", &key.pubkey).await.unwrap().as_deref(),
+        Some("sealed-a")
+    );
+    let bob = FileKey {
+        pubkey: "cd".repeat(32),
+        sealed_key: "sealed-b".into(),
+    };
+    assert!(
+        !s.file_grant("F1", bob.clone(), 1).await.unwrap(),
+        "over MAX_FILE_KEYS"
+    );
+    assert!(s.file_grant("F1", bob.clone(), 2).await.unwrap());
+    assert!(
+        s.file_grant(
+            "F1",
+            FileKey {
+                sealed_key: "b2".into(),
+                ..bob.clone()
+            },
+            2
+        )
+        .await
+        .unwrap(),
+        "replacing a key is not a new one"
+    );
+    assert_eq!(
+        s.file_key("F1", &bob.pubkey).await.unwrap().as_deref(),
+        Some("b2")
+    );
+
+    // Listing: newest first, name substring (any case), exact uploader.
+    upload_file(s, file_record("m1", "F2", "notes.txt", "bob", 20), b"n", 4).await;
+    upload_file(
+        s,
+        file_record("m1", "F3", "report-2.pdf", "bob", 30),
+        b"r",
+        4,
+    )
+    .await;
+    upload_file(s, file_record("m2", "G1", "report.pdf", "bob", 40), b"g", 4).await;
+    let names =
+        |v: Vec<broker::store::files::FileRecord>| v.into_iter().map(|f| f.id).collect::<Vec<_>>();
+    assert_eq!(
+        names(s.file_list("m1", None, None, 10).await.unwrap()),
+        ["F3", "F2", "F1"]
+    );
+    assert_eq!(
+        names(s.file_list("m1", None, None, 2).await.unwrap()),
+        ["F3", "F2"]
+    );
+    assert_eq!(
+        names(s.file_list("m1", Some("REPORT"), None, 10).await.unwrap()),
+        ["F3", "F1"]
+    );
+    assert_eq!(
+        names(
+            s.file_list("m1", Some("report"), Some("bob"), 10)
+                .await
+                .unwrap()
+        ),
+        ["F3"]
+    );
+    assert_eq!(
+        names(s.file_list("m1", None, Some("bo"), 10).await.unwrap()),
+        Vec::<String>::new()
+    );
+    assert_eq!(s.file_count("m1").await.unwrap(), 3);
+
+    // The access log keeps the newest entries.
+    for i in 0..5 {
+        let a = FileAccess {
+            peer_name: format!("p{i}"),
+            accessed_at: 100 + i,
+        };
+        s.file_log_access("F1", a, 3).await.unwrap();
+    }
+    let log = s.file_accesses("F1", 10).await.unwrap();
+    assert_eq!(
+        log.iter().map(|a| a.peer_name.as_str()).collect::<Vec<_>>(),
+        ["p4", "p3", "p2"]
+    );
+
+    // Soft delete: hidden, chunks gone, bytes released; a second delete finds nothing.
+    assert!(s.file_delete("m1", "F1", 200).await.unwrap());
+    assert_eq!(s.file("m1", "F1").await.unwrap(), None);
+    assert_eq!(s.file_chunk("F1", 0).await.unwrap(), None);
+    assert!(!s.file_delete("m1", "F1", 201).await.unwrap());
+    assert!(
+        !s.file_delete("m2", "F2", 201).await.unwrap(),
+        "not across meshes"
+    );
+    assert_eq!(s.mesh_file_bytes("m1").await.unwrap(), 2);
+    assert_eq!(s.file_count("m1").await.unwrap(), 2);
+
+    // The mesh budget: a chunk that would pass it is refused and nothing is stored.
+    let f4 = file_record("m1", "F4", "big", "alice", 50);
+    assert_eq!(
+        s.file_begin(f4, vec![], 0, 0).await.unwrap(),
+        Begin::Started
+    );
+    assert!(s.file_append("m1", "F4", 0, &[1u8; 6], 10).await.unwrap());
+    assert!(!s.file_append("m1", "F4", 1, &[1u8; 3], 10).await.unwrap());
+    assert_eq!(s.mesh_file_bytes("m1").await.unwrap(), 8);
+    // An abort releases what the upload held.
+    s.file_abort("m1", "F4").await.unwrap();
+    assert_eq!(s.mesh_file_bytes("m1").await.unwrap(), 2);
+    assert_eq!(s.file("m1", "F4").await.unwrap(), None);
+
+    // The file-count bound counts incomplete uploads; a stale one (its replica died) is
+    // dropped by the next upload of the mesh, with its bytes.
+    let stale = file_record("m2", "S1", "stale", "alice", 60);
+    assert_eq!(
+        s.file_begin(stale, vec![], 0, 0).await.unwrap(),
+        Begin::Started
+    );
+    assert!(s.file_append("m2", "S1", 0, b"abc", 100).await.unwrap());
+    assert_eq!(s.mesh_file_bytes("m2").await.unwrap(), 4);
+    assert_eq!(
+        s.file_begin(file_record("m2", "S2", "x", "alice", 70), vec![], 2, 0)
+            .await
+            .unwrap(),
+        Begin::TooManyFiles
+    );
+    assert_eq!(
+        s.file_begin(file_record("m2", "S2", "x", "alice", 70), vec![], 2, 61)
+            .await
+            .unwrap(),
+        Begin::Started
+    );
+    assert_eq!(
+        s.mesh_file_bytes("m2").await.unwrap(),
+        1,
+        "the stale upload's bytes went"
+    );
+    assert!(s.file_append("m2", "S1", 1, b"d", 100).await.is_err());
+}
+
+/// Concurrent uploads of one mesh never pass its byte budget together.
+async fn files_concurrent_budget(s: &dyn Store) {
+    use broker::store::files::Begin;
+    s.create_mesh(mesh("m1")).await.unwrap();
+    for i in 0..8 {
+        let f = file_record("m1", &format!("C{i}"), "c", "alice", i);
+        assert_eq!(s.file_begin(f, vec![], 0, 0).await.unwrap(), Begin::Started);
+    }
+    let appends = (0..8).flat_map(|i| {
+        (0..4).map(move |seq| async move {
+            s.file_append("m1", &format!("C{i}"), seq, &[7u8; 10], 100)
+                .await
+                .unwrap()
+        })
+    });
+    let stored = futures_util::future::join_all(appends)
+        .await
+        .into_iter()
+        .filter(|ok| *ok)
+        .count();
+    assert_eq!(stored, 10, "exactly the budget's worth of chunks");
+    assert_eq!(s.mesh_file_bytes("m1").await.unwrap(), 100);
+}
+
+contract!(file_store: files_lifecycle, files_concurrent_budget);
+fn topic(
+    id: &str,
+    mesh_id: &str,
+    name: &str,
+    creator: &str,
+    at: i64,
+) -> broker::store::topics::Topic {
+    broker::store::topics::Topic {
+        id: id.into(),
+        mesh_id: mesh_id.into(),
+        name: name.into(),
+        description: None,
+        visibility: "public".into(),
+        created_by_member_id: Some(creator.into()),
+        encrypted_key_pubkey: None,
+        created_at: at,
+        archived_at: None,
+    }
+}
+
+fn topic_message(
+    id: &str,
+    topic_id: &str,
+    sender: &str,
+    at: i64,
+) -> broker::store::topics::TopicMessage {
+    broker::store::topics::TopicMessage {
+        id: id.into(),
+        topic_id: topic_id.into(),
+        mesh_id: "m1".into(),
+        sender_member_id: sender.into(),
+        sender_member_pubkey: "ab".repeat(32),
+        sender_session_pubkey: None,
+        sender_name: sender.into(),
+        nonce: String::new(),
+        ciphertext: format!("body-{id}"),
+        body_version: 1,
+        reply_to_id: None,
+        queue_id: format!("q-{id}"),
+        created_at: at,
+    }
+}
+
+fn sealed(topic_id: &str, member: &str, blob: &str) -> broker::store::topics::SealedKey {
+    broker::store::topics::SealedKey {
+        topic_id: topic_id.into(),
+        member_id: member.into(),
+        encrypted_key: blob.into(),
+        nonce: "n".into(),
+        sealed_at: 1,
+    }
+}
+
+/// Topics: one live name per mesh, members within their bound, history pages on
+/// (time, insertion) without losing messages of one millisecond, replies kept in their
+/// topic, unread counts, keys claimed once, seals, notifications.
+async fn topics_lifecycle(s: &dyn Store) {
+    use broker::store::topics::{Created, Joined, MarkWhich, Notification, Sealed};
+    s.create_mesh(mesh("m1")).await.unwrap();
+    s.create_mesh(mesh("m2")).await.unwrap();
+    let t1 = topic("t1", "m1", "general", "alice", 10);
+    assert_eq!(
+        s.topic_create(t1.clone(), Some(sealed("t1", "alice", "k")), 2)
+            .await
+            .unwrap(),
+        Created::New(t1.clone())
+    );
+    assert_eq!(
+        s.topic_create(topic("t9", "m1", "general", "bob", 11), None, 2)
+            .await
+            .unwrap(),
+        Created::Existing(t1.clone()),
+        "one live name per mesh"
+    );
+    s.topic_create(topic("t2", "m1", "ops", "bob", 12), None, 2)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.topic_create(topic("t3", "m1", "third", "bob", 13), None, 2)
+            .await
+            .unwrap(),
+        Created::TooMany
+    );
+    s.topic_create(topic("t4", "m2", "general", "eve", 14), None, 2)
+        .await
+        .unwrap();
+    let list = s.topic_list("m1", 10).await.unwrap();
+    assert_eq!(
+        list.iter()
+            .map(|l| (l.topic.name.as_str(), l.member_count))
+            .collect::<Vec<_>>(),
+        [("general", 1), ("ops", 1)]
+    );
+    assert_eq!(
+        s.topic_by_id("m2", "t1").await.unwrap(),
+        None,
+        "ids stay in their mesh"
+    );
+    assert_eq!(
+        s.topic_by_name("m1", "ops").await.unwrap().unwrap().id,
+        "t2"
+    );
+    assert_eq!(
+        s.topic_member("t1", "alice").await.unwrap().unwrap().role,
+        "lead"
+    );
+
+    // Members within the bound; an existing membership is unchanged.
+    assert_eq!(
+        s.topic_join("t1", "bob", "observer", 20, 2).await.unwrap(),
+        Joined::New
+    );
+    assert_eq!(
+        s.topic_join("t1", "bob", "lead", 21, 2).await.unwrap(),
+        Joined::Already
+    );
+    assert_eq!(
+        s.topic_join("t1", "carol", "member", 22, 2).await.unwrap(),
+        Joined::Full
+    );
+    let members = s.topic_members("t1").await.unwrap();
+    assert_eq!(
+        members
+            .iter()
+            .map(|m| (m.member_id.as_str(), m.role.as_str()))
+            .collect::<Vec<_>>(),
+        [("alice", "lead"), ("bob", "observer")]
+    );
+
+    // History: three messages of one millisecond, paged by two, none lost.
+    for (id, at) in [("a", 100), ("b", 100), ("c", 100), ("d", 101)] {
+        s.topic_post(topic_message(id, "t1", "alice", at), vec![])
+            .await
+            .unwrap();
+    }
+    let mut reply = topic_message("e", "t1", "bob", 102);
+    reply.reply_to_id = Some("a".into());
+    assert_eq!(
+        s.topic_post(reply, vec![])
+            .await
+            .unwrap()
+            .reply_to_id
+            .as_deref(),
+        Some("a")
+    );
+    s.topic_post(topic_message("x", "t2", "bob", 50), vec![])
+        .await
+        .unwrap();
+    let mut stray = topic_message("f", "t1", "bob", 103);
+    stray.reply_to_id = Some("x".into());
+    assert_eq!(
+        s.topic_post(stray, vec![]).await.unwrap().reply_to_id,
+        None,
+        "a reply to another topic's message is dropped"
+    );
+    let mut seen = Vec::new();
+    let mut before: Option<String> = None;
+    loop {
+        let page = s.topic_history("t1", before.as_deref(), 2).await.unwrap();
+        if page.is_empty() {
+            break;
+        }
+        before = page.last().map(|m| m.id.clone());
+        seen.extend(page.into_iter().map(|m| m.id));
+    }
+    assert_eq!(seen, ["f", "e", "d", "c", "b", "a"]);
+    assert_eq!(
+        s.topic_history("t1", Some("unknown"), 1).await.unwrap()[0].id,
+        "f",
+        "an unknown cursor is the latest page"
+    );
+    // Streams resume after a message, oldest first; without a known id, after a time.
+    let ids_of = |v: Vec<broker::store::topics::TopicMessage>| {
+        v.into_iter().map(|m| m.id).collect::<Vec<_>>()
+    };
+    assert_eq!(
+        ids_of(
+            s.topic_messages_after("t1", Some("b"), 0, 10)
+                .await
+                .unwrap()
+        ),
+        ["c", "d", "e", "f"]
+    );
+    assert_eq!(
+        ids_of(s.topic_messages_after("t1", Some("a"), 0, 2).await.unwrap()),
+        ["b", "c"]
+    );
+    assert_eq!(
+        ids_of(s.topic_messages_after("t1", None, 101, 10).await.unwrap()),
+        ["e", "f"]
+    );
+    assert_eq!(
+        ids_of(
+            s.topic_messages_after("t1", Some("zz"), 102, 10)
+                .await
+                .unwrap()
+        ),
+        ["f"]
+    );
+    let stored = &s.topic_history("t1", None, 1).await.unwrap()[0];
+    assert_eq!(stored, &topic_message("f", "t1", "bob", 103));
+
+    // Unread: others' messages after the read mark (all without one).
+    let unread = s.topic_unread_counts("m1", "bob").await.unwrap();
+    assert_eq!(unread.get("t1"), Some(&4), "alice's four");
+    assert!(s.topic_mark_read("t1", "bob", 101, false, 0).await.unwrap());
+    assert_eq!(
+        s.topic_unread_counts("m1", "bob").await.unwrap().get("t1"),
+        None
+    );
+    assert!(
+        !s.topic_mark_read("t2", "carol", 1, false, 0).await.unwrap(),
+        "no member"
+    );
+    assert!(
+        s.topic_mark_read("t2", "carol", 1, true, 0).await.unwrap(),
+        "joins"
+    );
+    assert_eq!(
+        s.topic_member("t2", "carol")
+            .await
+            .unwrap()
+            .unwrap()
+            .last_read_at,
+        Some(1)
+    );
+
+    // Keys: claimed once; seals upserted only with overwrite; pending = no copy.
+    assert_eq!(
+        s.topic_key("t1", "alice")
+            .await
+            .unwrap()
+            .unwrap()
+            .encrypted_key,
+        "k"
+    );
+    assert!(
+        s.topic_claim_key(&"c".repeat(64), sealed("t2", "bob", "kb"))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.topic_claim_key(&"d".repeat(64), sealed("t2", "carol", "kc"))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        s.topic_by_id("m1", "t2")
+            .await
+            .unwrap()
+            .unwrap()
+            .encrypted_key_pubkey,
+        Some("c".repeat(64))
+    );
+    assert_eq!(
+        s.topic_unsealed_members("t2", 10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|m| m.member_id.as_str())
+            .collect::<Vec<_>>(),
+        ["carol"]
+    );
+    assert_eq!(
+        s.topic_seal(sealed("t2", "carol", "c1"), false)
+            .await
+            .unwrap(),
+        Sealed::Stored
+    );
+    assert_eq!(
+        s.topic_seal(sealed("t2", "carol", "c2"), false)
+            .await
+            .unwrap(),
+        Sealed::AlreadySealed
+    );
+    assert_eq!(
+        s.topic_key("t2", "carol")
+            .await
+            .unwrap()
+            .unwrap()
+            .encrypted_key,
+        "c1"
+    );
+    s.topic_seal(sealed("t2", "carol", "c3"), true)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.topic_key("t2", "carol")
+            .await
+            .unwrap()
+            .unwrap()
+            .encrypted_key,
+        "c3"
+    );
+    assert!(s.topic_leave("t2", "carol").await.unwrap());
+    assert_eq!(
+        s.topic_key("t2", "carol").await.unwrap(),
+        None,
+        "leaving drops the copy"
+    );
+
+    // Notifications: newest message first, unread filter, marks by id and all.
+    let note = |id: &str, message: &str, at: i64| Notification {
+        id: id.into(),
+        mesh_id: "m1".into(),
+        topic_id: "t1".into(),
+        message_id: message.into(),
+        recipient_member_id: "bob".into(),
+        sender_member_id: "alice".into(),
+        kind: "mention".into(),
+        read_at: None,
+        created_at: at,
+    };
+    s.topic_post(
+        topic_message("g", "t1", "alice", 200),
+        vec![note("n1", "g", 200)],
+    )
+    .await
+    .unwrap();
+    s.topic_post(
+        topic_message("h", "t1", "alice", 200),
+        vec![note("n2", "h", 200)],
+    )
+    .await
+    .unwrap();
+    let n = s.notifications("m1", "bob", 0, true, 10).await.unwrap();
+    assert_eq!(
+        n.iter()
+            .map(|v| v.notification.id.as_str())
+            .collect::<Vec<_>>(),
+        ["n2", "n1"]
+    );
+    assert_eq!(n[0].topic_name, "general");
+    assert_eq!(n[0].message.id, "h");
+    assert!(
+        s.notifications("m1", "bob", 200, false, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        s.notifications("m2", "bob", 0, false, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        s.notifications_mark_read("m1", "bob", MarkWhich::Ids(vec!["g".into()]), 300)
+            .await
+            .unwrap(),
+        1,
+        "by message id"
+    );
+    assert_eq!(
+        s.notifications_mark_read("m1", "bob", MarkWhich::All { before: None }, 300)
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(
+        s.notifications("m1", "bob", 0, true, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        s.notifications("m1", "bob", 0, false, 10).await.unwrap()[1]
+            .notification
+            .read_at,
+        Some(300)
+    );
+}
+
+/// Concurrent creates of distinct names never exceed the per-mesh bound, and concurrent
+/// joins never exceed the per-topic one.
+async fn topics_concurrent_bounds(s: &dyn Store) {
+    use broker::store::topics::{Created, Joined};
+    s.create_mesh(mesh("m1")).await.unwrap();
+    let creates = (0..8).map(|i| {
+        s.topic_create(
+            topic(&format!("t{i}"), "m1", &format!("n{i}"), "alice", i),
+            None,
+            3,
+        )
+    });
+    let created = futures_util::future::join_all(creates).await;
+    assert_eq!(
+        created
+            .iter()
+            .filter(|r| matches!(r, Ok(Created::New(_))))
+            .count(),
+        3
+    );
+    let id = s.topic_list("m1", 10).await.unwrap()[0].topic.id.clone();
+    let names: Vec<String> = (0..8).map(|i| format!("m{i}")).collect();
+    let joins = names
+        .iter()
+        .zip(0..)
+        .map(|(m, i)| s.topic_join(&id, m, "member", i, 4));
+    let joined = futures_util::future::join_all(joins).await;
+    assert_eq!(
+        joined
+            .iter()
+            .filter(|r| matches!(r, Ok(Joined::New)))
+            .count(),
+        3,
+        "alice (the creator) and three more"
+    );
+    assert_eq!(s.topic_members(&id).await.unwrap().len(), 4);
+}
+
+contract!(topic_store: topics_lifecycle, topics_concurrent_bounds);
+
+// ---------------------------------------------------------------------------------------
+// Webhooks (extensions §15) and URL watches (§17)
+
+fn webhook(mesh_id: &str, name: &str, by: &str, at: i64) -> broker::store::webhooks::Webhook {
+    broker::store::webhooks::Webhook {
+        id: format!("{mesh_id}-{name}-{at}"),
+        mesh_id: mesh_id.into(),
+        name: name.into(),
+        secret_hash: format!("hash-{mesh_id}-{name}-{at}"),
+        creator_member_id: by.into(),
+        created_at: at,
+    }
+}
+
+fn url_watch(id: &str, mesh_id: &str, member_id: &str, at: i64) -> broker::store::watches::Watch {
+    broker::store::watches::Watch {
+        id: id.into(),
+        mesh_id: mesh_id.into(),
+        member_id: member_id.into(),
+        url: "http://127.0.0.1:9/".into(),
+        mode: "json".into(),
+        extract: Some("$.a".into()),
+        interval_secs: 5,
+        notify_on: "match:up".into(),
+        headers: [("X-Token".to_string(), "t".to_string())].into(),
+        label: Some("l".into()),
+        last_value: None,
+        last_check: None,
+        created_at: at,
+        next_check_at: at,
+    }
+}
+
+/// Webhooks: unique names per mesh (a delete frees the name), lookup by (mesh, secret
+/// hash) only, lists oldest first, the per-mesh bound.
+async fn webhooks_records(s: &dyn Store) {
+    use broker::store::webhooks::WebhookCreated;
+    for m in ["m1", "m2"] {
+        s.create_mesh(mesh(m)).await.unwrap();
+    }
+    let ci = webhook("m1", "ci", "alice", 2);
+    assert_eq!(
+        s.webhook_create(ci.clone(), 2).await.unwrap(),
+        WebhookCreated::Created
+    );
+    assert_eq!(
+        s.webhook_create(webhook("m1", "ci", "bob", 3), 2)
+            .await
+            .unwrap(),
+        WebhookCreated::Exists
+    );
+    let deploy = webhook("m1", "deploy", "bob", 1);
+    assert_eq!(
+        s.webhook_create(deploy.clone(), 2).await.unwrap(),
+        WebhookCreated::Created
+    );
+    assert_eq!(
+        s.webhook_create(webhook("m1", "third", "bob", 4), 2)
+            .await
+            .unwrap(),
+        WebhookCreated::TooMany
+    );
+    assert_eq!(
+        s.webhook_create(webhook("m2", "ci", "carol", 5), 2)
+            .await
+            .unwrap(),
+        WebhookCreated::Created,
+        "names are per mesh"
+    );
+    assert_eq!(
+        s.webhook_list("m1", 10).await.unwrap(),
+        vec![deploy.clone(), ci.clone()]
+    );
+    assert_eq!(s.webhook_list("m1", 1).await.unwrap().len(), 1);
+    assert_eq!(s.webhook_get("m1", "ci").await.unwrap(), Some(ci.clone()));
+    assert_eq!(
+        s.webhook_by_secret("m1", &ci.secret_hash).await.unwrap(),
+        Some(ci.clone())
+    );
+    assert_eq!(
+        s.webhook_by_secret("m2", &ci.secret_hash).await.unwrap(),
+        None
+    );
+    assert!(s.webhook_delete("m1", "ci").await.unwrap());
+    assert!(!s.webhook_delete("m1", "ci").await.unwrap());
+    assert_eq!(
+        s.webhook_by_secret("m1", &ci.secret_hash).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        s.webhook_create(webhook("m1", "ci", "bob", 6), 2)
+            .await
+            .unwrap(),
+        WebhookCreated::Created,
+        "a delete frees the name"
+    );
+}
+
+/// Concurrent creates in one mesh never pass the bound, and one name is created once.
+async fn webhooks_concurrent_bound(s: &dyn Store) {
+    use broker::store::webhooks::WebhookCreated;
+    s.create_mesh(mesh("m1")).await.unwrap();
+    let creates =
+        (0..10).map(|i| s.webhook_create(webhook("m1", &format!("h{}", i % 5), "a", i), 3));
+    let created = futures_util::future::join_all(creates)
+        .await
+        .into_iter()
+        .filter(|r| *r.as_ref().unwrap() == WebhookCreated::Created)
+        .count();
+    assert_eq!(created, 3);
+    assert_eq!(s.webhook_list("m1", 20).await.unwrap().len(), 3);
+}
+
+/// Watches: per member, bounded per member and per mesh; a claim leases due watches to one
+/// owner until the lease runs out; only the lease holder records.
+async fn watches_leases(s: &dyn Store) {
+    use broker::store::watches::WatchCreated;
+    for m in ["m1", "m2"] {
+        s.create_mesh(mesh(m)).await.unwrap();
+    }
+    let w1 = url_watch("w_1", "m1", "alice", 100);
+    assert_eq!(
+        s.watch_create(w1.clone(), 2, 3).await.unwrap(),
+        WatchCreated::Created
+    );
+    s.watch_create(url_watch("w_2", "m1", "alice", 200), 2, 3)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.watch_create(url_watch("w_3", "m1", "alice", 300), 2, 3)
+            .await
+            .unwrap(),
+        WatchCreated::TooManyForMember
+    );
+    s.watch_create(url_watch("w_4", "m1", "bob", 400), 2, 3)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.watch_create(url_watch("w_5", "m1", "carol", 500), 2, 3)
+            .await
+            .unwrap(),
+        WatchCreated::TooManyForMesh
+    );
+    s.watch_create(url_watch("w_6", "m2", "alice", 600), 2, 3)
+        .await
+        .unwrap();
+    let ids =
+        |ws: &[broker::store::watches::Watch]| ws.iter().map(|w| w.id.clone()).collect::<Vec<_>>();
+    assert_eq!(
+        ids(&s.watch_list("m1", "alice").await.unwrap()),
+        vec!["w_1", "w_2"]
+    );
+    assert_eq!(
+        s.watch_list("m1", "alice").await.unwrap()[0],
+        w1,
+        "stored as given"
+    );
+
+    // Due at 250: w_1 and w_2 (not w_4, due at 400), most overdue first, to one owner.
+    let got = s.watch_claim_due(250, 1_250, "r1", 10).await.unwrap();
+    assert_eq!(ids(&got), vec!["w_1", "w_2"]);
+    assert!(
+        s.watch_claim_due(300, 1_300, "r2", 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "leased"
+    );
+    // The lease holder records; another owner cannot.
+    assert!(
+        !s.watch_record("w_1", "r2", Some(("x".into(), 300)), 5_000)
+            .await
+            .unwrap()
+    );
+    assert!(
+        s.watch_record("w_1", "r1", Some(("v1".into(), 300)), 5_000)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.watch_record("w_1", "r1", Some(("v2".into(), 301)), 5_000)
+            .await
+            .unwrap(),
+        "released"
+    );
+    let w = &s.watch_list("m1", "alice").await.unwrap()[0];
+    assert_eq!(
+        (w.last_value.as_deref(), w.last_check, w.next_check_at),
+        (Some("v1"), Some(300), 5_000)
+    );
+    // w_2's holder died: once its lease runs out, another owner takes it (with the watches
+    // due meanwhile).
+    let taken = s.watch_claim_due(1_250, 2_250, "r2", 10).await.unwrap();
+    assert_eq!(ids(&taken), vec!["w_2", "w_4", "w_6"]);
+    assert!(
+        !s.watch_record("w_2", "r1", Some(("late".into(), 1_300)), 9_000)
+            .await
+            .unwrap()
+    );
+    for id in ["w_2", "w_4", "w_6"] {
+        assert!(
+            s.watch_record(id, "r2", Some(("v".into(), 1_300)), 9_000)
+                .await
+                .unwrap()
+        );
+    }
+    // A failed check (nothing observed) keeps the value and moves the due time.
+    let again = s.watch_claim_due(5_000, 6_000, "r1", 10).await.unwrap();
+    assert_eq!(ids(&again), vec!["w_1"]);
+    assert!(s.watch_record("w_1", "r1", None, 9_000).await.unwrap());
+    let w = &s.watch_list("m1", "alice").await.unwrap()[0];
+    assert_eq!(
+        (w.last_value.as_deref(), w.next_check_at),
+        (Some("v1"), 9_000)
+    );
+
+    // Deletes only the member's own; a foreign id answers like an unknown one.
+    assert_eq!(s.watch_delete("m1", "bob", "w_1").await.unwrap(), None);
+    assert_eq!(s.watch_delete("m2", "alice", "w_1").await.unwrap(), None);
+    assert_eq!(
+        s.watch_delete("m1", "alice", "w_1")
+            .await
+            .unwrap()
+            .map(|w| w.id),
+        Some("w_1".into())
+    );
+    assert_eq!(s.watch_delete("m1", "alice", "w_1").await.unwrap(), None);
+    assert!(!s.watch_record("w_1", "r1", None, 1).await.unwrap(), "gone");
+    assert_eq!(
+        s.watch_claim_due(i64::MAX / 2, i64::MAX / 2, "r3", 1)
+            .await
+            .unwrap()
+            .len(),
+        1,
+        "the limit"
+    );
+}
+
+/// Concurrent claimers never take the same watch; concurrent creates never pass the bound.
+async fn watches_concurrent(s: &dyn Store) {
+    s.create_mesh(mesh("m1")).await.unwrap();
+    let creates =
+        (0..10).map(|i| s.watch_create(url_watch(&format!("w_{i}"), "m1", "alice", i), 4, 0));
+    let created = futures_util::future::join_all(creates)
+        .await
+        .into_iter()
+        .filter(|r| *r.as_ref().unwrap() == broker::store::watches::WatchCreated::Created)
+        .count();
+    assert_eq!(created, 4);
+    let owners: Vec<String> = (0..6).map(|i| format!("r{i}")).collect();
+    let claims = owners.iter().map(|o| s.watch_claim_due(100, 10_000, o, 2));
+    let mut claimed: Vec<String> = futures_util::future::join_all(claims)
+        .await
+        .into_iter()
+        .flat_map(|r| r.unwrap().into_iter().map(|w| w.id))
+        .collect();
+    claimed.sort();
+    let before = claimed.len();
+    claimed.dedup();
+    assert_eq!(
+        (before, claimed.len()),
+        (4, 4),
+        "every watch claimed exactly once"
+    );
+}
+
+contract!(webhook_store: webhooks_records, webhooks_concurrent_bound);
+contract!(watch_store: watches_leases, watches_concurrent);
+
+fn api_key(
+    id: &str,
+    mesh_id: &str,
+    issuer: &str,
+    prefix: &str,
+    created_at: i64,
+) -> broker::store::apikeys::ApiKey {
+    broker::store::apikeys::ApiKey {
+        id: id.into(),
+        mesh_id: mesh_id.into(),
+        label: format!("label {id}"),
+        prefix: prefix.into(),
+        secret_hash: format!("hash-{id}"),
+        capabilities: vec!["read".into(), "send".into()],
+        topic_scopes: Some(vec!["general".into()]),
+        issued_by_member_id: Some(issuer.into()),
+        created_at,
+        last_used_at: None,
+        revoked_at: None,
+        expires_at: None,
+    }
+}
+
+/// API keys: stored as given (no secret), found by prefix, listed newest first per mesh and
+/// issuer, revoked by id or a long enough prefix (literally, idempotently), touched, and
+/// their recent issuers listed.
+async fn api_keys_records(s: &dyn Store) {
+    use broker::store::apikeys::RevokeOutcome;
+    s.create_mesh(mesh("m1")).await.unwrap();
+    s.create_mesh(mesh("m2")).await.unwrap();
+    let k1 = api_key("key_aaaa_1", "m1", "alice", "cm_prefix1", 1_000);
+    assert!(s.create_api_key(k1.clone(), 10, 0).await.unwrap());
+    assert!(
+        s.create_api_key(
+            api_key("key_aaaa_2", "m1", "bob", "cm_prefix2", 2_000),
+            10,
+            0
+        )
+        .await
+        .unwrap()
+    );
+    assert!(
+        s.create_api_key(
+            api_key("key_bbbb_3", "m2", "carol", "cm_prefix3", 3_000),
+            10,
+            0
+        )
+        .await
+        .unwrap()
+    );
+    assert_eq!(
+        s.api_keys_by_prefix("cm_prefix1").await.unwrap(),
+        vec![k1.clone()]
+    );
+    assert_eq!(s.api_key("key_aaaa_1").await.unwrap(), Some(k1.clone()));
+    assert_eq!(s.api_key("nope").await.unwrap(), None);
+    // Newest first, and among keys of one millisecond the later created first (ids that
+    // sort the other way, so the order cannot come from them).
+    s.create_mesh(mesh("m3")).await.unwrap();
+    for id in ["key_zzzz_1", "key_aaaa_9"] {
+        let k = api_key(id, "m3", "dave", &format!("cm_{}", &id[4..]), 5_000);
+        assert!(s.create_api_key(k, 10, 0).await.unwrap());
+    }
+    let listed: Vec<String> = s
+        .api_keys("m3", None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|k| k.id)
+        .collect();
+    assert_eq!(listed, ["key_aaaa_9", "key_zzzz_1"]);
+    let ids =
+        |v: Vec<broker::store::apikeys::ApiKey>| v.into_iter().map(|k| k.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(s.api_keys("m1", None).await.unwrap()),
+        ["key_aaaa_2", "key_aaaa_1"]
+    );
+    assert_eq!(
+        ids(s.api_keys("m1", Some("alice")).await.unwrap()),
+        ["key_aaaa_1"]
+    );
+
+    // Revocation: a prefix shorter than the minimum matches only a full id; `%`/`_` are literal.
+    assert_eq!(
+        s.revoke_api_key("m1", "key", None, 6, 10).await.unwrap(),
+        RevokeOutcome::NotFound
+    );
+    assert_eq!(
+        s.revoke_api_key("m1", "key_%", None, 4, 10).await.unwrap(),
+        RevokeOutcome::NotFound
+    );
+    match s
+        .revoke_api_key("m1", "key_aaaa", None, 6, 10)
+        .await
+        .unwrap()
+    {
+        RevokeOutcome::NotUnique(m) => assert_eq!(m.len(), 2),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        s.revoke_api_key("m1", "key_aaaa", Some("bob"), 6, 10)
+            .await
+            .unwrap(),
+        RevokeOutcome::Revoked("key_aaaa_2".into()),
+        "only bob's own"
+    );
+    assert_eq!(
+        s.revoke_api_key("m2", "key_aaaa_1", None, 6, 10)
+            .await
+            .unwrap(),
+        RevokeOutcome::NotFound,
+        "another mesh"
+    );
+    assert_eq!(
+        s.revoke_api_key("m1", "key_aaaa_1", None, 6, 20)
+            .await
+            .unwrap(),
+        RevokeOutcome::Revoked("key_aaaa_1".into())
+    );
+    assert_eq!(
+        s.revoke_api_key("m1", "key_aaaa_1", None, 6, 30)
+            .await
+            .unwrap(),
+        RevokeOutcome::Revoked("key_aaaa_1".into()),
+        "idempotent"
+    );
+    assert_eq!(
+        s.api_key("key_aaaa_1").await.unwrap().unwrap().revoked_at,
+        Some(20),
+        "the first revocation stays"
+    );
+
+    // Touches and the recent issuers (non-revoked keys only).
+    s.touch_api_key("key_bbbb_3", 5_000).await.unwrap();
+    s.touch_api_key("key_aaaa_1", 5_000).await.unwrap();
+    assert_eq!(
+        s.api_key("key_bbbb_3").await.unwrap().unwrap().last_used_at,
+        Some(5_000)
+    );
+    assert_eq!(s.recent_key_issuers("m2", 4_000).await.unwrap(), ["carol"]);
+    assert!(s.recent_key_issuers("m2", 6_000).await.unwrap().is_empty());
+    assert!(
+        s.recent_key_issuers("m1", 0).await.unwrap().is_empty(),
+        "revoked keys do not count"
+    );
+
+    // The bound counts the issuer's rows; dead rows older than the purge time go first.
+    let mut dead = api_key("key_dead_1", "m2", "dave", "cm_prefix4", 100);
+    dead.expires_at = Some(200);
+    assert!(s.create_api_key(dead, 1, 0).await.unwrap());
+    assert!(
+        !s.create_api_key(
+            api_key("key_dave_2", "m2", "dave", "cm_prefix5", 300),
+            1,
+            150
+        )
+        .await
+        .unwrap()
+    );
+    assert!(
+        s.create_api_key(
+            api_key("key_dave_2", "m2", "dave", "cm_prefix5", 300),
+            1,
+            250
+        )
+        .await
+        .unwrap()
+    );
+    assert_eq!(
+        ids(s.api_keys("m2", Some("dave")).await.unwrap()),
+        ["key_dave_2"]
+    );
+}
+
+/// Concurrent creates never pass the per-issuer bound.
+async fn api_keys_concurrent_bound(s: &dyn Store) {
+    s.create_mesh(mesh("m1")).await.unwrap();
+    let creates = (0..10).map(|i| {
+        s.create_api_key(
+            api_key(&format!("key_{i}"), "m1", "alice", &format!("cm_p{i}"), i),
+            3,
+            0,
+        )
+    });
+    let stored = futures_util::future::join_all(creates)
+        .await
+        .into_iter()
+        .filter(|r| *r.as_ref().unwrap())
+        .count();
+    assert_eq!(stored, 3);
+}
+
+contract!(api_key_store: api_keys_records, api_keys_concurrent_bound);
+
+fn stored_mcp_server(mesh: &str, name: &str, member: &str, t: i64) -> StoredMcpServer {
+    StoredMcpServer {
+        mesh_id: mesh.into(),
+        server_name: name.into(),
+        host_member_id: member.into(),
+        registration: format!(r#"{{"server_name":"{name}","tools":[],"x":{t}}}"#),
+        updated_at: t,
+    }
+}
+
+/// Persistent MCP registrations: upserted per (mesh, name), listed by name (bytewise) within
+/// the limit, per mesh, deleted by name, by mesh and with their host member.
+async fn mcp_servers(s: &dyn Store) {
+    s.create_mesh(mesh("m1")).await.unwrap();
+    s.create_mesh(mesh("m2")).await.unwrap();
+    s.save_mcp_server(stored_mcp_server("m1", "b", "alice", 1))
+        .await
+        .unwrap();
+    s.save_mcp_server(stored_mcp_server("m1", "B", "bob", 2))
+        .await
+        .unwrap();
+    s.save_mcp_server(stored_mcp_server("m1", "a", "alice", 3))
+        .await
+        .unwrap();
+    s.save_mcp_server(stored_mcp_server("m2", "a", "carol", 4))
+        .await
+        .unwrap();
+    let names =
+        |v: Vec<StoredMcpServer>| -> Vec<String> { v.into_iter().map(|s| s.server_name).collect() };
+    assert_eq!(
+        names(s.mcp_servers("m1", 10).await.unwrap()),
+        ["B", "a", "b"]
+    );
+    assert_eq!(names(s.mcp_servers("m1", 2).await.unwrap()), ["B", "a"]);
+    // An upsert replaces the whole entry, byte for byte.
+    let replaced = stored_mcp_server("m1", "a", "alice", 9);
+    s.save_mcp_server(replaced.clone()).await.unwrap();
+    let all = s.mcp_servers("m1", 10).await.unwrap();
+    assert_eq!(all[1], replaced);
+    assert!(s.delete_mcp_server("m1", "b").await.unwrap());
+    assert!(!s.delete_mcp_server("m1", "b").await.unwrap());
+    assert_eq!(names(s.mcp_servers("m1", 10).await.unwrap()), ["B", "a"]);
+    assert_eq!(
+        names(s.mcp_servers("m2", 10).await.unwrap()),
+        ["a"],
+        "per mesh"
+    );
+    assert!(s.mcp_servers("none", 10).await.unwrap().is_empty());
+}
+
+/// A deleted member loses the entries it hosts; a deleted mesh loses all of its entries.
+async fn mcp_servers_go_with_their_member_and_mesh(s: &dyn Store) {
+    s.create_mesh(mesh("m1")).await.unwrap();
+    let alice = s.add_member("m1", new_member("a1", "alice")).await.unwrap();
+    s.save_mcp_server(stored_mcp_server("m1", "mine", &alice.id, 1))
+        .await
+        .unwrap();
+    s.save_mcp_server(stored_mcp_server("m1", "other", "someone", 2))
+        .await
+        .unwrap();
+    assert!(s.delete_member("m1", &alice.id).await.unwrap());
+    let left: Vec<String> = s
+        .mcp_servers("m1", 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.server_name)
+        .collect();
+    assert_eq!(left, ["other"]);
+    assert!(s.delete_mesh("m1").await.unwrap());
+    assert!(s.mcp_servers("m1", 10).await.unwrap().is_empty());
+}
+
+use broker::store::mcp_registry::StoredMcpServer;
+
+contract!(mcp_server_store: mcp_servers, mcp_servers_go_with_their_member_and_mesh);

@@ -6,6 +6,7 @@
 //! configuration (`lib.rs`); everything above this module sees only the traits.
 
 pub mod bus;
+pub mod mcp_registry;
 pub mod presence;
 pub mod redis_bus;
 pub mod redis_presence;

@@ -271,6 +271,27 @@ pub trait Presence: Send + Sync + 'static {
     async fn resynced(&self, _node_id: &str) -> PresenceResult<()> {
         Ok(())
     }
+
+    /// Keeps a status hook's `status` for the process whose [`process_key`] is `key`, which
+    /// has not connected yet, for `ttl`, where every replica's handshake can take it
+    /// ([`Presence::take_pending_hook`]): at most `max` such statuses wait at once
+    /// cluster-wide (a status for a key already waiting replaces it). `Some(false)`: the
+    /// bound was reached and the status is dropped; `None`: this backend does not share
+    /// pending statuses (single node: the replica keeps them itself).
+    async fn keep_pending_hook(
+        &self,
+        _key: &str,
+        _status: Status,
+        _ttl: Duration,
+        _max: usize,
+    ) -> PresenceResult<Option<bool>> {
+        Ok(None)
+    }
+    /// Takes (reads and removes, atomically, so exactly one handshake applies it) the
+    /// status waiting under `key`, if it has not expired.
+    async fn take_pending_hook(&self, _key: &str) -> PresenceResult<Option<Status>> {
+        Ok(None)
+    }
 }
 
 /// Token buckets kept before the full (idle) ones are forgotten.

@@ -30,6 +30,7 @@ use prometheus_client::metrics::counter::Counter;
 use super::presence::{
     Attach, Heartbeat, Presence, PresenceError, PresencePatch, PresenceRecord, PresenceResult,
 };
+use crate::protocol::Status;
 
 fn err(e: redis::RedisError) -> PresenceError {
     PresenceError(e.to_string())
@@ -47,6 +48,8 @@ pub struct RedisPresence {
     take_token: Script,
     remember_key: Script,
     heartbeat: Script,
+    /// Keeps a status hook's status pending (`P:hookp:*`), bounded cluster-wide.
+    keep_hook: Script,
     /// Held across one heartbeat, script and bookkeeping both: two overlapping heartbeats
     /// (the housekeeping tick and a re-sync) processed out of order would read the second
     /// one's "not listed" against the epoch the first one just learnt, and call it a reap.
@@ -184,6 +187,7 @@ impl RedisPresence {
             take_token: Script::new(include_str!("lua/take_token.lua")),
             remember_key: Script::new(include_str!("lua/remember_key.lua")),
             heartbeat: Script::new(include_str!("lua/heartbeat.lua")),
+            keep_hook: Script::new(include_str!("lua/keep_pending_hook.lua")),
             beat: tokio::sync::Mutex::new(()),
             epoch: Mutex::new(EpochState::default()),
             replay: Mutex::new(ReplayCache {
@@ -793,6 +797,52 @@ impl Presence for RedisPresence {
             c.zrem::<_, _, ()>(&index, gone).await.map_err(err)?;
         }
         Ok(found)
+    }
+
+    async fn keep_pending_hook(
+        &self,
+        key: &str,
+        status: Status,
+        ttl: Duration,
+        max: usize,
+    ) -> PresenceResult<Option<bool>> {
+        let mut c = self.conn.clone();
+        let kept: i64 = self
+            .keep_hook
+            .key(self.key("hookp", "index"))
+            .key(self.key("hookp", key))
+            .arg(key)
+            .arg(status_text(status))
+            .arg(crate::ids::now_ms())
+            .arg((ttl.as_millis() as u64).max(1))
+            .arg(max)
+            .invoke_async(&mut c)
+            .await
+            .map_err(err)?;
+        Ok(Some(kept == 1))
+    }
+
+    async fn take_pending_hook(&self, key: &str) -> PresenceResult<Option<Status>> {
+        let mut c = self.conn.clone();
+        // One transaction: of two handshakes of the same process, only one gets it.
+        let (text,): (Option<String>,) = redis::pipe()
+            .atomic()
+            .cmd("GETDEL")
+            .arg(self.key("hookp", key))
+            .zrem(self.key("hookp", "index"), key)
+            .ignore()
+            .query_async(&mut c)
+            .await
+            .map_err(err)?;
+        Ok(text.and_then(|t| serde_json::from_value(serde_json::Value::String(t)).ok()))
+    }
+}
+
+/// A status as the pending-hook entry stores it: its wire name (`idle`, `working`).
+fn status_text(status: Status) -> String {
+    match serde_json::to_value(status) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => "idle".to_string(),
     }
 }
 

@@ -31,8 +31,10 @@ pub enum HookRoute {
 }
 
 /// Hook statuses waiting (at most `HOOK_PENDING_MS`) for a presence to connect, by
-/// [`HookState::key`] (a hash of `pid:cwd`), at most `HOOK_PENDING_MAX` of them. Lost if the
-/// replica dies; a hook reports again on the next change.
+/// [`HookState::key`] (a hash of `pid:cwd`), at most `HOOK_PENDING_MAX` of them: on a single
+/// node, and in a cluster only while Redis fails (else Redis keeps them, see
+/// [`Node::remember_pending_hook`]). Lost if the replica dies; a hook reports again on the
+/// next change.
 pub struct HookState {
     pending: Mutex<HashMap<String, (Status, Instant)>>,
     ttl: Duration,
@@ -91,6 +93,54 @@ impl HookState {
 }
 
 impl Node {
+    /// Keeps a hook status for the process `pid` in `cwd`, which has not connected yet. In
+    /// a cluster the presence backend keeps it (Redis, bounded by `HOOK_PENDING_MAX`
+    /// cluster-wide), so the handshake of that process applies it on whichever replica it
+    /// connects to; a single node keeps it in [`HookState`]. If Redis fails, this replica
+    /// keeps it (it then applies only if the process connects here). Returns whether the
+    /// status was kept; a dropped one is counted (`broker_hook_pending_dropped_total`).
+    pub async fn remember_pending_hook(&self, pid: i64, cwd: &str, status: Status) -> bool {
+        let key = HookState::key(pid, cwd);
+        let shared = self
+            .presence
+            .keep_pending_hook(&key, status, self.hooks.ttl, self.hooks.max)
+            .await;
+        match shared {
+            Ok(Some(true)) => true,
+            Ok(Some(false)) => {
+                self.hooks.dropped.inc();
+                false
+            }
+            Ok(None) => self.hooks.remember(pid, cwd, status),
+            Err(e) => {
+                tracing::warn!(error = %e, "hook: pending status kept on this replica only");
+                self.hooks.remember(pid, cwd, status)
+            }
+        }
+    }
+
+    /// Takes the pending hook status of a presence that is connecting (its handshake):
+    /// the one this replica keeps, else the one the presence backend shares. Only a status
+    /// reported for exactly this `pid` and `cwd` applies: a presence without a pid gets
+    /// none.
+    pub async fn take_pending_hook(&self, pid: Option<i64>, cwd: &str) -> Option<Status> {
+        let pid = pid?;
+        if let Some(status) = self.hooks.take(Some(pid), cwd) {
+            return Some(status);
+        }
+        match self
+            .presence
+            .take_pending_hook(&HookState::key(pid, cwd))
+            .await
+        {
+            Ok(status) => status,
+            Err(e) => {
+                tracing::warn!(error = %e, "hook: pending statuses unavailable");
+                None
+            }
+        }
+    }
+
     /// Applies a hook's status to the process `pid` in `cwd` wherever it is connected:
     /// on this replica directly, else through the registry and the bus. Every failure of
     /// the registry or the bus is `NotFound` (logged): a hook is a low-trust signal, the

@@ -311,6 +311,10 @@ pub const ERRORS: &[ErrorCode] = &[
     ErrorCode {
         code: "internal",
         cases: &[
+            open("**Ours:** a backend failed during an `apikey_*` request (extensions §10)"),
+            open(
+                "**Ours:** a backend failed during a file request (`file storage unavailable: …`, extensions §19.1)",
+            ),
             closed(
                 "a backend (PostgreSQL, or Redis in cluster mode) failed during a handshake",
                 HANDSHAKE,
@@ -337,12 +341,18 @@ pub const ERRORS: &[ErrorCode] = &[
         code: "invalid",
         cases: &[
             open(
+                "`grant_file_access` with a `peerPubkey` that is not 64 hex characters or a `sealedKey` that is not base64 of at most 1024 characters, or of a new peer past `MAX_FILE_KEYS`; `list_files` with a `query` or `from` over `MAX_FILE_NAME_BYTES`",
+            ),
+            open(
                 "a second `hello`/`session_hello` on a handshaked socket; `ban` of oneself, or of a `target` matching several members",
             ),
             open(
                 "`set_state` without a key or with a missing or `null` value; `remember` without content",
             ),
             open("`share_context` without a summary; `share_skill` without a name or instructions"),
+            open(
+                "`peer_file_request`/`peer_dir_request` without `targetPubkey` or path; `mcp_register` without `serverName` or with a nameless tool",
+            ),
         ],
     },
     ErrorCode {
@@ -352,7 +362,16 @@ pub const ERRORS: &[ErrorCode] = &[
     ErrorCode {
         code: "forbidden",
         cases: &[
+            open(
+                "**Ours:** `apikey_create` with the `admin` capability by a member who is neither admin nor owner (`only owner or admin can mint a key with the admin capability`), or any `apikey_*` request from a member whose row is revoked (extensions §10)",
+            ),
+            open(
+                "`get_file` of a file whose target spec does not name the caller (`file not targeted at you`) or an encrypted one without a sealed key for the caller (`no decryption key for this file`); `grant_file_access` by anyone but the uploader (`only the file owner can grant access`); **Ours:** `file_status` or `delete_file` by neither the uploader nor an admin, any file request from a member whose row is revoked",
+            ),
             open("a moderation verb from a member who is neither admin nor owner"),
+            open(
+                "**Ours:** `topic_members`/`topic_history` of a private or dm topic by a member who is neither in it nor an admin (`not a member of this private topic`), or any topic request from a member whose row is revoked",
+            ),
             open(
                 "**Ours:** `set_state`, `remember` or `forget` from a member whose row is revoked (a ban that could not close the socket)",
             ),
@@ -362,11 +381,20 @@ pub const ERRORS: &[ErrorCode] = &[
             open(
                 "**Ours:** `share_skill` of a name another member shared, by neither that author nor an admin (nothing changes); `share_context`, `share_skill` or `remove_skill` from a member whose row is revoked",
             ),
+            open(
+                "**Ours:** `peer_file_request`/`peer_dir_request` whose target member's grants do not give the requester `file-read`; `mcp_register`/`mcp_unregister` of a name another member registered (nothing changes)",
+            ),
+            open(
+                "**Ours:** `delete_webhook` of another member's webhook by neither its creator nor an admin (nothing changes)",
+            ),
         ],
     },
     ErrorCode {
         code: "not_found",
         cases: &[
+            open(
+                "`get_file`, `file_status`, `grant_file_access` or `delete_file` of an id that is no complete, undeleted file of the caller's mesh (`file not found`)",
+            ),
             open("`ban`/`unban` matched no member"),
             open(
                 "`message_status` of an id (or prefix) matching no message of the caller's mesh (`message not found`); **Ours:** also one the caller neither sent nor was addressed by",
@@ -404,6 +432,9 @@ pub const ERRORS: &[ErrorCode] = &[
             ),
             open(
                 "**Ours:** `share_context` over `MAX_CONTEXT_SUMMARY_BYTES`, `MAX_CONTEXT_ITEMS` or `MAX_CONTEXT_ITEM_BYTES`; `share_skill` over `MAX_SKILL_NAME_BYTES`, `MAX_SKILL_DESCRIPTION_BYTES`, `MAX_SKILL_INSTRUCTIONS_BYTES`, `MAX_SKILL_MANIFEST_BYTES`, `MAX_SKILL_TAGS` or `MAX_SKILL_TAG_BYTES`",
+            ),
+            open(
+                "**Ours:** `mcp_register` over `MAX_MCP_NAME_BYTES`, `MAX_MCP_TOOLS` or `MAX_MCP_REGISTRATION_BYTES`",
             ),
             closed(
                 "**Beyond:** a handshake whose `displayName`, `sessionId`, `cwd`, `hostname`, `peerType`, `channel` or `model` is over it",
@@ -485,9 +516,14 @@ pub const ERRORS: &[ErrorCode] = &[
     },
     ErrorCode {
         code: "too_many_keys",
-        cases: &[open(
-            "**Ours:** `set_state` of a new key in a mesh holding `MAX_STATE_KEYS_PER_MESH` keys",
-        )],
+        cases: &[
+            open(
+                "**Ours:** `set_state` of a new key in a mesh holding `MAX_STATE_KEYS_PER_MESH` keys",
+            ),
+            open(
+                "**Ours:** `apikey_create` by a member holding `MAX_API_KEYS_PER_MEMBER` API keys in the mesh (extensions §10)",
+            ),
+        ],
     },
     ErrorCode {
         code: "content_too_large",
@@ -532,6 +568,56 @@ pub const ERRORS: &[ErrorCode] = &[
         )],
     },
     ErrorCode {
+        code: "invalid_webhook",
+        cases: &[open(
+            "`create_webhook` without a name (`name is required`), **Ours:** or with one over `MAX_WEBHOOK_NAME_BYTES`",
+        )],
+    },
+    ErrorCode {
+        code: "webhook_exists",
+        cases: &[open(
+            "`create_webhook` of a name the mesh already has (`Webhook \"<name>\" already exists in this mesh`)",
+        )],
+    },
+    ErrorCode {
+        code: "too_many_webhooks",
+        cases: &[open(
+            "**Ours:** `create_webhook` in a mesh holding `MAX_WEBHOOKS_PER_MESH` webhooks",
+        )],
+    },
+    ErrorCode {
+        code: "invalid_args",
+        cases: &[
+            open(
+                "a refused `apikey_create` (`label and at least one capability required`; **Ours:** an unknown capability, a label over 256 bytes, a bad topic scope, an unparsable or past `expiresAt`) or an `apikey_revoke` without `id` (`id required`), extensions §10",
+            ),
+            open(
+                "**Ours:** a refused `topic_create` or `topic_join` (extensions §9): an empty name, one starting with `#` or over `MAX_TOPIC_NAME_CHARS`, a description over `MAX_TOPIC_DESCRIPTION_BYTES`, an unknown `visibility` or `role`",
+            ),
+            open(
+                "a refused `watch` (extensions §17), with the reason as `message`: no or a bad URL, not http/https, **Ours:** a target the SSRF rules refuse (loopback, private, link-local, unspecified or metadata addresses after DNS resolution, unless `WATCH_ALLOWED_NETS` names them), an unknown `mode`, oversized fields (`MAX_WATCH_URL_BYTES`, `MAX_WATCH_FIELD_BYTES`, `MAX_WATCH_HEADERS`), a watch beyond `MAX_WATCHES_PER_MEMBER` or `MAX_WATCHES_PER_MESH` (a backend failure is `internal`)",
+            ),
+        ],
+    },
+    ErrorCode {
+        code: "topic_not_found",
+        cases: &[open(
+            "a topic request (extensions §9) naming no topic of the caller's mesh by id or non-archived name: `topic \"<topic>\" not found` (**Ours:** with `_reqId`; `topic_join`/`topic_leave`/`topic_mark_read` only when they carried one)",
+        )],
+    },
+    ErrorCode {
+        code: "too_many_topics",
+        cases: &[open(
+            "**Ours:** `topic_create` of a new name in a mesh holding `MAX_TOPICS_PER_MESH` topics",
+        )],
+    },
+    ErrorCode {
+        code: "topic_full",
+        cases: &[open(
+            "**Ours:** `topic_join` of a topic with `MAX_TOPIC_MEMBERS` members (only when it carried a `_reqId`)",
+        )],
+    },
+    ErrorCode {
         code: "invalid_argument",
         cases: &[open(
             "`message_status` whose `messageId` is not 8–32 base62 characters (`messageId must be 8-32 base62 chars (got <n>)`)",
@@ -552,10 +638,33 @@ pub const ERRORS: &[ErrorCode] = &[
         cases: &[open("`audit_verify`: the store failed (its error text)")],
     },
     ErrorCode {
-        code: "unsupported",
+        code: "peer_not_found",
         cases: &[open(
-            "a request of a family this broker does not offer (extensions §0.3, §19, and topics, API keys, peer relay, the peer MCP registry, webhooks and URL watches until they are built): `<type>: <feature> is not available on this broker (needs <service>)`; list-style reads get their typed empty reply instead, fire-and-forget frames without `_reqId` nothing",
+            "`peer_file_request`/`peer_dir_request` whose `targetPubkey` is no live presence's member or session key (`target peer not connected`)",
         )],
+    },
+    ErrorCode {
+        code: "too_many_pending",
+        cases: &[open(
+            "**Ours:** `peer_file_request`/`peer_dir_request` while the requester has `MAX_PENDING_PEER_REQUESTS_PER_PRESENCE` requests and calls waiting, or this replica `MAX_PENDING_PEER_REQUESTS_PER_REPLICA` (an `mcp_call` gets the text in `mcp_call_result.error` instead)",
+        )],
+    },
+    ErrorCode {
+        code: "too_many_mcp_servers",
+        cases: &[open(
+            "**Ours:** `mcp_register` of a new name in a mesh holding `MAX_MCP_SERVERS_PER_MESH` servers",
+        )],
+    },
+    ErrorCode {
+        code: "unsupported",
+        cases: &[
+            open(
+                "a file frame other than `list_files` with `FILES_ENABLED=false` (`<type>: file sharing is not available on this broker (needs file storage: FILES_ENABLED)`; `list_files` gets an empty `file_list`)",
+            ),
+            open(
+                "a request of a family this broker does not offer (extensions §0.3, §19, and topics, peer relay and the peer MCP registry until they are built): `<type>: <feature> is not available on this broker (needs <service>)`; list-style reads get their typed empty reply instead, fire-and-forget frames without `_reqId` nothing",
+            ),
+        ],
     },
 ];
 
@@ -604,6 +713,14 @@ pub const ACK_ERRORS: &[AckError] = &[
     AckError {
         text: "`bus unavailable: … (delivered on this replica only)`",
         cause: "a broadcast or group send whose publish to Redis failed: the recipients on the sender's replica got it, the others did not",
+    },
+    AckError {
+        text: "`topic not found`",
+        cause: "**Ours:** a `#<topicId>` target naming no live topic of the sender's mesh (extensions §9)",
+    },
+    AckError {
+        text: "`not a member of this private topic`, `bodyVersion must be 1 or 2`",
+        cause: "**Ours:** a `#<topicId>` post to a private or dm topic by a non-member, or with an unknown `bodyVersion`",
     },
 ];
 

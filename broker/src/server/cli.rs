@@ -332,7 +332,7 @@ fn bearer(headers: &HeaderMap) -> Option<String> {
     h.strip_prefix("Bearer ").map(|t| t.trim().to_string())
 }
 
-async fn authenticate(
+pub(super) async fn authenticate(
     node: &Node,
     ctx: &Ctx,
     legacy_user_id: Option<&str>,

@@ -16,8 +16,9 @@
 //!   through [`Presence::take_send_token`](crate::cluster::presence::Presence::take_send_token)
 //!   under hashed, fixed-length bucket keys that expire → 429.
 //! - **Pending.** A status for a process not connected yet waits at most `HOOK_PENDING_MS`,
-//!   at most `HOOK_PENDING_MAX` of them per replica, and applies only to that `pid`, when
-//!   it connects to this replica.
+//!   at most `HOOK_PENDING_MAX` of them (cluster-wide in Redis, under hashed fixed-length
+//!   keys that expire; per replica on a single node or while Redis fails), and applies only
+//!   to that `pid` and `cwd`, when it connects to any replica.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -170,7 +171,9 @@ pub async fn handle(node: &Node, req: Request<Incoming>) -> HttpResponse {
     match node.route_hook(pid, &hook.cwd, hook.status).await {
         HookRoute::Local | HookRoute::Routed => json_response(StatusCode::OK, &json!({"ok": true})),
         HookRoute::NotFound => {
-            let kept = node.remember_pending_hook(pid, &hook.cwd, hook.status);
+            let kept = node
+                .remember_pending_hook(pid, &hook.cwd, hook.status)
+                .await;
             json_response(StatusCode::OK, &json!({"ok": true, "pending": kept}))
         }
     }

@@ -1,11 +1,14 @@
 //! The HTTP side: the accept loop, routing, health, metrics and the WebSocket upgrade.
 
 mod admin;
+mod chat;
 mod cli;
+pub(crate) mod files;
 mod hook;
 mod join;
 mod users;
 mod web;
+mod webhook_in;
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -64,7 +67,9 @@ pub enum Surface {
 impl Surface {
     /// Whether a request for `path` is routed at all on this listener.
     fn serves(self, path: &str) -> bool {
-        let internal_only = path == "/metrics" || path == "/api/v1" || path.starts_with("/api/v1/");
+        // REST v1 (`rest.md` §1) shares the prefix but not the listener: only the operator
+        // API's paths are internal.
+        let internal_only = path == "/metrics" || crate::rest::is_operator_path(path);
         let health = path == "/health" || path.starts_with("/health/");
         match self {
             Surface::All => true,
@@ -219,7 +224,7 @@ async fn serve_http(
         // Which listener it came through (the operator API's invites need it).
         req.extensions_mut().insert(surface);
         let span = crate::telemetry::http_span(&req);
-        crate::telemetry::in_http_span(span, route(conn_node.clone(), surface, req))
+        crate::telemetry::in_http_span(span, route_any(conn_node.clone(), surface, req))
     });
     // Boxed rather than pinned on the stack, so it can be dropped (the socket closed)
     // after the metrics below are updated.
@@ -385,6 +390,24 @@ pub async fn read_json(req: Request<Incoming>, limit: usize) -> Result<Value, Bo
         .map_err(|e| BodyError::Invalid(format!("body is not valid JSON: {e}")))
 }
 
+/// REST v1 (`crate::rest`, API keys, public listener) or the route table below: REST
+/// answers may stream (SSE), so every response carries a [`crate::rest::Body`].
+async fn route_any(
+    node: Arc<Node>,
+    surface: Surface,
+    req: Request<Incoming>,
+) -> Result<Response<crate::rest::Body>, Infallible> {
+    let path = req.uri().path();
+    if surface.serves(path) && crate::rest::serves(path) {
+        return Ok(crate::rest::handle(node, req).await);
+    }
+    if surface.serves(path) && req.method() == Method::GET && path.starts_with("/download/") {
+        return Ok(files::download(&node, req).await);
+    }
+    let resp = route(node, surface, req).await?;
+    Ok(resp.map(crate::rest::Body::Full))
+}
+
 /// The route table. Which listener serves which paths is decided before it, by
 /// [`Surface::serves`]: a route added here is public (and on the internal listener only if
 /// it is `/metrics`, `/api/v1/…` or `/health*`).
@@ -413,15 +436,13 @@ async fn route(
         }
         (&Method::POST, "/join") => join::handle(&node, req).await,
         (&Method::POST, "/hook/set-status") => hook::handle(&node, req).await,
-        // Extensions §19: file storage and the Telegram bridge are not offered.
-        (&Method::POST, "/upload") => json_response(
-            StatusCode::NOT_IMPLEMENTED,
-            &json!({"ok": false, "error": "file storage is not available on this broker"}),
-        ),
-        (&Method::GET, _) if path.starts_with("/download/") => json_response(
-            StatusCode::NOT_IMPLEMENTED,
-            &json!({"ok": false, "error": "file storage is not available on this broker"}),
-        ),
+        (&Method::POST, _) if webhook_in::serves(&path) => webhook_in::handle(&node, req).await,
+        // Extensions §19.1 files (501 with `FILES_ENABLED=false`); downloads stream, so
+        // `route_any` routes them.
+        (&Method::POST, "/upload") => files::upload(&node, req).await,
+        (&Method::OPTIONS, "/upload") => files::preflight(),
+        (&Method::OPTIONS, _) if path.starts_with("/download/") => files::preflight(),
+        // Extensions §19: the Telegram bridge is not offered.
         (&Method::POST, "/tg/token") => json_response(
             StatusCode::NOT_IMPLEMENTED,
             &json!({"error": "telegram bridge is not available on this broker"}),
@@ -429,6 +450,7 @@ async fn route(
         _ if path.starts_with("/api/v1/") => admin::handle(&node, req).await,
         _ if cli::serves(&path) => cli::handle(&node, req).await,
         _ if web::serves(&path) => web::handle(&node, req).await,
+        _ if chat::serves(&path) => chat::handle(node.clone(), req).await,
         _ => not_found(),
     };
     Ok(resp)

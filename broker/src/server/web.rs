@@ -33,7 +33,7 @@ pub fn serves(path: &str) -> bool {
     )
 }
 
-fn esc(s: &str) -> String {
+pub(super) fn esc(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {
@@ -127,7 +127,7 @@ fn cookie(ctx: &Ctx, name: &str) -> Option<String> {
         .filter(|v| !v.is_empty() && v.len() <= 128)
 }
 
-fn eq_ct(a: &str, b: &str) -> bool {
+pub(super) fn eq_ct(a: &str, b: &str) -> bool {
     let (a, b) = (a.as_bytes(), b.as_bytes());
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
@@ -179,7 +179,7 @@ fn safe_next(next: &str) -> String {
 }
 
 /// The signed-in user of this request, with its session.
-async fn signed_in(node: &Node, ctx: &Ctx) -> Option<(User, WebSession)> {
+pub(super) async fn signed_in(node: &Node, ctx: &Ctx) -> Option<(User, WebSession)> {
     let raw = cookie(ctx, SESSION_COOKIE)?;
     let now = now_ms();
     let session = node
@@ -449,7 +449,7 @@ async fn logout(node: &Node, ctx: &Ctx, f: &[(String, String)]) -> HttpResponse 
     resp
 }
 
-fn to_login(ctx: &Ctx) -> HttpResponse {
+pub(super) fn to_login(ctx: &Ctx) -> HttpResponse {
     let here = if ctx.query.is_empty() {
         ctx.path.clone()
     } else {

@@ -1,8 +1,9 @@
 //! The operations of mesh info (extensions §18): `mesh_info`, without a transport.
 //!
 //! Everything comes from the store and the presence registry, so every replica answers
-//! the same. Families this broker does not offer count as empty (`fileCount: 0`,
-//! `tables: []`, `collections: []`).
+//! the same. `fileCount` counts the mesh's files (extensions §19.1; 0 with
+//! `FILES_ENABLED=false`). Families this broker does not offer count as empty
+//! (`tables: []`, `collections: []`).
 
 use std::collections::BTreeSet;
 
@@ -71,6 +72,11 @@ pub async fn mesh_info(
         claimed: tally.claimed,
         done: tally.done,
     };
+    let file_count = if ctx.config().files_enabled {
+        ctx.store().file_count(mesh_id).await.map_err(unavailable)?
+    } else {
+        0
+    };
     let memory_count = ctx
         .store()
         .memory_count(mesh_id)
@@ -91,7 +97,7 @@ pub async fn mesh_info(
         groups: groups.into_iter().collect(),
         state_keys,
         memory_count,
-        file_count: 0,
+        file_count,
         tasks,
         streams,
         tables: vec![],

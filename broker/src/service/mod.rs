@@ -9,6 +9,8 @@ pub mod audit_query;
 pub mod clocks;
 pub mod contexts;
 pub mod cron;
+pub mod files;
+pub mod humans;
 pub mod info;
 pub mod mcp_registry;
 pub mod memories;
@@ -52,6 +54,8 @@ pub enum PrincipalKind {
     Member,
     /// A session key the member attested, through `session_hello`.
     Session,
+    /// An API key of the REST API (`rest.md` §2), acting as the member that issued it.
+    ApiKey,
 }
 
 /// Who is acting: the mesh, the member row as of the handshake, and the presence it acts
@@ -169,5 +173,34 @@ impl ServiceCtx {
         payload: serde_json::Value,
     ) {
         self.node.audit(mesh_id, event_type, actor, payload);
+    }
+}
+
+/// What the peer relay and the peer MCP registry (extensions §13, §14) need from the
+/// replica.
+impl ServiceCtx {
+    /// The peer MCP registry and the pending peer requests, cluster-wide.
+    pub fn mcp_registry(&self) -> &dyn crate::cluster::mcp_registry::McpRegistry {
+        self.node.mcp_registry.as_ref()
+    }
+
+    /// This replica's share of the pending peer requests (one timer each).
+    pub fn peer_pending(&self) -> &Arc<peer_relay::PendingSlots> {
+        &self.node.peer_pending
+    }
+
+    /// Runs `task` on the replica's tracker, so the shutdown drain accounts for it; it is
+    /// dropped when shutdown begins.
+    pub fn spawn_until_stopping(
+        &self,
+        task: impl std::future::Future<Output = ()> + Send + 'static,
+    ) {
+        let stopping = self.node.stopping.clone();
+        self.node.tracker.spawn(async move {
+            tokio::select! {
+                _ = stopping.cancelled() => {}
+                _ = task => {}
+            }
+        });
     }
 }

@@ -79,6 +79,11 @@ pub enum SendError {
     OutcomeUnknown(String),
     /// A backend (store, presence, bus) is unavailable.
     Unavailable(String),
+    /// **Ours:** `#<topicId>` names no live topic of the sender's mesh (extensions §9).
+    TopicNotFound,
+    /// A topic post refused by the topic's rules (a bad `bodyVersion`; **Ours:** a
+    /// private/dm topic the sender is no member of), with the wire text.
+    TopicRefused(String),
 }
 
 impl SendError {
@@ -93,6 +98,8 @@ impl SendError {
             SendError::Grant => "grant",
             SendError::OutcomeUnknown(_) => "outcome_unknown",
             SendError::Unavailable(_) => "store",
+            SendError::TopicNotFound => "no_target",
+            SendError::TopicRefused(_) => "invalid",
         }
     }
 
@@ -118,6 +125,8 @@ impl SendError {
             SendError::NoPeer => "no connected peer for target".into(),
             SendError::Grant => "blocked by recipient grants (sender lacks dm capability)".into(),
             SendError::OutcomeUnknown(e) | SendError::Unavailable(e) => e.clone(),
+            SendError::TopicNotFound => "topic not found".into(),
+            SendError::TopicRefused(e) => e.clone(),
         }
     }
 }
@@ -173,6 +182,28 @@ pub async fn send_as(
     send_with_options(ctx, principal, req, options, |_| {}).await
 }
 
+/// A `send` to `#<topicId>` with the topic fields of its frame (extensions §9): the same
+/// path as [`send_with`] (rate limit, size, revocation, audit, metrics), then the topic's
+/// storage and fan-out. Returns the post's details too (`None` only for a target that is no
+/// topic).
+pub async fn send_to_topic(
+    ctx: &ServiceCtx,
+    principal: &Principal,
+    req: SendRequest,
+    topic: crate::protocol::ext::topics::TopicSendFields,
+    accepted: impl FnOnce(&SendOutcome),
+) -> Result<(SendOutcome, Option<super::topics::PostOutcome>), SendError> {
+    send_inner(
+        ctx,
+        principal,
+        req,
+        SendOptions::default(),
+        Some(topic),
+        accepted,
+    )
+    .await
+}
+
 async fn send_with_options(
     ctx: &ServiceCtx,
     principal: &Principal,
@@ -180,6 +211,19 @@ async fn send_with_options(
     options: SendOptions,
     accepted: impl FnOnce(&SendOutcome),
 ) -> Result<SendOutcome, SendError> {
+    send_inner(ctx, principal, req, options, None, accepted)
+        .await
+        .map(|(outcome, _)| outcome)
+}
+
+async fn send_inner(
+    ctx: &ServiceCtx,
+    principal: &Principal,
+    req: SendRequest,
+    options: SendOptions,
+    topic: Option<crate::protocol::ext::topics::TopicSendFields>,
+    accepted: impl FnOnce(&SendOutcome),
+) -> Result<(SendOutcome, Option<super::topics::PostOutcome>), SendError> {
     let target = req.target_spec.get(..8).unwrap_or(&req.target_spec);
     let span = if crate::telemetry::on() {
         tracing::info_span!(
@@ -214,12 +258,12 @@ async fn send_with_options(
         span.record("trace_id", tracing::field::display(&trace_id));
     }
     let result = tracing::Instrument::instrument(
-        route(ctx, principal, req, options, accepted),
+        route(ctx, principal, req, options, topic, accepted),
         span.clone(),
     )
     .await;
     match &result {
-        Ok(o) => {
+        Ok((o, _)) => {
             span.record("messaging.message.id", o.message_id.as_str());
             span.record(
                 "messaging.destination.name",
@@ -243,8 +287,9 @@ async fn route(
     p: &Principal,
     req: SendRequest,
     options: SendOptions,
+    topic: Option<crate::protocol::ext::topics::TopicSendFields>,
     accepted: impl FnOnce(&SendOutcome),
-) -> Result<SendOutcome, SendError> {
+) -> Result<(SendOutcome, Option<super::topics::PostOutcome>), SendError> {
     let unavailable = |e: &dyn std::fmt::Display| SendError::Unavailable(e.to_string());
     let config = ctx.config();
 
@@ -297,6 +342,7 @@ async fn route(
     let now = now_ms();
     let audit = json!({"targetSpec": req.target_spec, "priority": req.priority.as_str()});
     let priority = req.priority;
+    let mut posted = None;
 
     let outcome = match target {
         Target::Direct(key) => {
@@ -370,6 +416,23 @@ async fn route(
             }
             outcome
         }
+        Target::Topic(topic_id) => {
+            let topic_id = topic_id.to_string();
+            let (outcome, post) = super::topics::send_post(
+                ctx,
+                p,
+                &members,
+                &topic_id,
+                req,
+                topic.unwrap_or_default(),
+                message_id,
+                now,
+                accepted,
+            )
+            .await?;
+            posted = Some(post);
+            outcome
+        }
         Target::Broadcast | Target::Group(_) => {
             let group = match target {
                 Target::Group(g) => Some(g),
@@ -439,5 +502,5 @@ async fn route(
         }
     };
     ctx.audit(&p.mesh.id, "message_sent", Some(&p.member.id), audit);
-    Ok(outcome)
+    Ok((outcome, posted))
 }

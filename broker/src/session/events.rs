@@ -60,6 +60,9 @@ pub(crate) async fn end_presence(node: &Arc<Node>, record: PresenceRecord) {
     }
     // Its stream subscriptions end with it (a reattach keeps them: it never gets here).
     crate::service::streams::presence_ended(&node.stream_subscriptions, &record).await;
+    // What waits on it fails now; its MCP registrations go offline or away (extensions §14).
+    crate::service::mcp_registry::presence_ended(&crate::service::ServiceCtx::new(node), &record)
+        .await;
     let records = node
         .presence
         .list(&record.mesh_id)
@@ -170,6 +173,7 @@ pub(super) async fn attach(
     let cwd = v.meta.cwd.clone().unwrap_or_default();
     let status = node
         .take_pending_hook(v.meta.pid, &cwd)
+        .await
         // A hook never clears dnd, not even through a reattach.
         .filter(|_| previous.is_none_or(|p| p.status != Status::Dnd))
         .or_else(|| previous.map(|p| p.status))
@@ -339,6 +343,15 @@ pub(super) async fn attach(
         debug!(presence_id = %record.presence_id, "reattached");
     }
 
+    if previous.is_none() {
+        // Its member's offline persistent MCP registrations come back (extensions §14).
+        crate::service::mcp_registry::member_returned(
+            &crate::service::ServiceCtx::new(&node),
+            &record,
+        )
+        .await;
+    }
+
     // The caller drains next: a new connection takes over whatever its member's earlier
     // connections had claimed.
     Ok(Attached {
@@ -370,7 +383,16 @@ pub(super) async fn detach(
                 .release(&mesh_id, &presence_id, conn_id, until)
                 .await
             {
-                Ok(true) => spawn_grace_timer(node, mesh_id, presence_id),
+                Ok(true) => {
+                    // Peer requests waiting on this socket fail at once (extensions §13, §14).
+                    crate::service::mcp_registry::socket_closed(
+                        &crate::service::ServiceCtx::new(&node),
+                        &mesh_id,
+                        &presence_id,
+                    )
+                    .await;
+                    spawn_grace_timer(node, mesh_id, presence_id)
+                }
                 Ok(false) => debug!("presence was taken over by another connection"),
                 Err(e) => warn!(error = %e, "presence release failed"),
             }

@@ -48,7 +48,12 @@ impl Session {
                 );
             }
             ClientMessage::Send(send) => {
-                if let Some(after) = self.send(*send, req_id).await {
+                // A topic post carries fields beyond the core `send` (extensions §9).
+                let topic = send
+                    .target_spec
+                    .starts_with('#')
+                    .then(|| super::ext::topic_send_fields(&text));
+                if let Some(after) = self.send(*send, topic, req_id).await {
                     return Some(after);
                 }
             }
@@ -100,7 +105,12 @@ impl Session {
     /// One `send`: the service routes it, this encodes the `ack` (as soon as the message
     /// is accepted, before the doorbell). `Some` ends the session (the sender's member row
     /// is revoked).
-    async fn send(&mut self, send: protocol::Send, req_id: Option<&str>) -> Option<AfterClose> {
+    async fn send(
+        &mut self,
+        send: protocol::Send,
+        topic: Option<protocol::ext::topics::TopicSendFields>,
+        req_id: Option<&str>,
+    ) -> Option<AfterClose> {
         let ack_id = send
             .id
             .clone()
@@ -108,8 +118,20 @@ impl Session {
             .unwrap_or_default();
         let accepted =
             |o: &service::SendOutcome| self.reply_ack(&ack_id, &o.message_id, None, req_id);
-        let result =
-            service::send_with(&self.svc, &self.attached.principal, send.into(), accepted).await;
+        let result = match topic {
+            None => {
+                service::send_with(&self.svc, &self.attached.principal, send.into(), accepted).await
+            }
+            Some(fields) => service::send::send_to_topic(
+                &self.svc,
+                &self.attached.principal,
+                send.into(),
+                fields,
+                accepted,
+            )
+            .await
+            .map(|(outcome, _)| outcome),
+        };
         match result {
             Ok(_) => None,
             Err(e @ SendError::Revoked { .. }) => {

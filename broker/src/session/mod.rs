@@ -59,7 +59,24 @@ enum Incoming {
 }
 
 /// Serves one upgraded WebSocket until it closes.
-pub async fn serve<S>(node: Arc<Node>, mut ws: WebSocket<S>)
+pub async fn serve<S>(node: Arc<Node>, ws: WebSocket<S>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    serve_with(node, ws, None).await
+}
+
+/// Serves a WebSocket whose identity was verified before the upgrade (the web chat's
+/// signed-in person, `service::humans`): it is attached at once, without a `hello` frame,
+/// and is then an ordinary session (pushes, `list_peers`, `send`, moderation closes).
+pub async fn serve_verified<S>(node: Arc<Node>, ws: WebSocket<S>, verified: Verified)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    serve_with(node, ws, Some(verified)).await
+}
+
+async fn serve_with<S>(node: Arc<Node>, mut ws: WebSocket<S>, verified: Option<Verified>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -122,7 +139,7 @@ where
         last_pong,
         opened: Instant::now(),
     };
-    conn.serve(in_rx).instrument(span).await;
+    conn.serve(in_rx, verified).instrument(span).await;
     if tokio::time::timeout(CLOSE_LINGER, closing.cancelled())
         .await
         .is_err()
@@ -489,12 +506,16 @@ impl Conn {
     }
 
     /// The handshake, then (attached) the session until the socket ends.
-    async fn serve(self, mut inbound: mpsc::Receiver<Incoming>) {
+    async fn serve(self, mut inbound: mpsc::Receiver<Incoming>, verified: Option<Verified>) {
         let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
-        let handshake = self.handshake(&mut inbound, ctl_tx);
-        let Some(attached) =
-            tracing::Instrument::instrument(handshake, tracing::info_span!("handshake")).await
-        else {
+        let attached = match verified {
+            Some(v) => self.attach(v, None, ctl_tx).await,
+            None => {
+                let handshake = self.handshake(&mut inbound, ctl_tx);
+                tracing::Instrument::instrument(handshake, tracing::info_span!("handshake")).await
+            }
+        };
+        let Some(attached) = attached else {
             return;
         };
         let mut session = Session {

@@ -291,6 +291,23 @@ impl MemoryState {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// Forgets what this family knows of a deleted mesh (`MemoryStore::delete_mesh`): its
+    /// slug, its archived mark and its member links, as the PostgreSQL delete removes the
+    /// `meshes` row and, with the member rows, their `user_id`.
+    pub(super) fn forget_mesh(&self, mesh_id: &str) {
+        let mut a = self.lock();
+        a.meshes.remove(mesh_id);
+        a.archived.remove(mesh_id);
+        a.links.retain(|(mesh, _), _| mesh != mesh_id);
+    }
+
+    /// Forgets a deleted member's link to its user (`MemoryStore::delete_member`).
+    pub(super) fn forget_member(&self, mesh_id: &str, member_id: &str) {
+        self.lock()
+            .links
+            .remove(&(mesh_id.to_string(), member_id.to_string()));
+    }
 }
 
 fn expired_poll(dc: &mut DeviceCode, now: i64) -> bool {

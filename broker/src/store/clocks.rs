@@ -105,6 +105,13 @@ impl MemoryState {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Row>> {
         self.clocks.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// Forgets everything of a deleted mesh (`MemoryStore::delete_mesh`, as the PostgreSQL
+    /// delete removes the `clock` row): the clock
+    /// authority leases only stored clocks, so the deleted mesh's clock stops.
+    pub(super) fn forget_mesh(&self, mesh_id: &str) {
+        self.lock().remove(mesh_id);
+    }
 }
 
 #[async_trait]

@@ -71,6 +71,12 @@ impl MemoryState {
         self.meshes.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Forgets everything of a deleted mesh (`MemoryStore::delete_mesh`, as the PostgreSQL
+    /// delete removes every row with its `mesh_id`).
+    pub(super) fn forget_mesh(&self, mesh_id: &str) {
+        self.lock().remove(mesh_id);
+    }
+
     fn newest(&self, mesh_id: &str, limit: usize, keep: impl Fn(&Context) -> bool) -> Vec<Context> {
         let meshes = self.lock();
         let mut found: Vec<Context> = meshes

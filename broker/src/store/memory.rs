@@ -31,6 +31,8 @@ pub struct MemoryStore {
     pub(super) contexts: super::contexts::MemoryState,
     pub(super) skills: super::skills::MemoryState,
     pub(super) vault: super::vault::MemoryState,
+    pub(super) mcp_registry: super::mcp_registry::MemoryState,
+    pub(super) files: super::files::MemoryState,
     pub(super) topics: super::topics::MemoryState,
     pub(super) apikeys: super::apikeys::MemoryState,
     pub(super) webhooks: super::webhooks::MemoryState,
@@ -91,6 +93,41 @@ impl MemoryStore {
             .take(limit)
             .map(|row| row.message.clone())
             .collect()
+    }
+
+    /// What `delete_mesh` removes from the families' own state (as the PostgreSQL delete
+    /// removes every row with the mesh's `mesh_id`): one call per family, each under its
+    /// own lock and never under `inner`'s. A family added later adds its `forget_mesh` here.
+    fn forget_mesh_in_families(&self, mesh_id: &str) {
+        self.state.forget_mesh(mesh_id);
+        self.memories.forget_mesh(mesh_id);
+        self.tasks.forget_mesh(mesh_id);
+        self.streams.forget_mesh(mesh_id);
+        self.schedule.forget_mesh(mesh_id);
+        self.clocks.forget_mesh(mesh_id);
+        self.msg_status.forget_mesh(mesh_id);
+        self.contexts.forget_mesh(mesh_id);
+        self.skills.forget_mesh(mesh_id);
+        self.vault.forget_mesh(mesh_id);
+        self.mcp_registry.forget_mesh(mesh_id);
+        self.files.forget_mesh(mesh_id);
+        self.topics.forget_mesh(mesh_id);
+        self.webhooks.forget_mesh(mesh_id);
+        self.watches.forget_mesh(mesh_id);
+        self.accounts.forget_mesh(mesh_id);
+    }
+
+    /// What `delete_member` removes from the families' own state, exactly what the
+    /// PostgreSQL delete removes (`postgres/members.rs`): what only the member had, its
+    /// scheduled messages and its user link. What it gave the mesh (memories, tasks,
+    /// shared state, streams, contexts, skills, delivery records) stays. Its URL watches
+    /// go too.
+    fn forget_member_in_families(&self, mesh_id: &str, member_id: &str) {
+        self.schedule.forget_member(mesh_id, member_id);
+        self.accounts.forget_member(mesh_id, member_id);
+        self.watches.forget_member(mesh_id, member_id);
+        self.mcp_registry.forget_member(mesh_id, member_id);
+        self.topics.forget_member(mesh_id, member_id);
     }
 }
 
@@ -165,7 +202,11 @@ impl MeshStore for MemoryStore {
     }
 
     async fn add_member(&self, mesh_id: &str, member: NewMember) -> StoreResult<Member> {
-        self.lock().insert_member(mesh_id, member)
+        let member = self.lock().insert_member(mesh_id, member)?;
+        // Ours (extensions §9): a new member is subscribed to `#general` (as the
+        // PostgreSQL trigger of V10 does), under the family's lock only.
+        self.topics.member_added(&member);
+        Ok(member)
     }
 
     async fn members(&self, mesh_id: &str) -> StoreResult<Vec<Member>> {
@@ -244,6 +285,8 @@ impl MeshStore for MemoryStore {
             .retain(|(sender, _), _| !members.contains_key(sender));
         inner.peer_state.retain(|(mesh, _), _| mesh != mesh_id);
         inner.audit.remove(mesh_id);
+        drop(inner);
+        self.forget_mesh_in_families(mesh_id);
         Ok(existed)
     }
 
@@ -262,6 +305,8 @@ impl MeshStore for MemoryStore {
         inner.queue.remove(&key);
         inner.peer_state.remove(&key);
         inner.dedup.retain(|(sender, _), _| sender != member_id);
+        drop(inner);
+        self.forget_member_in_families(mesh_id, member_id);
         Ok(true)
     }
 }
@@ -314,6 +359,8 @@ impl InviteStore for MemoryStore {
         if let Some(i) = inner.invites.get_mut(code) {
             i.uses += 1;
         }
+        drop(inner);
+        self.topics.member_added(&member);
         Ok(Enrolment {
             member,
             already_member: false,

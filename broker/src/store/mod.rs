@@ -35,6 +35,8 @@ pub mod accounts;
 pub mod apikeys;
 pub mod clocks;
 pub mod contexts;
+pub mod files;
+pub mod mcp_registry;
 pub mod memories;
 pub mod memory;
 pub mod msg_status;
@@ -306,6 +308,8 @@ pub trait Store:
     + contexts::ContextStore
     + skills::SkillStore
     + vault::VaultStore
+    + mcp_registry::McpServerStore
+    + files::FileStore
     + topics::TopicStore
     + apikeys::ApiKeyStore
     + webhooks::WebhookStore
@@ -331,6 +335,8 @@ impl<T> Store for T where
         + contexts::ContextStore
         + skills::SkillStore
         + vault::VaultStore
+        + mcp_registry::McpServerStore
+        + files::FileStore
         + topics::TopicStore
         + apikeys::ApiKeyStore
         + webhooks::WebhookStore

@@ -104,6 +104,12 @@ impl MemoryState {
         self.records.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Forgets everything of a deleted mesh (`MemoryStore::delete_mesh`, as the PostgreSQL
+    /// delete removes every row with its `mesh_id`).
+    pub(super) fn forget_mesh(&self, mesh_id: &str) {
+        self.lock().retain(|(mesh, _), _| mesh != mesh_id);
+    }
+
     /// Records a confirmed direct message (called by the memory queue's `mark_delivered`).
     pub(super) fn record(&self, message: SentMessage) {
         self.lock()

@@ -154,6 +154,20 @@ impl MemoryState {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Slot>> {
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// Forgets everything of a deleted mesh (`MemoryStore::delete_mesh`, as the PostgreSQL
+    /// delete removes every row with its `mesh_id`).
+    pub(super) fn forget_mesh(&self, mesh_id: &str) {
+        self.lock().retain(|_, slot| slot.entry.mesh_id != mesh_id);
+    }
+
+    /// Forgets a deleted member's entries (`MemoryStore::delete_member`, as the PostgreSQL
+    /// delete removes its `scheduled_message` rows): they would fire as a member that no
+    /// longer exists. A claim holding one of them finds it gone and skips it.
+    pub(super) fn forget_member(&self, mesh_id: &str, member_id: &str) {
+        self.lock()
+            .retain(|_, slot| slot.entry.mesh_id != mesh_id || slot.entry.member_id != member_id);
+    }
 }
 
 struct MemoryClaim {

@@ -86,6 +86,12 @@ impl MemoryState {
         // Plain data: a panic elsewhere leaves it consistent, so recover the guard.
         self.meshes.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// Forgets everything of a deleted mesh (`MemoryStore::delete_mesh`, as the PostgreSQL
+    /// delete removes every row with its `mesh_id`).
+    pub(super) fn forget_mesh(&self, mesh_id: &str) {
+        self.lock().remove(mesh_id);
+    }
 }
 
 #[async_trait]

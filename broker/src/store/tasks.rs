@@ -180,6 +180,12 @@ impl MemoryState {
     fn lock(&self) -> std::sync::MutexGuard<'_, MemoryTasks> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// Forgets everything of a deleted mesh (`MemoryStore::delete_mesh`, as the PostgreSQL
+    /// delete removes every row with its `mesh_id`).
+    pub(super) fn forget_mesh(&self, mesh_id: &str) {
+        self.lock().meshes.remove(mesh_id);
+    }
 }
 
 /// Newest first: by creation time, then creation order.

@@ -104,6 +104,12 @@ impl MemoryState {
         // Plain data: a panic elsewhere leaves it consistent, so recover the guard.
         self.members.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// Forgets everything of a deleted mesh (`MemoryStore::delete_mesh`, as the PostgreSQL
+    /// delete removes every row with its `mesh_id`).
+    pub(super) fn forget_mesh(&self, mesh_id: &str) {
+        self.lock().retain(|(mesh, _), _| mesh != mesh_id);
+    }
 }
 
 fn owner(mesh_id: &str, member_id: &str) -> (String, String) {

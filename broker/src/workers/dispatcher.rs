@@ -74,6 +74,8 @@ pub fn apply(node: &Node, mesh_id: &str, event: MeshEvent, held_limit: usize) {
                 .deliver(mesh_id, &presence_ids, priority, &frame, held_limit);
             span.record("push.recipients", pushed);
             node.metrics.pushes_total.inc_by(pushed);
+            // A topic post also wakes this replica's SSE streams of the topic (REST v1).
+            crate::rest::sse::delivered(mesh_id, &frame);
         }
         MeshEvent::Doorbell { member_id } => node.hub.ring(mesh_id, &member_id),
         MeshEvent::Close {
@@ -83,7 +85,11 @@ pub fn apply(node: &Node, mesh_id: &str, event: MeshEvent, held_limit: usize) {
             after,
         } => node.hub.close(mesh_id, &conn_ids, code, &reason, after),
         // Sockets have nothing to do: only the member cache.
-        MeshEvent::MembersChanged => node.members.forget(mesh_id),
+        MeshEvent::MembersChanged => {
+            node.members.forget(mesh_id);
+            // A ban or a key revocation: the mesh's REST SSE streams re-read their key.
+            crate::rest::sse::recheck(mesh_id);
+        }
         MeshEvent::HookStatus {
             presence_id,
             status,

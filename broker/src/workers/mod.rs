@@ -24,6 +24,7 @@ pub mod housekeeping;
 pub mod resync;
 pub mod scheduler;
 pub mod sweep;
+pub mod watcher;
 
 use std::future::Future;
 use std::sync::Mutex;

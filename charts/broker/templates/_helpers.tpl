@@ -81,6 +81,21 @@ app.kubernetes.io/component: broker
 {{- end }}
 {{- end }}
 
+{{/* The session secret of the chart-created Secret: given, else the one already installed, else new. */}}
+{{- define "broker.sessionSecret" -}}
+{{- if .Values.secret.sessionSecret }}
+{{- .Values.secret.sessionSecret }}
+{{- else }}
+{{- $existing := lookup "v1" "Secret" .Release.Namespace (include "broker.fullname" .) }}
+{{- $data := dig "data" (dict) $existing }}
+{{- if hasKey $data .Values.secret.keys.sessionSecret }}
+{{- index $data .Values.secret.keys.sessionSecret | b64dec }}
+{{- else }}
+{{- randAlphaNum 48 }}
+{{- end }}
+{{- end }}
+{{- end }}
+
 {{/* Refuses inconsistent values with a message naming the key. Included by the Deployment. */}}
 {{- define "broker.validate" -}}
 {{- if not .Values.secret.existingSecret }}
@@ -95,7 +110,7 @@ app.kubernetes.io/component: broker
 {{- fail "shutdown.drainMs must not exceed shutdown.deadlineMs" }}
 {{- end }}
 {{- range $key, $_ := .Values.config }}
-{{- if has $key (list "BROKER_HOST" "BROKER_PORT" "BROKER_NODE_ID" "BROKER_ADMIN_TOKEN" "DATABASE_URL" "REDIS_URL" "SHUTDOWN_DRAIN_MS" "SHUTDOWN_DEADLINE_MS" "BROKER_INTERNAL_PORT" "BROKER_INTERNAL_HOST" "BROKER_PUBLIC_URL") }}
+{{- if has $key (list "BROKER_HOST" "BROKER_PORT" "BROKER_NODE_ID" "BROKER_ADMIN_TOKEN" "BROKER_SESSION_SECRET" "DATABASE_URL" "REDIS_URL" "SHUTDOWN_DRAIN_MS" "SHUTDOWN_DEADLINE_MS" "BROKER_INTERNAL_PORT" "BROKER_INTERNAL_HOST" "BROKER_PUBLIC_URL") }}
 {{- fail (printf "config.%s is set by the chart (see values.yaml: secret, shutdown, internal, publicUrl)" $key) }}
 {{- end }}
 {{- end }}

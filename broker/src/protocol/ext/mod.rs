@@ -6,6 +6,7 @@ pub mod apikeys;
 pub mod audit_query;
 pub mod clocks;
 pub mod contexts;
+pub mod files;
 pub mod info;
 pub mod mcp_registry;
 pub mod memories;
@@ -43,6 +44,7 @@ pub fn is_extension(kind: &str) -> bool {
         mcp_registry::TYPES,
         webhooks::TYPES,
         watches::TYPES,
+        files::TYPES,
         unsupported::TYPES,
     ]
     .iter()

@@ -3,10 +3,11 @@
 //!
 //! Two lists, kept apart on purpose:
 //! - [`EXTERNAL`]: the families of §19, which need a service this broker does not run
-//!   (object storage, Qdrant, Neo4j, a separate SQL database, a service runner).
+//!   (Qdrant, Neo4j, a separate SQL database, a service runner; files, §19.1, are
+//!   stored in the broker's own store and have their own module).
 //! - [`NOT_BUILT`]: the families of §9–§17 that need no external service but are not
-//!   built yet (topics, API keys, peer relay, the peer MCP registry, webhooks, URL
-//!   watches; contexts, skills and the vault have modules of their own). A later issue
+//!   built yet (topics, API keys, peer relay, the peer MCP registry; contexts, skills,
+//!   the vault, webhooks and URL watches have modules of their own). A later issue
 //!   moves each family out of this list into its own module.
 //!
 //! What a frame gets ([`answer`]): a list-style read with a natural empty answer gets its
@@ -31,18 +32,6 @@ pub struct Family {
 
 /// §19: families that need an external service.
 pub const EXTERNAL: &[Family] = &[
-    Family {
-        section: "19.1",
-        feature: "file sharing",
-        service: "MinIO or S3 object storage",
-        types: &[
-            "get_file",
-            "list_files",
-            "file_status",
-            "delete_file",
-            "grant_file_access",
-        ],
-    },
     Family {
         section: "19.2",
         feature: "vector search",
@@ -85,72 +74,11 @@ pub const EXTERNAL: &[Family] = &[
 
 /// §9–§17: families that are not built yet (no external service needed). Each moves to its
 /// own module when it is built; until then it is answered like [`EXTERNAL`].
-pub const NOT_BUILT: &[Family] = &[
-    Family {
-        section: "9",
-        feature: "topics",
-        service: "a broker release with extensions §9",
-        types: &[
-            "topic_create",
-            "topic_list",
-            "topic_join",
-            "topic_leave",
-            "topic_members",
-            "topic_history",
-            "topic_mark_read",
-        ],
-    },
-    Family {
-        section: "10",
-        feature: "API keys",
-        service: "a broker release with extensions §10",
-        types: &["apikey_create", "apikey_list", "apikey_revoke"],
-    },
-    Family {
-        section: "13",
-        feature: "peer file relay",
-        service: "a broker release with extensions §13",
-        types: &[
-            "peer_file_request",
-            "peer_file_response",
-            "peer_dir_request",
-            "peer_dir_response",
-        ],
-    },
-    Family {
-        section: "14",
-        feature: "the peer MCP registry",
-        service: "a broker release with extensions §14",
-        types: &[
-            "mcp_register",
-            "mcp_unregister",
-            "mcp_list",
-            "mcp_call",
-            "mcp_call_response",
-        ],
-    },
-    Family {
-        section: "15",
-        feature: "webhooks",
-        service: "a broker release with extensions §15",
-        types: &["create_webhook", "list_webhooks", "delete_webhook"],
-    },
-    Family {
-        section: "17",
-        feature: "URL watches",
-        service: "a broker release with extensions §17",
-        types: &["watch", "unwatch", "watch_list"],
-    },
-];
+pub const NOT_BUILT: &[Family] = &[];
 
 /// The client frame `type`s of this family: every type of [`EXTERNAL`] and [`NOT_BUILT`].
 pub const TYPES: &[&str] = &[
-    // §19 (EXTERNAL)
-    "get_file",
-    "list_files",
-    "file_status",
-    "delete_file",
-    "grant_file_access",
+    // §19 (EXTERNAL; files, §19.1, have their own module)
     "vector_store",
     "vector_search",
     "vector_delete",
@@ -168,52 +96,15 @@ pub const TYPES: &[&str] = &[
     "mcp_schema",
     "mcp_catalog",
     "skill_deploy",
-    // §9–§17 (NOT_BUILT)
-    "topic_create",
-    "topic_list",
-    "topic_join",
-    "topic_leave",
-    "topic_members",
-    "topic_history",
-    "topic_mark_read",
-    "apikey_create",
-    "apikey_list",
-    "apikey_revoke",
-    "peer_file_request",
-    "peer_file_response",
-    "peer_dir_request",
-    "peer_dir_response",
-    "mcp_register",
-    "mcp_unregister",
-    "mcp_list",
-    "mcp_call",
-    "mcp_call_response",
-    "create_webhook",
-    "list_webhooks",
-    "delete_webhook",
-    "watch",
-    "unwatch",
-    "watch_list",
 ];
 
 /// Types the spec answers with nothing (fire-and-forget): silent unless a `_reqId` asks.
-pub const FIRE_AND_FORGET: &[&str] = &[
-    "topic_join",
-    "topic_leave",
-    "topic_mark_read",
-    "peer_file_response",
-    "peer_dir_response",
-    "mcp_unregister",
-    "mcp_call_response",
-];
+pub const FIRE_AND_FORGET: &[&str] = &[];
 
 /// The typed empty replies of list-style reads (§0.3), one variant per reply `type`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum EmptyReply {
-    FileList {
-        files: Vec<Value>,
-    },
     CollectionList {
         collections: Vec<String>,
     },
@@ -227,35 +118,6 @@ pub enum EmptyReply {
     },
     McpCatalogResult {
         services: Vec<Value>,
-    },
-    TopicListResponse {
-        topics: Vec<Value>,
-    },
-    /// `topic` as sent.
-    TopicMembersResponse {
-        topic: String,
-        members: Vec<Value>,
-    },
-    /// `topic` as sent.
-    TopicHistoryResponse {
-        topic: String,
-        messages: Vec<Value>,
-    },
-    ApikeyListResponse {
-        keys: Vec<Value>,
-    },
-    McpListResult {
-        servers: Vec<Value>,
-    },
-    /// An empty registry knows no server: the reference's own text for that.
-    McpCallResult {
-        error: String,
-    },
-    WebhookList {
-        webhooks: Vec<Value>,
-    },
-    WatchListResult {
-        watches: Vec<Value>,
     },
 }
 
@@ -308,7 +170,6 @@ pub fn answer(kind: &str, frame: &Value, has_req_id: bool) -> Answer {
             .to_string()
     };
     let empty = match kind {
-        "list_files" => Some(EmptyReply::FileList { files: vec![] }),
         "list_collections" => Some(EmptyReply::CollectionList {
             collections: vec![],
         }),
@@ -318,22 +179,6 @@ pub fn answer(kind: &str, frame: &Value, has_req_id: bool) -> Answer {
             tools: vec![],
         }),
         "mcp_catalog" => Some(EmptyReply::McpCatalogResult { services: vec![] }),
-        "topic_list" => Some(EmptyReply::TopicListResponse { topics: vec![] }),
-        "topic_members" => Some(EmptyReply::TopicMembersResponse {
-            topic: text("topic"),
-            members: vec![],
-        }),
-        "topic_history" => Some(EmptyReply::TopicHistoryResponse {
-            topic: text("topic"),
-            messages: vec![],
-        }),
-        "apikey_list" => Some(EmptyReply::ApikeyListResponse { keys: vec![] }),
-        "mcp_list" => Some(EmptyReply::McpListResult { servers: vec![] }),
-        "mcp_call" => Some(EmptyReply::McpCallResult {
-            error: format!("MCP server {:?} not found in mesh", text("serverName")),
-        }),
-        "list_webhooks" => Some(EmptyReply::WebhookList { webhooks: vec![] }),
-        "watch_list" => Some(EmptyReply::WatchListResult { watches: vec![] }),
         _ => None,
     };
     match empty {
@@ -376,6 +221,12 @@ mod tests {
             e::contexts::TYPES,
             e::skills::TYPES,
             e::vault::TYPES,
+            e::topics::TYPES,
+            e::peer_relay::TYPES,
+            e::mcp_registry::TYPES,
+            e::webhooks::TYPES,
+            e::watches::TYPES,
+            e::files::TYPES,
         ];
         for kind in TYPES {
             assert!(
@@ -388,8 +239,8 @@ mod tests {
     #[test]
     fn the_unsupported_message_has_the_spec_form() {
         assert_eq!(
-            unsupported_message("get_file"),
-            "get_file: file sharing is not available on this broker (needs MinIO or S3 object storage)"
+            unsupported_message("graph_query"),
+            "graph_query: the graph database is not available on this broker (needs Neo4j)"
         );
         assert_eq!(
             answer("vector_store", &serde_json::json!({}), true),
@@ -400,9 +251,9 @@ mod tests {
     }
 
     #[test]
-    fn list_reads_get_typed_empty_replies_and_fire_and_forget_stays_silent() {
-        let frame = serde_json::json!({"type": "topic_members", "topic": "general"});
-        let Answer::Empty(body) = answer("topic_members", &frame, false) else {
+    fn list_reads_get_typed_empty_replies() {
+        let frame = serde_json::json!({"type": "mcp_schema", "server_name": "svc"});
+        let Answer::Empty(body) = answer("mcp_schema", &frame, false) else {
             panic!("typed reply expected");
         };
         let wire = serde_json::to_value(Reply {
@@ -412,24 +263,16 @@ mod tests {
         .unwrap();
         assert_eq!(
             wire,
-            serde_json::json!({"type": "topic_members_response", "topic": "general", "members": [], "_reqId": "r1"})
+            serde_json::json!({"type": "mcp_schema_result", "server_name": "svc", "tools": [], "_reqId": "r1"})
         );
         let list = serde_json::to_value(Reply {
-            body: EmptyReply::McpListResult { servers: vec![] },
+            body: EmptyReply::McpCatalogResult { services: vec![] },
             req_id: None,
         })
         .unwrap();
         assert_eq!(
             list,
-            serde_json::json!({"type": "mcp_list_result", "servers": []})
+            serde_json::json!({"type": "mcp_catalog_result", "services": []})
         );
-        assert_eq!(
-            answer("topic_join", &serde_json::json!({}), false),
-            Answer::Silent
-        );
-        assert!(matches!(
-            answer("topic_join", &serde_json::json!({}), true),
-            Answer::Unsupported(_)
-        ));
     }
 }

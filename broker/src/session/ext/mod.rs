@@ -7,6 +7,7 @@ mod apikeys;
 mod audit_query;
 mod clocks;
 mod contexts;
+mod files;
 mod info;
 mod mcp_registry;
 mod memories;
@@ -25,6 +26,11 @@ mod webhooks;
 
 use super::Session;
 use crate::protocol::ext;
+
+/// The topic fields of a `send` to `#<topicId>` (extensions §9), for `handlers.rs`.
+pub(super) fn topic_send_fields(text: &[u8]) -> ext::topics::TopicSendFields {
+    topics::send_fields(text)
+}
 
 impl Session {
     /// A frame the core decoder did not know: the family that owns `kind` handles it, else
@@ -83,6 +89,9 @@ impl Session {
         }
         if ext::watches::TYPES.contains(&kind) {
             return watches::handle(self, kind, text, req_id).await;
+        }
+        if ext::files::TYPES.contains(&kind) {
+            return files::handle(self, kind, text, req_id).await;
         }
         if ext::unsupported::TYPES.contains(&kind) {
             return unsupported::handle(self, kind, text, req_id).await;

@@ -293,6 +293,17 @@ impl MeshStore for PgStore {
         for sql in [
             "DELETE FROM peer_state WHERE mesh_id = $1 AND member_id = $2",
             "DELETE FROM scheduled_message WHERE mesh_id = $1 AND member_id = $2",
+            // Its URL watches would poll for a member that no longer exists.
+            "DELETE FROM url_watch WHERE mesh_id = $1 AND member_id = $2",
+            // Its persistent MCP registrations: nobody could restore or unregister them.
+            "DELETE FROM mcp_server WHERE mesh_id = $1 AND host_member_id = $2",
+            // Its topic memberships, sealed topic-key copies and mention notifications
+            // (the topic messages it posted stay, like the messages it sent).
+            "DELETE FROM topic_member WHERE member_id = $2 \
+             AND topic_id IN (SELECT id FROM topic WHERE mesh_id = $1)",
+            "DELETE FROM topic_member_key WHERE member_id = $2 \
+             AND topic_id IN (SELECT id FROM topic WHERE mesh_id = $1)",
+            "DELETE FROM notification WHERE mesh_id = $1 AND recipient_member_id = $2",
         ] {
             tx.execute(sql, &[&mesh_id, &member_id])
                 .await

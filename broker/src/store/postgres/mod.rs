@@ -13,7 +13,9 @@ mod apikeys;
 mod audit;
 mod clocks;
 mod contexts;
+mod files;
 mod invites;
+mod mcp_registry;
 mod members;
 mod memories;
 mod msg_status;
@@ -41,7 +43,7 @@ use crate::protocol::Group;
 use crate::store::{QueuedMessage, StoreBackend, StoreError, StoreResult};
 
 /// The newest migration this broker was built for (`migrator/migrations/V{n}__*.sql`).
-pub const SCHEMA_VERSION: i64 = 9;
+pub const SCHEMA_VERSION: i64 = 14;
 
 /// How long a query may wait for a pooled connection or a new one before it fails.
 const POOL_TIMEOUT: Duration = Duration::from_secs(2);
