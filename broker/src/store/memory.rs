@@ -16,7 +16,6 @@ use crate::store::{AuditStore, InviteStore, MeshStore, PeerStateStore, QueueStor
 
 /// Single node only: see the module documentation.
 #[derive(Debug, Default)]
-#[allow(dead_code)] // SEAM: the family fields are read once each family fills its module
 pub struct MemoryStore {
     inner: Mutex<Inner>,
     // One field per family whose capability trait lives in its own module
