@@ -662,7 +662,7 @@ pub const ERRORS: &[ErrorCode] = &[
                 "a file frame other than `list_files` with `FILES_ENABLED=false` (`<type>: file sharing is not available on this broker (needs file storage: FILES_ENABLED)`; `list_files` gets an empty `file_list`)",
             ),
             open(
-                "a request of a family this broker does not offer (extensions §0.3, §19, and topics, peer relay and the peer MCP registry until they are built): `<type>: <feature> is not available on this broker (needs <service>)`; list-style reads get their typed empty reply instead, fire-and-forget frames without `_reqId` nothing",
+                "a request of a family this broker does not offer (extensions §0.3: vectors, graph, per-mesh SQL, managed services, §19.2–§19.5): `<type>: <feature> is not available on this broker (needs <service>)`; list-style reads get their typed empty reply instead, fire-and-forget frames without `_reqId` nothing",
             ),
         ],
     },
