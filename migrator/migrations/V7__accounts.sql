@@ -46,7 +46,9 @@ CREATE TABLE cli_sessions (
     created_at      bigint NOT NULL,
     last_seen_at    bigint,
     expires_at      bigint NOT NULL,
-    revoked_at      bigint
+    revoked_at      bigint,
+    -- Creation order among sessions of one millisecond ("the oldest" beyond the cap).
+    seq             bigserial NOT NULL
 );
 CREATE INDEX cli_sessions_user ON cli_sessions (user_id, created_at);
 

@@ -278,6 +278,10 @@ struct Inner {
     users: BTreeMap<String, User>,
     device_codes: BTreeMap<String, DeviceCode>,
     cli_sessions: BTreeMap<String, CliSession>,
+    /// Insertion order of the CLI sessions (session id → sequence): "the oldest" among
+    /// sessions of one millisecond.
+    cli_session_seq: HashMap<String, u64>,
+    next_cli_session_seq: u64,
     web_sessions: HashMap<String, WebSession>,
     jtis: HashMap<String, i64>,
     /// Meshes this family knows (see the module docs), with their renamed slug and name.
@@ -318,18 +322,21 @@ fn expired_poll(dc: &mut DeviceCode, now: i64) -> bool {
 }
 
 fn revoke_beyond(inner: &mut Inner, user_id: &str, max_live: usize, now: i64) {
-    let mut live: Vec<(i64, String)> = inner
+    let mut live: Vec<(i64, u64, String)> = inner
         .cli_sessions
         .values()
         .filter(|s| s.user_id == user_id && s.is_live(now))
-        .map(|s| (s.created_at, s.id.clone()))
+        .map(|s| {
+            let seq = inner.cli_session_seq.get(&s.id).copied().unwrap_or(0);
+            (s.created_at, seq, s.id.clone())
+        })
         .collect();
     if live.len() <= max_live {
         return;
     }
     live.sort();
     let extra = live.len() - max_live;
-    for (_, id) in live.into_iter().take(extra) {
+    for (_, _, id) in live.into_iter().take(extra) {
         if let Some(s) = inner.cli_sessions.get_mut(&id) {
             s.revoked_at = Some(now);
         }
@@ -585,6 +592,9 @@ impl AccountStore for MemoryStore {
         }
         dc.status = DeviceStatus::Consumed;
         let user = session.user_id.clone();
+        a.next_cli_session_seq += 1;
+        let seq = a.next_cli_session_seq;
+        a.cli_session_seq.insert(session.id.clone(), seq);
         a.cli_sessions.insert(session.id.clone(), session);
         revoke_beyond(&mut a, &user, max_live, now);
         Ok(true)

@@ -115,7 +115,7 @@ async fn revoke_beyond(
     c.execute(
         "UPDATE cli_sessions SET revoked_at = $2 WHERE id IN ( \
            SELECT id FROM cli_sessions WHERE user_id = $1 AND revoked_at IS NULL AND expires_at > $2 \
-           ORDER BY created_at DESC, id DESC OFFSET $3)",
+           ORDER BY created_at DESC, seq DESC OFFSET $3)",
         &[&user_id, &now, &keep],
     )
     .await
@@ -447,7 +447,7 @@ impl AccountStore for PgStore {
     async fn cli_sessions(&self, user_id: &str, now: i64) -> StoreResult<Vec<CliSession>> {
         let sql = format!(
             "SELECT {SESSION_COLUMNS} FROM cli_sessions \
-             WHERE user_id = $1 AND revoked_at IS NULL AND expires_at > $2 ORDER BY created_at DESC, id DESC"
+             WHERE user_id = $1 AND revoked_at IS NULL AND expires_at > $2 ORDER BY created_at DESC, seq DESC"
         );
         Ok(self
             .query(&sql, &[&user_id, &now])
