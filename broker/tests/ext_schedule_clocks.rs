@@ -157,6 +157,12 @@ async fn dev_mode_schedule_list_cancel_fire_and_refusals() {
         (Some(b64("overdue").as_str()), Some("reminder"))
     );
     assert_eq!(push["messageId"], fire_message_id(&ack.scheduled_id, 1));
+    // Its fire commits right after the push: wait until it is done before listing again.
+    eventually("the overdue one-shot is done", async || {
+        let listed = list(&mut ac).await.messages;
+        (!listed.iter().any(|m| m.id == ack.scheduled_id)).then_some(())
+    })
+    .await;
 
     // Cancel: ok once, then false; unknown ids and other members' entries are false.
     let far = now_ms() + 3_600_000;
