@@ -213,15 +213,8 @@ async fn open_cluster(
     } else {
         format!("{url}?protocol=resp3")
     };
-    let client = redis::Client::open(url.as_str())
-        .map_err(|e| RunError::Unsupported(format!("REDIS_URL: {e}")))?;
-    let manager_config = redis::aio::ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(2)))
-        .set_response_timeout(Some(Duration::from_secs(2)))
-        .set_max_delay(Duration::from_secs(1))
-        // Fail fast while Redis is down: callers degrade (see docs/statelessness.md) and
-        // the next command reconnects.
-        .set_number_of_retries(1);
+    let client = redis_client(&url)?;
+    let manager_config = redis_manager_config();
     let deadline = tokio::time::Instant::now() + config.database_connect_timeout;
     let conn = loop {
         match redis::aio::ConnectionManager::new_with_config(client.clone(), manager_config.clone())
@@ -241,9 +234,7 @@ async fn open_cluster(
     // Publishes (and the probe) get a connection of their own: on the presence connection
     // they would queue behind large presence replies, and a slow probe would look like an
     // outage.
-    let publisher = redis::aio::ConnectionManager::new_with_config(client.clone(), manager_config)
-        .await
-        .map_err(|e| RunError::Database(format!("Redis is unreachable: {e}")))?;
+    let publisher = redis_connection(&client).await?;
     let bus = RedisBus::connect(client, publisher, prefix, &config.instance_id, sink, stop)
         .await
         .map_err(|e| RunError::Database(format!("Redis pub/sub: {e}")))?;
@@ -257,6 +248,29 @@ async fn open_cluster(
     Ok((Arc::new(presence), Arc::new(bus)))
 }
 
+/// How every Redis connection of a replica behaves: fail fast while Redis is down (callers
+/// degrade, see docs/statelessness.md) and reconnect on the next command.
+fn redis_manager_config() -> redis::aio::ConnectionManagerConfig {
+    redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(2)))
+        .set_response_timeout(Some(Duration::from_secs(2)))
+        .set_max_delay(Duration::from_secs(1))
+        .set_number_of_retries(1)
+}
+
+fn redis_client(url: &str) -> Result<redis::Client, RunError> {
+    redis::Client::open(url).map_err(|e| RunError::Unsupported(format!("REDIS_URL: {e}")))
+}
+
+/// One more connection of this replica's own (see [`redis_manager_config`]).
+async fn redis_connection(
+    client: &redis::Client,
+) -> Result<redis::aio::ConnectionManager, RunError> {
+    redis::aio::ConnectionManager::new_with_config(client.clone(), redis_manager_config())
+        .await
+        .map_err(|e| RunError::Database(format!("Redis is unreachable: {e}")))
+}
+
 /// Stream subscriptions (extensions §4): in this process's memory, or with `REDIS_URL` in
 /// Redis on a connection of their own, so that every replica sees them.
 async fn open_stream_subscriptions(
@@ -267,17 +281,7 @@ async fn open_stream_subscriptions(
             cluster::subscriptions::MemoryStreamSubscriptions::new(),
         ));
     };
-    let client = redis::Client::open(url.as_str())
-        .map_err(|e| RunError::Unsupported(format!("REDIS_URL: {e}")))?;
-    let manager_config = redis::aio::ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(2)))
-        .set_response_timeout(Some(Duration::from_secs(2)))
-        .set_max_delay(Duration::from_secs(1))
-        // Fail fast while Redis is down, as the presence connection does.
-        .set_number_of_retries(1);
-    let conn = redis::aio::ConnectionManager::new_with_config(client, manager_config)
-        .await
-        .map_err(|e| RunError::Database(format!("Redis is unreachable: {e}")))?;
+    let conn = redis_connection(&redis_client(url)?).await?;
     Ok(Arc::new(
         cluster::subscriptions::RedisStreamSubscriptions::new(conn, &config.redis_prefix),
     ))
@@ -292,17 +296,7 @@ async fn open_mcp_registry(
     let Some(url) = &config.redis_url else {
         return Ok(Arc::new(cluster::mcp_registry::MemoryMcpRegistry::new()));
     };
-    let client = redis::Client::open(url.as_str())
-        .map_err(|e| RunError::Unsupported(format!("REDIS_URL: {e}")))?;
-    let manager_config = redis::aio::ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(2)))
-        .set_response_timeout(Some(Duration::from_secs(2)))
-        .set_max_delay(Duration::from_secs(1))
-        // Fail fast while Redis is down, as the presence connection does.
-        .set_number_of_retries(1);
-    let conn = redis::aio::ConnectionManager::new_with_config(client, manager_config)
-        .await
-        .map_err(|e| RunError::Database(format!("Redis is unreachable: {e}")))?;
+    let conn = redis_connection(&redis_client(url)?).await?;
     Ok(Arc::new(cluster::mcp_registry::RedisMcpRegistry::new(
         conn,
         &config.redis_prefix,
