@@ -30,14 +30,60 @@ pub async fn connect(url: &str) -> tokio_postgres::Client {
 }
 
 /// Creates an empty database on the server at `admin` and returns its URL.
+///
+/// The name carries this process's id (`t_<pid>_<random>`), and the first call of a test
+/// process drops the databases of test processes that are gone: a suite run leaves only
+/// its last binary's databases behind instead of hundreds of megabytes per run.
 pub async fn create_db(admin: &str) -> String {
-    let name = format!("t_{}", broker::ids::random_id(12).to_lowercase());
-    connect(admin)
-        .await
+    let client = connect(admin).await;
+    sweep_dead_databases(&client).await;
+    let name = format!(
+        "t_{}_{}",
+        std::process::id(),
+        broker::ids::random_id(12).to_lowercase()
+    );
+    client
         .batch_execute(&format!("CREATE DATABASE {name}"))
         .await
         .expect("create database");
     with_db(admin, &name)
+}
+
+/// The process id in a test database's name, if it has one (`t_<pid>_<random>`).
+fn creator_pid(datname: &str) -> Option<u32> {
+    let (pid, rest) = datname.strip_prefix("t_")?.split_once('_')?;
+    (!rest.is_empty()).then_some(())?;
+    pid.parse().ok()
+}
+
+/// Drops, once per process, the test databases whose creating process has exited.
+async fn sweep_dead_databases(client: &tokio_postgres::Client) {
+    static SWEPT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if SWEPT.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        return;
+    }
+    let Ok(rows) = client
+        .query(
+            r"SELECT datname FROM pg_database WHERE datname LIKE 't\_%'",
+            &[],
+        )
+        .await
+    else {
+        return;
+    };
+    for row in rows {
+        let name: String = row.get(0);
+        let Some(pid) = creator_pid(&name) else {
+            continue;
+        };
+        if Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        // Best effort: another process may be dropping the same database right now.
+        let _ = client
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .await;
+    }
 }
 
 /// Applies the embedded migrations, as the migrator job does.
