@@ -15,7 +15,13 @@ list_peers as peerType "human"; a DM from a WebSocket peer (a Python client sign
 ed25519 hello) shows up in the page; the person answers and the peer receives it; a peer
 that goes offline leaves the page's online list; an admin peer kicks the person and the
 page says so. Topics (history, SSE, posts) are exercised when the REST API is offered by
-the broker (the page's /app/key answers with a key). Screenshots go to
+the broker (the page's /app/key answers with a key), with the page's own key: it registers
+its IndexedDB-held ed25519 key for its web-managed member row, waits for a peer to share a
+keyed topic's key, then posts v2 bodies the peer decrypts (PyNaCl, i.e. libsodium) and
+shows the peer's v2 posts decrypted, and re-seals the key for the members pending-seals
+lists until the list is empty; on PostgreSQL also "enable encryption" on a v1 topic. The
+page's crypto.js is checked against vectors a Rust test computes (crypto_secretbox,
+crypto_box, ed25519-dalek; target/web-crypto-vectors.json). Screenshots go to
 target/web-screenshots/, and the page must log no console error.
 
 Prints `N passed, N failed` and exits non-zero on any failure.
@@ -39,6 +45,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import nacl.public
+import nacl.secret
 import nacl.signing
 import websockets
 from playwright.async_api import async_playwright, expect
@@ -54,6 +62,44 @@ PASSWORD = "correct horse battery staple"
 WAIT_MS = 10_000
 # The person's member name: /cli/mesh/create names the owner's row `<mesh name>-owner`.
 ALICE = "alice-owner"
+# The chat's topic identity: the person's web-managed row (rest.md §4.10).
+ALICE_WEB = ALICE + "-web"
+# Written by the Rust test web_chat::web_crypto_vectors_are_computed_by_rust (check-web
+# runs it first): inputs and outputs of crypto_secretbox, crypto_box, X25519, ed25519 ->
+# X25519 and sealed topic keys, which the page's crypto.js must reproduce.
+VECTORS = ROOT / "target" / "web-crypto-vectors.json"
+CHECK_VECTORS_JS = """async (V) => {
+  const C = CMCrypto, h = C.hex, u = C.unhex, bad = [];
+  const eq = (what, a, b) => { if (a !== b) bad.push(what + ': ' + a + ' != ' + b); };
+  V.secretbox.forEach((v, i) => {
+    eq('secretbox ' + i, h(C.secretbox(u(v.msg), u(v.nonce), u(v.key))), v.boxed);
+    const m = C.secretboxOpen(u(v.boxed), u(v.nonce), u(v.key));
+    eq('secretbox open ' + i, m && h(m), v.msg);
+    const t = u(v.boxed); t[0] ^= 1;
+    eq('secretbox forged ' + i, C.secretboxOpen(t, u(v.nonce), u(v.key)), null);
+  });
+  V.x25519.forEach((v, i) => {
+    eq('x25519 ' + i, h(C.x25519(u(v.secret), u(v.public))), v.shared);
+    eq('x25519 public ' + i, h(C.x25519Public(u(v.secret))), v.secretPublic);
+  });
+  for (const [i, v] of V.edToX.entries()) {
+    eq('ed->x public ' + i, h(C.edPublicToX(u(v.edPublic))), v.xPublic);
+    eq('ed->x secret ' + i, h(await C.edSeedToX(u(v.seed))), v.xSecret);
+  }
+  V.box.forEach((v, i) => {
+    eq('box ' + i, h(C.box(u(v.msg), u(v.nonce), u(v.theirPublic), u(v.mySecret))), v.boxed);
+  });
+  for (const [i, v] of V.seal.entries()) {
+    const s = C.sealKey(u(v.topicKey), u(v.memberEdPublic), u(v.eph), u(v.nonce));
+    eq('seal ' + i, s.encryptedKey, v.encryptedKey);
+    eq('seal nonce ' + i, s.nonce, v.nonceB64);
+    const k = C.openKey(v.encryptedKey, v.nonceB64, await C.edSeedToX(u(v.memberSeed)));
+    eq('open seal ' + i, k && h(k), v.topicKey);
+    eq('body ' + i, C.encryptBody(v.text, u(v.topicKey), u(v.bodyNonce)).ciphertext, v.ciphertext);
+    eq('body open ' + i, C.decryptBody(v.ciphertext, C.b64(u(v.bodyNonce)), u(v.topicKey)), v.text);
+  }
+  return { bad, checked: V.secretbox.length + V.x25519.length + V.edToX.length + V.box.length + V.seal.length };
+}"""
 
 
 def free_port():
@@ -385,6 +431,7 @@ async def scenario(run, mode, a, b, browser):
 
 async def topics(run, mode, a, page, m, bob, snap):
     """Topics over REST, when the broker offers it (the page's /app/key gives a key)."""
+    keys = {}
     has_key = await page.evaluate(
         "fetch('/app/key',{method:'POST',headers:{'Content-Type':'application/json',"
         "'X-CSRF-Token':document.querySelector('meta[name=csrf]').content},"
@@ -423,6 +470,46 @@ async def topics(run, mode, a, page, m, bob, snap):
         print(f"     {mode}: a peer's topic post was shown {1000 * (time.monotonic() - t0):.0f} ms after its ack")
         await expect(page.locator("#banner")).to_contain_text("mentioned you in #general", timeout=WAIT_MS)
         await snap(page, "topic-received")
+        # The topic is keyed (the broker sealed its key for bob, its creator): the page has
+        # registered its own key and waits for a copy.
+        await expect(page.locator("#keystate")).to_have_attribute("data-state", "waiting", timeout=WAIT_MS)
+        await expect(page.locator("#keystate")).to_have_text("waiting for a peer to share the key")
+        await snap(page, "topic-waiting-for-key")
+        st, key = await bob_rest_key(bob)
+        assert st, key
+        keys["bob"] = key
+        st, members = rest(a, "GET", "/api/v1/members", key)
+        assert st == 200, members
+        web_row = [x for x in members["members"] if x["displayName"] == ALICE_WEB][0]
+        # ... the key in the page's IndexedDB, registered with POST /me/peer-pubkey.
+        held = await page.evaluate("""(slot) => new Promise((res, rej) => {
+            const r = indexedDB.open('claudemesh-chat', 1);
+            r.onsuccess = () => { const g = r.result.transaction('keys').objectStore('keys').get(slot);
+              g.onsuccess = () => res(g.result && g.result.publicKey); g.onerror = () => rej(g.error); };
+            r.onerror = () => rej(r.error); })""", web_row["memberId"])
+        assert held == web_row["pubkey"], (held, web_row)
+        # bob opens his copy (ed25519 -> X25519, libsodium) and seals the key for the page
+        # only; the page's own re-seal must then cover everyone else pending.
+        topic_key = open_copy(a, "general", key, bob)
+        keys["general"] = topic_key
+        # carol joins too: pending, with no copy until someone seals for her.
+        carol = m["carol"][0]
+        await carol.send({"type": "topic_join", "topic": "general"})
+        for _ in range(200):
+            st, pending = rest(a, "GET", "/api/v1/topics/general/pending-seals", key)
+            if m["carol"][1] in {x["memberId"] for x in pending["pending"]}:
+                break
+            await asyncio.sleep(0.05)
+        st, pending = rest(a, "GET", "/api/v1/topics/general/pending-seals", key)
+        assert st == 200, pending
+        others = {x["memberId"] for x in pending["pending"]} - {web_row["memberId"]}
+        assert web_row["memberId"] in {x["memberId"] for x in pending["pending"]}, pending
+        assert others, pending
+        sealed = seal_copy(topic_key, web_row["pubkey"])
+        st, r = rest(a, "POST", "/api/v1/topics/general/seal", key, {"memberId": web_row["memberId"], **sealed})
+        assert st == 200, r
+        await expect(page.locator("#keystate")).to_have_attribute("data-state", "ready", timeout=WAIT_MS)
+        await wait_pending_empty(a, "general", key)
         # A post from the page, with an @ mention picked from the autocomplete, reaches bob.
         await page.fill("#text", "")
         await page.type("#text", "thanks @bo")
@@ -431,13 +518,137 @@ async def topics(run, mode, a, page, m, bob, snap):
         await page.click("#suggest button:has-text('@bob')")
         await page.type("#text", "answer from the browser")
         await page.click("#send")
+        # Posted v2: bob decrypts it with the topic key.
         push = await bob.expect(lambda f: f.get("type") == "push"
-                                and unb64(f.get("ciphertext", "")) == "thanks @bob answer from the browser",
-                                "the page's topic post")
-        assert push.get("senderName") == ALICE, push
+                                and opens_to(keys["general"], f, "thanks @bob answer from the browser"),
+                                "the page's v2 topic post, decrypted by bob")
+        assert push.get("senderName") == ALICE_WEB, push
+        assert unb64(push["ciphertext"]) != "thanks @bob answer from the browser", push
+        # bob posts v2: the page shows it decrypted.
+        await post_v2(bob, tid, keys["general"], "v2 from bob: only members can read this", "tv2")
+        await expect(page.locator("#messages")).to_contain_text("v2 from bob: only members can read this",
+                                                               timeout=WAIT_MS)
         await expect(page.locator("#messages")).to_contain_text("thanks @bob answer from the browser", timeout=WAIT_MS)
         await snap(page, "topic-sent")
     await run.check(f"{mode}: a topic: history, live messages, a post", open_topic_and_chat())
+
+    if mode == "dev":
+        async def crypto_matches_rust():
+            vectors = json.loads(VECTORS.read_text())
+            got = await page.evaluate(CHECK_VECTORS_JS, vectors)
+            assert not got["bad"], got["bad"]
+            assert got["checked"] >= 30, got
+            print(f"     {mode}: crypto.js matched {got['checked']} Rust vector groups")
+        await run.check(f"{mode}: the page's crypto matches Rust's vectors", crypto_matches_rust())
+
+    async def enable_encryption():
+        # An unencrypted topic (as /cli/mesh/create's #general of the reference, or a migrated
+        # one): bob creates one and its key is dropped in the database.
+        await bob.send({"type": "topic_create", "name": "plain", "_reqId": "tcp"})
+        await bob.expect(lambda f: f.get("_reqId") == "tcp", "topic_create reply")
+        st, r = rest(a, "PATCH", "/api/v1/topics/plain/read", keys["bob"])
+        assert st == 200, r
+        psql_db(DBS[mode], "UPDATE topic SET encrypted_key_pubkey = NULL WHERE name = 'plain'; "
+                "DELETE FROM topic_member_key WHERE topic_id IN (SELECT id FROM topic WHERE name = 'plain')")
+        await page.reload()
+        await expect(page.locator("body")).to_have_attribute("data-ready", "1", timeout=WAIT_MS)
+        await page.click("#topics li[data-name=plain] button")
+        await expect(page.locator("#keystate")).to_have_attribute("data-state", "plain", timeout=WAIT_MS)
+        await expect(page.locator("#keystate")).to_have_text("plaintext (v1)")
+        await expect(page.locator("#encrypt")).to_be_visible()
+        await snap(page, "topic-plaintext")
+        await page.click("#encrypt")
+        await expect(page.locator("#keystate")).to_have_attribute("data-state", "ready", timeout=WAIT_MS)
+        # The page claimed the topic key and sealed it for every member (bob included).
+        await wait_pending_empty(a, "plain", keys["bob"])
+        topic_key = open_copy(a, "plain", keys["bob"], bob)
+        st, hist = rest(a, "GET", "/api/v1/topics/plain/messages?limit=1", keys["bob"])
+        assert st == 200, hist
+        await post_v2(bob, hist["topicId"], topic_key, "v2 in a freshly keyed topic", "tv3")
+        await expect(page.locator("#messages")).to_contain_text("v2 in a freshly keyed topic", timeout=WAIT_MS)
+        await snap(page, "topic-encrypted")
+    if mode in DBS:
+        await run.check(f"{mode}: enable encryption: the page claims a key for a v1 topic and shares it",
+                        enable_encryption())
+
+
+# The PostgreSQL database of a mode (cluster, lb), for the test's direct edits.
+DBS = {}
+
+
+def psql_db(db, sql):
+    url = PG_ADMIN.rsplit("/", 1)[0] + "/" + db
+    subprocess.run(["psql", url, "-q", "-c", sql], check=True, capture_output=True)
+
+
+def open_copy(broker, topic, key, peer):
+    """The topic key from `peer`'s sealed copy (its ed25519 member key as X25519, libsodium)."""
+    st, copy = rest(broker, "GET", f"/api/v1/topics/{topic}/key", key)
+    assert st == 200, copy
+    blob = base64.b64decode(copy["encryptedKey"])
+    topic_key = nacl.public.Box(peer.key.to_curve25519_private_key(), nacl.public.PublicKey(blob[:32])) \
+        .decrypt(blob[32:], base64.b64decode(copy["nonce"]))
+    assert len(topic_key) == 32
+    return topic_key
+
+
+def seal_copy(topic_key, member_pubkey):
+    """A sealed copy for a member (extensions §9): fresh X25519 public key ‖ box, nonce."""
+    ed = nacl.signing.VerifyKey(bytes.fromhex(member_pubkey))
+    eph = nacl.public.PrivateKey.generate()
+    nonce = secrets.token_bytes(24)
+    boxed = nacl.public.Box(eph, ed.to_curve25519_public_key()).encrypt(topic_key, nonce).ciphertext
+    return {"encryptedKey": base64.b64encode(bytes(eph.public_key) + boxed).decode(),
+            "nonce": base64.b64encode(nonce).decode()}
+
+
+def opens_to(topic_key, f, text):
+    try:
+        return nacl.secret.SecretBox(topic_key).decrypt(
+            base64.b64decode(f["ciphertext"]), base64.b64decode(f["nonce"])) == text.encode()
+    except Exception:
+        return False
+
+
+async def post_v2(peer, topic_id, topic_key, text, ref):
+    nonce = secrets.token_bytes(24)
+    ct = nacl.secret.SecretBox(topic_key).encrypt(text.encode(), nonce).ciphertext
+    await peer.send({"type": "send", "targetSpec": f"#{topic_id}", "priority": "next", "bodyVersion": 2,
+                     "nonce": base64.b64encode(nonce).decode(), "ciphertext": base64.b64encode(ct).decode(),
+                     "id": ref})
+    ack = await peer.expect(lambda f: f.get("type") == "ack" and f.get("id") == ref, "v2 ack")
+    assert ack["queued"] is True, ack
+
+
+async def wait_pending_empty(broker, topic, key):
+    """pending-seals of a keyed topic becomes empty (the page's re-seal)."""
+    pending = None
+    for _ in range(200):
+        st, pending = rest(broker, "GET", f"/api/v1/topics/{topic}/pending-seals", key)
+        assert st == 200, pending
+        if pending["senderPubkey"] and not pending["pending"]:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"pending-seals of #{topic} stays {pending}")
+
+
+async def bob_rest_key(bob):
+    """A REST key of bob's (read + send), minted over his WebSocket."""
+    await bob.send({"type": "apikey_create", "label": "bob-test", "capabilities": ["read", "send"],
+                    "_reqId": "ak"})
+    f = await bob.expect(lambda f: f.get("_reqId") == "ak", "apikey_created")
+    return bool(f.get("secret")), f.get("secret") or f
+
+
+def rest(broker, method, path, key, body=None):
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(broker.http + path, data=data, method=method,
+                                 headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, json.loads(r.read() or b"{}")
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")
 
 
 def psql(sql):
@@ -462,6 +673,7 @@ async def main():
             # 2. Cluster: two replicas on PostgreSQL + a private redis-server.
             db = "web_" + secrets.token_hex(6)
             psql(f"CREATE DATABASE {db}")
+            DBS["cluster"] = DBS["lb"] = db
             url = PG_ADMIN.rsplit("/", 1)[0] + "/" + db
             subprocess.run([str(BIN / "migrator"), "run"], env={**os.environ, "DATABASE_URL": url},
                            check=True, capture_output=True)

@@ -376,3 +376,307 @@ async fn tab_presence(bob: &mut Client) -> Vec<String> {
         })
         .collect()
 }
+
+/// Deterministic bytes for the vectors: SHA-256 of a label, repeated to `len`.
+fn vector_bytes(label: &str, len: usize) -> Vec<u8> {
+    use sha2::{Digest, Sha256};
+    let mut out = Vec::new();
+    let mut i = 0u32;
+    while out.len() < len {
+        out.extend_from_slice(&Sha256::digest(format!("{label}/{i}").as_bytes()));
+        i += 1;
+    }
+    out.truncate(len);
+    out
+}
+
+fn arr32(v: &[u8]) -> [u8; 32] {
+    v.try_into().unwrap()
+}
+
+fn clamped(mut k: [u8; 32]) -> [u8; 32] {
+    k[0] &= 248;
+    k[31] &= 127;
+    k[31] |= 64;
+    k
+}
+
+/// The browser's crypto (`server/chat/crypto.js`) is checked against these values,
+/// computed here with `crypto_secretbox`, `crypto_box` and `ed25519-dalek`: this test
+/// writes them to `target/web-crypto-vectors.json`, and `web_chat.py` (run by
+/// `./scripts/check-web`, which runs this test first) evaluates the JS functions on the
+/// inputs in Chromium and compares. The test itself checks what Rust can: every sealed
+/// copy and body opens again with the recipient's key.
+#[test]
+fn web_crypto_vectors_are_computed_by_rust() {
+    use crypto_box::aead::{Aead, KeyInit};
+    use ed25519_dalek::SigningKey;
+    let hex = |b: &[u8]| hex::encode(b);
+    let mut secretbox = Vec::new();
+    for (i, len) in [0usize, 1, 15, 16, 17, 31, 32, 33, 63, 64, 65, 200]
+        .into_iter()
+        .enumerate()
+    {
+        let key = vector_bytes(&format!("sb-key-{i}"), 32);
+        let nonce = vector_bytes(&format!("sb-nonce-{i}"), 24);
+        let msg = vector_bytes(&format!("sb-msg-{i}"), len);
+        let cipher = crypto_secretbox::XSalsa20Poly1305::new(key.as_slice().into());
+        let boxed = cipher
+            .encrypt(crypto_secretbox::Nonce::from_slice(&nonce), msg.as_slice())
+            .unwrap();
+        assert_eq!(boxed.len(), len + 16);
+        secretbox.push(
+            json!({"key": hex(&key), "nonce": hex(&nonce), "msg": hex(&msg), "boxed": hex(&boxed)}),
+        );
+    }
+    let mut x25519 = Vec::new();
+    let mut edx = Vec::new();
+    let mut boxes = Vec::new();
+    let mut seals = Vec::new();
+    for i in 0..6 {
+        let seed = arr32(&vector_bytes(&format!("ed-seed-{i}"), 32));
+        let member = SigningKey::from_bytes(&seed);
+        let ed_public = member.verifying_key().to_bytes();
+        let x_public = member.verifying_key().to_montgomery().to_bytes();
+        let x_secret = clamped(member.to_scalar_bytes());
+        edx.push(json!({"seed": hex(&seed), "edPublic": hex(&ed_public), "xPublic": hex(&x_public), "xSecret": hex(&x_secret)}));
+        // X25519 of a fresh secret with the member's public key, and its public key.
+        let eph = arr32(&vector_bytes(&format!("x-secret-{i}"), 32));
+        let shared = member
+            .verifying_key()
+            .to_montgomery()
+            .mul_clamped(eph)
+            .to_bytes();
+        let eph_key = crypto_box::SecretKey::from_bytes(eph);
+        let eph_public = *eph_key.public_key().as_bytes();
+        x25519.push(json!({"secret": hex(&eph), "public": hex(&x_public), "shared": hex(&shared), "secretPublic": hex(&eph_public)}));
+        // crypto_box_easy from the fresh key to the member.
+        let nonce = vector_bytes(&format!("box-nonce-{i}"), 24);
+        let msg = vector_bytes(&format!("box-msg-{i}"), 20 + 13 * i);
+        let member_x = crypto_box::PublicKey::from(x_public);
+        let boxed = crypto_box::SalsaBox::new(&member_x, &eph_key)
+            .encrypt(crypto_box::Nonce::from_slice(&nonce), msg.as_slice())
+            .unwrap();
+        boxes.push(json!({"msg": hex(&msg), "nonce": hex(&nonce), "theirPublic": hex(&x_public), "mySecret": hex(&eph), "boxed": hex(&boxed)}));
+        // A sealed topic key as extensions §9 has it: base64(eph public ‖ box), nonce.
+        let topic_key = vector_bytes(&format!("topic-key-{i}"), 32);
+        let mut blob = eph_public.to_vec();
+        blob.extend_from_slice(
+            &crypto_box::SalsaBox::new(&member_x, &eph_key)
+                .encrypt(crypto_box::Nonce::from_slice(&nonce), topic_key.as_slice())
+                .unwrap(),
+        );
+        use base64::Engine;
+        let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+        // The member opens it with its own secret (as the CLI does).
+        let mine = crypto_box::SecretKey::from_bytes(member.to_scalar_bytes());
+        let sender = crypto_box::PublicKey::from_slice(&blob[..32]).unwrap();
+        let opened = crypto_box::SalsaBox::new(&sender, &mine)
+            .decrypt(crypto_box::Nonce::from_slice(&nonce), &blob[32..])
+            .unwrap();
+        assert_eq!(opened, topic_key);
+        // A v2 body under the topic key.
+        let text = format!("hello #{i} from rust, ünïcödé ✓");
+        let body_nonce = vector_bytes(&format!("body-nonce-{i}"), 24);
+        let body = crypto_secretbox::XSalsa20Poly1305::new(topic_key.as_slice().into())
+            .encrypt(
+                crypto_secretbox::Nonce::from_slice(&body_nonce),
+                text.as_bytes(),
+            )
+            .unwrap();
+        seals.push(json!({
+            "topicKey": hex(&topic_key), "memberEdPublic": hex(&ed_public), "memberSeed": hex(&seed),
+            "eph": hex(&eph), "nonce": hex(&nonce),
+            "encryptedKey": b64(&blob), "nonceB64": b64(&nonce),
+            "text": text, "bodyNonce": hex(&body_nonce), "ciphertext": b64(&body),
+        }));
+    }
+    let vectors = json!({"secretbox": secretbox, "x25519": x25519, "edToX": edx, "box": boxes, "seal": seals});
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/web-crypto-vectors.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&vectors).unwrap()).unwrap();
+}
+
+/// The page's REST key (`POST /app/key`) and who issues it.
+fn page_key(web: &Web, mesh: &str) -> Value {
+    let (status, _, body) = raw(
+        web.addr,
+        "POST",
+        "/app/key",
+        &[
+            ("Cookie", &web.cookie),
+            ("X-CSRF-Token", &web.csrf),
+            ("Content-Type", "application/json"),
+        ],
+        &json!({"meshId": mesh}).to_string(),
+    );
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert!(v["secret"].is_string(), "{v}");
+    v
+}
+
+fn rest(b: &Broker, method: &str, path: &str, key: &str, body: Option<Value>) -> (u16, Value) {
+    let body = body.map(|b| b.to_string());
+    let (status, text) = http(b.addr, method, path, Some(key), body.as_deref()).unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+/// A sealed copy of `key` for the member with ed25519 key `member_pubkey` (extensions §9).
+fn seal_copy(key: &[u8; 32], member_pubkey: &str) -> Value {
+    use base64::Engine;
+    use crypto_box::aead::Aead;
+    let ed = ed25519_dalek::VerifyingKey::from_bytes(&arr32(&hex::decode(member_pubkey).unwrap()))
+        .unwrap();
+    let member_x = crypto_box::PublicKey::from(ed.to_montgomery().to_bytes());
+    let eph = crypto_box::SecretKey::from_bytes(broker::ids::random_seed());
+    let nonce: [u8; 24] = vector_bytes(&broker::ids::random_id(8), 24)
+        .try_into()
+        .unwrap();
+    let mut blob = eph.public_key().as_bytes().to_vec();
+    blob.extend(
+        crypto_box::SalsaBox::new(&member_x, &eph)
+            .encrypt(&crypto_box::Nonce::from(nonce), key.as_slice())
+            .unwrap(),
+    );
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    json!({"encryptedKey": b64(&blob), "nonce": b64(&nonce)})
+}
+
+/// rest.md §4.10 with its **Ours:**: the chat's topic identity is a web-managed member row
+/// (made on the first `/app/key`, the same one afterwards, on any replica); its key is
+/// replaced by `POST /me/peer-pubkey` (lowercased), which deletes its sealed topic-key
+/// copies (it is pending again) and closes its live sockets; a CLI member gets 409
+/// `not_web_member`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_chat_key_is_a_web_managed_member_whose_browser_key_replaces_its_own() {
+    let c = Cluster::new(&[]).await;
+    let a = c.replica("a");
+    let b = c.replica("b");
+    let s = setup(&a);
+    let web = sign_in(&a, &s.email);
+    let (mut bob, _) = Client::join(&b.ws_url(), s.bob.hello(&s.mesh, json!({}))).await;
+    // A keyed topic bob creates (the broker seals its key for him), before the web row exists.
+    let created = bob
+        .request(json!({"type": "topic_create", "name": "secret"}))
+        .await;
+    assert_eq!(created["created"], true, "{created}");
+
+    let first = page_key(&web, &s.mesh);
+    let row = first["memberId"].as_str().unwrap().to_string();
+    assert_eq!(first["displayName"], format!("{ALICE}-web"), "{first}");
+    assert_ne!(first["pubkey"], s.alice_key.pubkey.as_str());
+    // The same row on the next call, from the other replica too.
+    let again = page_key(&web.on(&b), &s.mesh);
+    assert_eq!(again["memberId"], row.as_str(), "{again}");
+    let key = first["secret"].as_str().unwrap();
+
+    // A CLI member may not replace its key.
+    let minted = bob
+        .request(json!({"type": "apikey_create", "label": "bob", "capabilities": ["read", "send"]}))
+        .await;
+    let bob_key = minted["secret"].as_str().unwrap().to_string();
+    let browser = Identity::random();
+    let (status, body) = rest(
+        &a,
+        "POST",
+        "/api/v1/me/peer-pubkey",
+        &bob_key,
+        Some(json!({"pubkey": browser.pubkey})),
+    );
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (409, Some("not_web_member")),
+        "{body}"
+    );
+
+    // The web row registers the browser's key (sent uppercase, stored lowercased).
+    let (status, body) = rest(
+        &a,
+        "POST",
+        "/api/v1/me/peer-pubkey",
+        key,
+        Some(json!({"pubkey": browser.pubkey.to_uppercase()})),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body,
+        json!({"memberId": row, "pubkey": browser.pubkey, "changed": true})
+    );
+    let (status, body) = rest(
+        &b,
+        "POST",
+        "/api/v1/me/peer-pubkey",
+        key,
+        Some(json!({"pubkey": browser.pubkey})),
+    );
+    assert_eq!((status, &body["changed"]), (200, &json!(false)), "{body}");
+
+    // It joins the topic (a read mark), is pending, gets a copy, holds it.
+    let (status, body) = rest(&a, "PATCH", "/api/v1/topics/secret/read", key, None);
+    assert_eq!(status, 200, "{body}");
+    let pending = |b: &Broker| {
+        let (status, body) = rest(
+            b,
+            "GET",
+            "/api/v1/topics/secret/pending-seals",
+            &bob_key,
+            None,
+        );
+        assert_eq!(status, 200, "{body}");
+        body["pending"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                (
+                    p["memberId"].as_str().unwrap().to_string(),
+                    p["pubkey"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(pending(&a), vec![(row.clone(), browser.pubkey.clone())]);
+    let topic_key = broker::ids::random_seed();
+    let mut copy = seal_copy(&topic_key, &browser.pubkey);
+    copy["memberId"] = json!(row);
+    let (status, body) = rest(
+        &b,
+        "POST",
+        "/api/v1/topics/secret/seal",
+        &bob_key,
+        Some(copy),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(pending(&a).is_empty());
+    let (status, body) = rest(&a, "GET", "/api/v1/topics/secret/key", key, None);
+    assert_eq!(status, 200, "{body}");
+
+    // A socket of the web row with a hello signed by the browser's key.
+    let member = Member {
+        id: row.clone(),
+        identity: browser,
+        name: format!("{ALICE}-web"),
+    };
+    let (mut sock, _) = Client::join(&a.ws_url(), member.hello(&s.mesh, json!({}))).await;
+
+    // A new browser key: the copy is gone (pending again, 404), the socket is closed.
+    let next = Identity::random();
+    let (status, body) = rest(
+        &b,
+        "POST",
+        "/api/v1/me/peer-pubkey",
+        key,
+        Some(json!({"pubkey": next.pubkey})),
+    );
+    assert_eq!((status, &body["changed"]), (200, &json!(true)), "{body}");
+    assert_eq!(sock.expect_close().await, close_of(codes::SESSION_REPLACED));
+    let (status, body) = rest(&a, "GET", "/api/v1/topics/secret/key", key, None);
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (404, Some("key_not_sealed_for_member")),
+        "{body}"
+    );
+    assert_eq!(pending(&b), vec![(row.clone(), next.pubkey.clone())]);
+    drop(bob);
+}

@@ -682,14 +682,74 @@ async fn peer_pubkey(call: &Call) -> RestResult {
             "pubkey: 64 hex characters",
         ));
     }
+    let pubkey = pubkey.to_ascii_lowercase();
     let p = call.issuer()?;
-    // Every member of this broker holds its own key (CLI members: no web-managed rows),
-    // and an on-disk key must not change.
-    Err(RestError::route_with(
-        StatusCode::CONFLICT,
-        json!({"error": "not_web_member", "memberId": p.member.id,
-               "detail": "this member's key is held by its client; only web-managed members may change it"}),
-    ))
+    use crate::store::web_members::KeyChange;
+    let change = call
+        .svc
+        .store()
+        .set_web_member_pubkey(&p.mesh.id, &p.member.id, &pubkey)
+        .await;
+    let (member, changed) = match change {
+        Ok(KeyChange::Set { member, changed }) => (member, changed),
+        Ok(KeyChange::NotFound) => {
+            return Err(RestError::route(StatusCode::NOT_FOUND, "member_not_found"));
+        }
+        // A CLI member: its on-disk key must not change.
+        Ok(KeyChange::NotWebManaged) => {
+            return Err(RestError::route_with(
+                StatusCode::CONFLICT,
+                json!({"error": "not_web_member", "memberId": p.member.id,
+                       "detail": "this member's key is held by its client; only web-managed members may change it"}),
+            ));
+        }
+        Err(crate::store::StoreError::Conflict(_)) => {
+            return Err(RestError::route_with(
+                StatusCode::CONFLICT,
+                json!({"error": "pubkey_taken",
+                       "detail": "another member of this mesh has this key"}),
+            ));
+        }
+        Err(e) => return Err(RestError::unavailable(e)),
+    };
+    if changed {
+        // Ours (rest.md §4.10): every replica drops its cached row, the member's live
+        // sockets close (their hello key is stale), and its sealed topic-key copies are
+        // gone (deleted with the key change), so it is listed by `pending-seals` again.
+        call.svc.members_changed(&p.mesh.id).await;
+        close_member_sockets(&call.svc, &p.mesh.id, &member.id).await;
+    }
+    Ok(json!({"memberId": member.id, "pubkey": member.pubkey, "changed": changed}))
+}
+
+/// Closes every live socket of a member whose key was replaced (`session_replaced`: the
+/// client reconnects with a hello signed by its new key).
+async fn close_member_sockets(svc: &service::ServiceCtx, mesh_id: &str, member_id: &str) {
+    let records = match svc.presence().list(mesh_id).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e, "peer-pubkey: presences not listed, sockets left open");
+            return;
+        }
+    };
+    let conn_ids: Vec<String> = records
+        .iter()
+        .filter(|r| r.member_id == member_id && r.is_live())
+        .map(|r| r.conn_id.clone())
+        .collect();
+    if conn_ids.is_empty() {
+        return;
+    }
+    let close = crate::protocol::codes::SESSION_REPLACED;
+    let event = crate::cluster::bus::MeshEvent::Close {
+        conn_ids,
+        code: close.code,
+        reason: close.reason.into(),
+        after: crate::lifecycle::AfterClose::End,
+    };
+    if let Err(e) = svc.publish(mesh_id, event).await {
+        tracing::warn!(error = %e, "peer-pubkey: close not published");
+    }
 }
 
 /// The issuing user's live memberships: (mesh, member row).

@@ -6,9 +6,9 @@
 //! | route | what |
 //! |---|---|
 //! | `GET /app` | the page (signed out: redirect to `/login?next=/app`) |
-//! | `GET /app/chat.js`, `GET /app/chat.css` | the embedded assets |
+//! | `GET /app/chat.js`, `GET /app/crypto.js`, `GET /app/chat.css` | the embedded assets (`crypto.js`: the topic-key crypto, `docs/web-chat.md`) |
 //! | `GET /app/meshes` | `{user, meshes:[{meshId, slug, name, memberId, displayName, role, isOwner}]}` |
-//! | `POST /app/key` | header `X-CSRF-Token`; body `{meshId}`: mints the REST key the page uses for topics (`rest.md` §7) |
+//! | `POST /app/key` | header `X-CSRF-Token`; body `{meshId}`: mints the REST key the page uses for topics (`rest.md` §7), issued by the person's web-managed member row (created on first use, `service::humans::web_member`): `{secret, keyId, expiresAt, memberId, displayName, pubkey}` |
 //! | `GET /app/ws?mesh=&tab=&csrf=` | the tab's WebSocket: the person as a presence of their member (`service::humans`) |
 //!
 //! The page talks to the REST v1 API (`/api/v1/…`, `rest.md`) with the minted key for
@@ -38,6 +38,7 @@ use crate::node::Node;
 use crate::service::{ServiceCtx, humans};
 
 const SCRIPT: &str = include_str!("chat/chat.js");
+const CRYPTO: &str = include_str!("chat/crypto.js");
 const STYLE: &str = include_str!("chat/chat.css");
 
 /// The chat's Content-Security-Policy: nothing inline, nothing foreign.
@@ -91,6 +92,7 @@ pub async fn handle(node: Arc<Node>, req: Request<Incoming>) -> HttpResponse {
     let ctx = Ctx::of(&req);
     match (&ctx.method, ctx.path.as_str()) {
         (&Method::GET, "/app/chat.js") => asset(SCRIPT, "text/javascript; charset=utf-8"),
+        (&Method::GET, "/app/crypto.js") => asset(CRYPTO, "text/javascript; charset=utf-8"),
         (&Method::GET, "/app/chat.css") => asset(STYLE, "text/css; charset=utf-8"),
         (&Method::GET, "/app" | "/app/") => page(&node, &ctx).await,
         (&Method::GET, "/app/meshes") => meshes(&node, &ctx).await,
@@ -114,7 +116,7 @@ async fn page(node: &Node, ctx: &Ctx) -> HttpResponse {
 <meta name=\"viewport\" content=\"width=device-width\">\
 <meta name=\"csrf\" content=\"{csrf}\"><meta name=\"user\" content=\"{name}\">\
 <link rel=\"icon\" href=\"data:,\"><title>claudemesh chat</title><link rel=\"stylesheet\" href=\"/app/chat.css\">\
-<script src=\"/app/chat.js\" defer></script></head><body>\
+<script src=\"/app/crypto.js\" defer></script><script src=\"/app/chat.js\" defer></script></head><body>\
 <header><strong>claudemesh</strong>\
 <label>mesh <select id=\"mesh\"></select></label>\
 <label>status <select id=\"status\"><option>idle</option><option>working</option><option>dnd</option></select></label>\
@@ -127,6 +129,7 @@ async fn page(node: &Node, ctx: &Ctx) -> HttpResponse {
 <main><nav><h2>Topics</h2><ul id=\"topics\"></ul><p id=\"topics-note\" class=\"note\"></p>\
 <h2>Online</h2><ul id=\"peers\"></ul></nav>\
 <section><h2 id=\"title\">Pick a topic or a peer</h2><span id=\"stream\" class=\"note\" data-state=\"none\"></span>\
+<span id=\"keystate\" class=\"note\" data-state=\"none\"></span><button id=\"encrypt\" type=\"button\" hidden>enable encryption</button>\
 <input id=\"search\" type=\"search\" placeholder=\"filter messages\">\
 <ol id=\"messages\"></ol>\
 <form id=\"composer\"><div id=\"suggest\" hidden></div>\
@@ -204,23 +207,22 @@ async fn mint_key(node: &Arc<Node>, ctx: &Ctx, req: Request<Incoming>) -> HttpRe
             &json!({"error": "meshId required"}),
         );
     };
-    let found = match node.store.user_meshes(&user.id).await {
-        Ok(l) => l
-            .into_iter()
-            .find(|m| m.mesh.id == mesh_id)
-            .and_then(|m| Some((m.mesh, m.member?))),
-        Err(e) => {
+    // The page's topic identity is the person's web-managed row (its key is the
+    // browser's, `POST /api/v1/me/peer-pubkey`).
+    let (mesh, member) = match humans::web_member(&ServiceCtx::new(node), &user, mesh_id).await {
+        Ok(found) => found,
+        Err(e) if e.code == "internal" => {
             return json(
                 StatusCode::SERVICE_UNAVAILABLE,
-                &json!({"error": format!("store unavailable: {e}")}),
+                &json!({"error": format!("store unavailable: {}", e.message)}),
             );
         }
-    };
-    let Some((mesh, member)) = found else {
-        return json(
-            StatusCode::FORBIDDEN,
-            &json!({"error": "not a member of this mesh"}),
-        );
+        Err(e) => {
+            return json(
+                StatusCode::FORBIDDEN,
+                &json!({"error": "not a member of this mesh", "code": e.code, "message": e.message}),
+            );
+        }
     };
     page_key(node, &user.id, mesh, member).await
 }
@@ -249,6 +251,8 @@ async fn page_key(
         member,
     };
     let prefix: String = user_id.chars().take(8).collect();
+    let who = json!({"memberId": principal.member.id, "displayName": principal.member.display_name,
+                     "pubkey": principal.member.pubkey});
     let req = apikeys::CreateKey {
         label: format!("dashboard:{prefix}:chat"),
         capabilities: vec!["read".into(), "send".into()],
@@ -258,7 +262,8 @@ async fn page_key(
     match apikeys::create(&ServiceCtx::new(node), &principal, req).await {
         Ok(m) => json(
             StatusCode::OK,
-            &json!({"secret": m.secret, "keyId": m.key.id, "expiresAt": crate::ids::iso8601_ms(expires)}),
+            &json!({"secret": m.secret, "keyId": m.key.id, "expiresAt": crate::ids::iso8601_ms(expires),
+                    "memberId": who["memberId"], "displayName": who["displayName"], "pubkey": who["pubkey"]}),
         ),
         Err(e) => json(
             StatusCode::OK,

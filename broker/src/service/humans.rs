@@ -22,6 +22,7 @@ use crate::auth::{HandshakeError, Verified};
 use crate::cluster::presence::PeerRole;
 use crate::protocol::PeerMeta;
 use crate::store::accounts::User;
+use crate::store::{Member, NewMember};
 
 use super::ServiceCtx;
 
@@ -101,7 +102,14 @@ pub async fn verify(
             });
         }
     };
-    if member.revoked_at.is_some() {
+    // The web-managed row is the chat's topic identity, never a way in on its own: with
+    // the person's other rows banned, `user_meshes` may name it.
+    let is_web = ctx
+        .store()
+        .is_web_member(mesh_id, &member.id)
+        .await
+        .map_err(|e| unavailable(&e))?;
+    if member.revoked_at.is_some() || is_web {
         return Err(refused(
             "revoked",
             format!(
@@ -138,6 +146,112 @@ pub async fn verify(
         meta,
         records,
     })
+}
+
+/// The suffix of a web-managed row's display name (`<the person's member name>-web`):
+/// names stay unique in the mesh, so `kick`/`ban` by name are not ambiguous.
+pub const WEB_NAME_SUFFIX: &str = "-web";
+
+/// The person's web-managed member row in `mesh_id` (`rest.md` §4.10), created the first
+/// time they open the chat's topics in that mesh (`POST /app/key`).
+///
+/// It needs a live membership through another row (CLI enrolment, invite, mesh creation):
+/// the web row is created with that row's role and groups, named
+/// `<its name>`[`WEB_NAME_SUFFIX`], with `user_id` set (a human), the topic memberships of
+/// that row (and `#general`), and a placeholder key nobody holds until the browser
+/// registers its own with `POST /api/v1/me/peer-pubkey`. The page's REST key is issued by
+/// this row, so the browser's topic posts, read marks and sealed topic keys are its own.
+/// The tab's WebSocket stays the person's other row ([`verify`]): DMs to the key the
+/// mesh knows keep reaching the chat.
+///
+/// Refusals as [`verify`]'s: `unauthorized` (no live other row), `revoked` (the web row
+/// or the other rows are banned), `internal`.
+pub async fn web_member(
+    ctx: &ServiceCtx,
+    user: &User,
+    mesh_id: &str,
+) -> Result<(crate::store::Mesh, Member), HandshakeError> {
+    let unavailable =
+        |e: &dyn std::fmt::Display| refused("internal", format!("broker backend unavailable: {e}"));
+    let store = ctx.store();
+    let Some(mesh) = store
+        .user_meshes(&user.id)
+        .await
+        .map_err(|e| unavailable(&e))?
+        .into_iter()
+        .find(|m| m.mesh.id == mesh_id)
+        .map(|m| m.mesh)
+    else {
+        return Err(refused("unauthorized", "you are not a member of this mesh"));
+    };
+    let banned = || {
+        refused(
+            "revoked",
+            format!(
+                "You've been removed from \"{}\". Contact the mesh owner to rejoin.",
+                mesh.name
+            ),
+        )
+    };
+    let web = store
+        .web_member(mesh_id, &user.id)
+        .await
+        .map_err(|e| unavailable(&e))?;
+    if web.as_ref().is_some_and(|w| w.revoked_at.is_some()) {
+        return Err(banned());
+    }
+    let members = store.members(mesh_id).await.map_err(|e| unavailable(&e))?;
+    let web_id = web.as_ref().map(|w| w.id.clone());
+    let own: Vec<&Member> = members
+        .iter()
+        .filter(|m| {
+            m.user_id.as_deref() == Some(user.id.as_str()) && Some(&m.id) != web_id.as_ref()
+        })
+        .collect();
+    let Some(base) = own.iter().find(|m| m.revoked_at.is_none()) else {
+        return Err(if own.is_empty() {
+            refused("unauthorized", "you have no member row in this mesh")
+        } else {
+            banned()
+        });
+    };
+    if let Some(w) = web {
+        return Ok((mesh, w));
+    }
+    let new = NewMember {
+        pubkey: hex::encode(crate::ids::random_seed()),
+        display_name: format!("{}{WEB_NAME_SUFFIX}", base.display_name),
+        role: base.role,
+        user_id: Some(user.id.clone()),
+        default_groups: base.default_groups.clone(),
+        role_tag: base.role_tag.clone(),
+    };
+    let (row, created) = store
+        .create_web_member(mesh_id, &user.id, new)
+        .await
+        .map_err(|e| unavailable(&e))?;
+    if created {
+        // The topics the person is in through their other row.
+        let now = crate::ids::now_ms();
+        let topics = store
+            .topic_list(mesh_id, 10_000)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        for t in topics {
+            let joined = store
+                .topic_member(&t.topic.id, &base.id)
+                .await
+                .map_err(|e| unavailable(&e))?;
+            if let Some(m) = joined {
+                store
+                    .topic_join(&t.topic.id, &row.id, &m.role, now, 0)
+                    .await
+                    .map_err(|e| unavailable(&e))?;
+            }
+        }
+        ctx.members_changed(mesh_id).await;
+    }
+    Ok((mesh, row))
 }
 
 #[cfg(test)]

@@ -354,6 +354,13 @@ impl MemoryState {
         );
     }
 
+    /// Drops the member's sealed copies (its key changed: `store/web_members.rs`).
+    pub(super) fn forget_keys_of(&self, member_id: &str) {
+        self.lock()
+            .keys
+            .retain(|(_, member), _| member != member_id);
+    }
+
     /// Forgets a deleted member's memberships, sealed copies and notifications in the mesh
     /// (`MemoryStore::delete_member`, as the PostgreSQL delete does); its posts stay.
     pub(super) fn forget_member(&self, mesh_id: &str, member_id: &str) {

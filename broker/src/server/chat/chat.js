@@ -7,6 +7,14 @@
 //   status, DMs (queued durably, acknowledged with client_ack), system events, kick/ban;
 // - the REST v1 API (/api/v1, rest.md) with a key minted for the page (/app/key): topics,
 //   history, the SSE stream, posts with @mentions, members, notifications.
+//
+// Topic keys (rest.md §7, crypto in crypto.js): the page's key is issued by the person's
+// web-managed member row, whose ed25519 key this browser holds (IndexedDB) and registers
+// with POST /me/peer-pubkey. Per topic it fetches its sealed copy of the topic key: 404 →
+// "waiting for a peer to share the key" (retried every 5 s), 409 → "plaintext (v1)" with an
+// "enable encryption" button (claim-key). Holding the key it posts v2 (secretbox), shows
+// v2 messages decrypted, and re-seals the key every 30 s for the members pending-seals
+// lists.
 'use strict';
 
 (() => {
@@ -33,6 +41,12 @@
     lastEvent: 0,
     notifications: 0,
     lastRead: 0,
+    web: null, // {memberId, displayName, pubkey}: the page key's issuer, the web-managed row
+    me: null, // {seed, publicKey, xSecret}: this browser's member key (IndexedDB)
+    topicKey: null, // the open topic's 32-byte key, when held
+    keyState: 'none', // none | plain | waiting | ready
+    keyTimer: null,
+    sealTimer: null,
   };
 
   // ---- helpers -------------------------------------------------------------------------
@@ -230,6 +244,7 @@
 
   function setView(view, title) {
     stopStream();
+    stopKeys();
     S.view = view;
     S.lines = [];
     S.seen = new Set();
@@ -320,7 +335,8 @@
     const shown = text === null ? '🔒 encrypted message' : text;
     if (f.topic) {
       // A topic post fanned out to this presence; the stream may bring it too (same id).
-      if (S.view && S.view.kind === 'topic' && (S.view.name === f.topic || S.view.id === f.topic)) {
+      // Pushes carry no bodyVersion: in a keyed topic only the stream's copy is shown.
+      if (S.keyState === 'plain' && S.view && S.view.kind === 'topic' && (S.view.name === f.topic || S.view.id === f.topic)) {
         addLine({ id: f.messageId, who: f.senderName || '?', text: shown, at: Date.parse(f.createdAt) || Date.now() });
       }
       if (text && mentionsMe(text)) notify('@' + (f.senderName || '?') + ' mentioned you in #' + f.topic);
@@ -378,8 +394,9 @@
     const slot = 'cm_key:' + S.mesh.meshId;
     try {
       const kept = JSON.parse(sessionStorage.getItem(slot) || 'null');
-      if (kept && kept.secret && Date.parse(kept.expiresAt) > Date.now() + 600000) {
+      if (kept && kept.secret && kept.memberId && Date.parse(kept.expiresAt) > Date.now() + 600000) {
         S.key = kept.secret;
+        S.web = { memberId: kept.memberId, displayName: kept.displayName, pubkey: kept.pubkey };
         const probe = await api('GET', '/topics');
         if (probe.status !== 401) return true;
       }
@@ -393,7 +410,11 @@
     const data = await r.json().catch(() => ({}));
     if (r.ok && data.secret) {
       S.key = data.secret;
-      sessionStorage.setItem(slot, JSON.stringify({ secret: data.secret, expiresAt: data.expiresAt }));
+      S.web = { memberId: data.memberId, displayName: data.displayName, pubkey: data.pubkey };
+      sessionStorage.setItem(slot, JSON.stringify({
+        secret: data.secret, expiresAt: data.expiresAt,
+        memberId: data.memberId, displayName: data.displayName, pubkey: data.pubkey,
+      }));
       return true;
     }
     S.key = null;
@@ -430,19 +451,162 @@
     }
   }
 
+  function v2Text(m) {
+    if (!S.topicKey) return '🔒 decrypting…';
+    const text = CMCrypto.decryptBody(m.ciphertext, m.nonce, S.topicKey);
+    return text === null ? '🔒 cannot decrypt' : text;
+  }
+
   function topicLine(m) {
-    const text = m.bodyVersion === 2 ? '🔒 encrypted (v2)' : b64decode(m.ciphertext);
+    const text = m.bodyVersion === 2 ? v2Text(m) : b64decode(m.ciphertext);
     return {
       id: m.id,
       who: m.senderName || '?',
       text: text === null ? '🔒 encrypted message' : text,
       at: Date.parse(m.createdAt) || Date.now(),
-      mine: !!S.mesh && m.senderPubkey === S.mesh.memberPubkey,
+      mine: (!!S.web && m.senderMemberId === S.web.memberId) || (!!S.mesh && m.senderPubkey === S.mesh.memberPubkey),
+      v2: m.bodyVersion === 2 ? m : null,
     };
+  }
+
+  // ---- topic keys ----------------------------------------------------------------------
+
+  // This browser's member key, registered as the web-managed row's key (once per load).
+  async function ensureMemberKey() {
+    if (!S.web) return false;
+    if (!S.me) {
+      const k = await CMCrypto.memberKey(S.web.memberId);
+      S.me = { seed: k.seed, publicKey: k.publicKey, xSecret: await CMCrypto.edSeedToX(k.seed) };
+    }
+    const mine = CMCrypto.hex(S.me.publicKey);
+    if (S.web.pubkey === mine) return true;
+    const r = await api('POST', '/me/peer-pubkey', { pubkey: mine });
+    if (!r.ok) {
+      systemLine('key not registered: ' + r.status + ' ' + ((r.data && r.data.error) || ''));
+      return false;
+    }
+    S.web.pubkey = r.data.pubkey;
+    const slot = 'cm_key:' + S.mesh.meshId;
+    try {
+      const kept = JSON.parse(sessionStorage.getItem(slot) || 'null');
+      if (kept) sessionStorage.setItem(slot, JSON.stringify({ ...kept, pubkey: r.data.pubkey }));
+    } catch (_) { /* nothing kept */ }
+    return true;
+  }
+
+  function setKeyState(state, text) {
+    S.keyState = state;
+    const e = $('keystate');
+    e.dataset.state = state;
+    e.textContent = text || '';
+    $('encrypt').hidden = state !== 'plain';
+  }
+
+  function stopKeys() {
+    clearTimeout(S.keyTimer);
+    clearInterval(S.sealTimer);
+    S.keyTimer = null;
+    S.sealTimer = null;
+    S.topicKey = null;
+    setKeyState('none', '');
+  }
+
+  function topicPath(name, rest) {
+    return '/topics/' + encodeURIComponent(name) + rest;
+  }
+
+  // The topic's key state. pending-seals first (it says "unencrypted" with a null
+  // senderPubkey, and lists us while we have no copy), so that the usual answers are not
+  // failed requests in the console; then our copy from /key (still read for 404 and 409).
+  async function fetchTopicKey(name) {
+    if (!S.view || S.view.kind !== 'topic' || S.view.name !== name) return;
+    const probe = await api('GET', topicPath(name, '/pending-seals'));
+    if (!S.view || S.view.name !== name) return;
+    if (probe.ok && probe.data.senderPubkey === null) {
+      setKeyState('plain', 'plaintext (v1)');
+      return;
+    }
+    if (probe.ok && (probe.data.pending || []).some((m) => m.memberId === S.web.memberId)) {
+      setKeyState('waiting', 'waiting for a peer to share the key');
+      S.keyTimer = setTimeout(() => fetchTopicKey(name), 5000);
+      return;
+    }
+    const r = await api('GET', topicPath(name, '/key'));
+    if (!S.view || S.view.name !== name) return;
+    if (r.status === 409) {
+      setKeyState('plain', 'plaintext (v1)');
+      return;
+    }
+    if (r.status === 404) {
+      setKeyState('waiting', 'waiting for a peer to share the key');
+      S.keyTimer = setTimeout(() => fetchTopicKey(name), 5000);
+      return;
+    }
+    if (!r.ok) {
+      setKeyState('none', 'key: ' + r.status);
+      return;
+    }
+    const key = CMCrypto.openKey(r.data.encryptedKey, r.data.nonce, S.me.xSecret);
+    if (!key) {
+      // A copy sealed to an older key of ours, or garbage: ask to be re-sealed.
+      setKeyState('waiting', 'waiting for a peer to share the key (our copy does not open)');
+      S.keyTimer = setTimeout(() => fetchTopicKey(name), 5000);
+      return;
+    }
+    holdKey(name, key);
+  }
+
+  function holdKey(name, key) {
+    S.topicKey = key;
+    setKeyState('ready', 'encrypted (v2)');
+    // Messages shown as "decrypting…" now open.
+    for (const l of S.lines) if (l.v2) l.text = v2Text(l.v2);
+    renderMessages();
+    reseal(name);
+    clearInterval(S.sealTimer);
+    S.sealTimer = setInterval(() => reseal(name), 30000);
+  }
+
+  // Seals the held key for every member pending-seals lists.
+  async function reseal(name) {
+    if (!S.topicKey || !S.view || S.view.name !== name) return;
+    const r = await api('GET', topicPath(name, '/pending-seals'));
+    if (!r.ok) return;
+    for (const m of r.data.pending || []) {
+      let copy;
+      try {
+        copy = CMCrypto.sealKey(S.topicKey, CMCrypto.unhex(m.pubkey));
+      } catch (_) {
+        continue; // not an ed25519 key
+      }
+      await api('POST', topicPath(name, '/seal'), { memberId: m.memberId, encryptedKey: copy.encryptedKey, nonce: copy.nonce });
+    }
+  }
+
+  // "enable encryption": a fresh topic key, sealed for ourselves, claimed for the topic.
+  async function enableEncryption() {
+    if (!S.view || S.view.kind !== 'topic' || !S.me) return;
+    const name = S.view.name;
+    const key = CMCrypto.random(32);
+    const copy = CMCrypto.sealKey(key, S.me.publicKey);
+    const r = await api('POST', topicPath(name, '/claim-key'), {
+      encryptedKeyPubkey: CMCrypto.hex(copy.senderPublic), encryptedKey: copy.encryptedKey, nonce: copy.nonce,
+    });
+    if (r.ok) {
+      holdKey(name, key);
+      return;
+    }
+    if (r.status === 409) {
+      // Someone else claimed it first: wait for our copy.
+      fetchTopicKey(name);
+      return;
+    }
+    systemLine('encryption not enabled: ' + r.status + ' ' + ((r.data && r.data.error) || ''));
   }
 
   async function openTopic(name) {
     setView({ kind: 'topic', name }, '#' + name);
+    const keyed = ensureMemberKey().catch((e) => { systemLine('key: ' + e); return false; });
     for (const t of S.topics) if (t.name === name) t.unread = 0;
     renderTopics();
     const r = await api('GET', '/topics/' + encodeURIComponent(name) + '/messages?limit=100');
@@ -452,15 +616,18 @@
     }
     if (r.data.topicId) S.view.id = r.data.topicId;
     for (const m of (r.data.messages || []).slice().reverse()) addLine(topicLine(m));
-    markRead(true);
+    // The read mark also makes the web-managed row a member of the topic: before the key.
+    const marked = markRead(true);
     openStream(name);
+    await marked;
+    if (await keyed) fetchTopicKey(name);
   }
 
   function markRead(force) {
     if (!S.view || S.view.kind !== 'topic') return;
     if (!force && Date.now() - S.lastRead < 5000) return;
     S.lastRead = Date.now();
-    api('PATCH', '/topics/' + encodeURIComponent(S.view.name) + '/read').catch(() => {});
+    return api('PATCH', '/topics/' + encodeURIComponent(S.view.name) + '/read').catch(() => {});
   }
 
   function stopStream() {
@@ -538,11 +705,16 @@
   }
 
   async function postTopic(text) {
+    if (S.keyState === 'waiting') {
+      systemLine('not sent: waiting for a peer to share the key');
+      return;
+    }
+    const body = S.topicKey
+      ? { ...CMCrypto.encryptBody(text, S.topicKey), bodyVersion: 2 }
+      : { ciphertext: b64encode(text), nonce: randomNonce(), bodyVersion: 1 };
     const r = await api('POST', '/messages', {
       topic: S.view.name,
-      ciphertext: b64encode(text),
-      nonce: randomNonce(),
-      bodyVersion: 1,
+      ...body,
       priority: 'next',
       mentions: extractMentions(text),
     });
@@ -615,6 +787,9 @@
     S.members = [];
     S.view = null;
     S.lines = [];
+    S.web = null;
+    S.me = null;
+    stopKeys();
     renderPeers();
     renderTopics();
     renderMessages();
@@ -632,6 +807,7 @@
 
   async function start() {
     $('composer').addEventListener('submit', onSubmit);
+    $('encrypt').addEventListener('click', () => { enableEncryption().catch((e) => systemLine('encryption: ' + e)); });
     $('text').addEventListener('input', suggest);
     $('search').addEventListener('input', renderMessages);
     $('status').addEventListener('change', () => send({ type: 'set_status', status: $('status').value }));

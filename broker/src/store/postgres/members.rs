@@ -335,3 +335,123 @@ async fn mesh_scoped_tables(tx: &deadpool_postgres::Transaction<'_>) -> StoreRes
 fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
+
+#[async_trait]
+impl crate::store::web_members::WebMemberStore for PgStore {
+    async fn web_member(&self, mesh_id: &str, user_id: &str) -> StoreResult<Option<Member>> {
+        let sql =
+            format!("SELECT {MEMBER_COLUMNS} FROM members WHERE mesh_id = $1 AND web_user_id = $2");
+        match self.query(&sql, &[&mesh_id, &user_id]).await?.first() {
+            Some(r) => Ok(Some(member_from_row(r)?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn create_web_member(
+        &self,
+        mesh_id: &str,
+        user_id: &str,
+        m: NewMember,
+    ) -> StoreResult<(Member, bool)> {
+        let sql = format!(
+            "INSERT INTO members (id, mesh_id, pubkey, display_name, role, user_id, default_groups, role_tag, created_at, web_user_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+             ON CONFLICT (mesh_id, web_user_id) WHERE web_user_id IS NOT NULL DO NOTHING \
+             RETURNING {MEMBER_COLUMNS}"
+        );
+        let rows = self
+            .query(
+                &sql,
+                &[
+                    &ids::random_id(24),
+                    &mesh_id,
+                    &m.pubkey,
+                    &m.display_name,
+                    &m.role.as_str(),
+                    &m.user_id,
+                    &groups_json(&m.default_groups),
+                    &m.role_tag,
+                    &ids::now_ms(),
+                    &user_id,
+                ],
+            )
+            .await
+            .map_err(|e| match e {
+                StoreError::Conflict(_) => {
+                    StoreError::Conflict("pubkey is already a member of this mesh".into())
+                }
+                e => e,
+            })?;
+        if let Some(r) = rows.first() {
+            return Ok((member_from_row(r)?, true));
+        }
+        let found = self
+            .web_member(mesh_id, user_id)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        Ok((found, false))
+    }
+
+    async fn is_web_member(&self, mesh_id: &str, member_id: &str) -> StoreResult<bool> {
+        let rows = self
+            .query(
+                "SELECT 1 FROM members WHERE mesh_id = $1 AND id = $2 AND web_user_id IS NOT NULL",
+                &[&mesh_id, &member_id],
+            )
+            .await?;
+        Ok(!rows.is_empty())
+    }
+
+    async fn set_web_member_pubkey(
+        &self,
+        mesh_id: &str,
+        member_id: &str,
+        pubkey: &str,
+    ) -> StoreResult<crate::store::web_members::KeyChange> {
+        use crate::store::web_members::KeyChange;
+        let mut c = self.conn().await?;
+        let tx = c.transaction().await.map_err(pg_error)?;
+        let Some(row) = tx
+            .query_opt(
+                "SELECT pubkey, web_user_id FROM members WHERE mesh_id = $1 AND id = $2 FOR UPDATE",
+                &[&mesh_id, &member_id],
+            )
+            .await
+            .map_err(pg_error)?
+        else {
+            return Ok(KeyChange::NotFound);
+        };
+        let old: String = row.get("pubkey");
+        let web: Option<String> = row.get("web_user_id");
+        if web.is_none() {
+            return Ok(KeyChange::NotWebManaged);
+        }
+        let changed = old != pubkey;
+        let sql = format!(
+            "UPDATE members SET pubkey = $3 WHERE mesh_id = $1 AND id = $2 RETURNING {MEMBER_COLUMNS}"
+        );
+        let row = tx
+            .query_one(&sql, &[&mesh_id, &member_id, &pubkey])
+            .await
+            .map_err(|e| match pg_error(e) {
+                StoreError::Conflict(_) => {
+                    StoreError::Conflict("pubkey is already a member of this mesh".into())
+                }
+                e => e,
+            })?;
+        let member = member_from_row(&row)?;
+        if changed {
+            tx.execute(
+                "DELETE FROM topic_member_key WHERE member_id = $1",
+                &[&member_id],
+            )
+            .await
+            .map_err(pg_error)?;
+        }
+        tx.commit().await.map_err(pg_error)?;
+        Ok(KeyChange::Set {
+            member: Box::new(member),
+            changed,
+        })
+    }
+}
