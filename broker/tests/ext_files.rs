@@ -921,3 +921,340 @@ async fn a_banned_member_downloads_nothing() {
     assert_eq!(r.status, 403);
     assert_eq!(download(&b, &plain, Some(&to)).body, b"members only");
 }
+
+// ---------------------------------------------------------------------------------------
+// An S3-compatible object store for the bodies (FILES_S3_*), against moto's S3 server
+// ---------------------------------------------------------------------------------------
+
+use common::s3::Moto;
+
+/// A cluster whose replicas keep file bodies in `moto` (with `extra` settings).
+async fn s3_cluster(moto: &Moto, extra: &[(&str, &str)]) -> Cluster {
+    let mut c = Cluster::new(extra).await;
+    c.extra.extend(moto.env());
+    c
+}
+
+/// The body of `key` read straight from the store (a signed GET); `None` on its 404.
+async fn object(moto: &Moto, key: &str) -> Option<Vec<u8>> {
+    use http_body_util::BodyExt;
+    let resp = moto.objects().get(key).await.unwrap()?;
+    Some(
+        resp.into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec(),
+    )
+}
+
+/// A GET of an absolute `http://127.0.0.1:<port>/…` URL (a presigned one).
+fn get_url(url: &str) -> Resp {
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, _) = rest.split_once('/').unwrap();
+    raw(host.parse().unwrap(), "GET", &path_of(url), &[], Body::None)
+}
+
+#[tokio::test]
+async fn s3_bodies_upload_through_a_download_through_b_proxied_and_presigned_and_survive_restarts()
+{
+    let moto = Moto::start().await;
+    let mut c = s3_cluster(&moto, &[]).await;
+    let (a, b) = (c.replica("a"), c.replica("b"));
+    let mesh = a.create_mesh("s3files", None);
+    let alice = member(&a, &mesh, "alice", json!({"userId": "u-alice"}));
+    let bob = member(&a, &mesh, "bob", json!({"userId": "u-bob"}));
+    let (ta, tb) = (cli_token(&a, "u-alice"), cli_token(&b, "u-bob"));
+
+    // Past one part (5 MiB): a multipart upload of three parts; and a one-PUT small file.
+    let big = body_of(2 * 5 * 1024 * 1024 + 4321);
+    let id = upload_ok(&a, &ta, &mesh, &alice, &[], &big);
+    let small = upload_ok(&a, &ta, &mesh, &alice, &[], b"small body");
+    let chunked = {
+        let r = raw(
+            a.addr,
+            "POST",
+            "/upload",
+            &upload_headers(&ta, &mesh, &alice, &[]),
+            Body::Chunked(&big[..6 * 1024 * 1024]),
+        );
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        r.json()["fileId"].as_str().unwrap().to_string()
+    };
+
+    // The bodies are objects of the bucket, not rows.
+    assert!(object(&moto, &format!("files/{mesh}/{id}")).await.unwrap() == big);
+    assert_eq!(
+        object(&moto, &format!("files/{mesh}/{small}"))
+            .await
+            .unwrap(),
+        b"small body"
+    );
+    let mut keys = moto.keys().await;
+    keys.sort();
+    let mut want = vec![
+        format!("files/{mesh}/{id}"),
+        format!("files/{mesh}/{small}"),
+        format!("files/{mesh}/{chunked}"),
+    ];
+    want.sort();
+    assert_eq!(keys, want);
+
+    // Proxied through b: by bearer, and by the signed URL of a get_file on b.
+    let by_bearer = download(&b, &format!("/download/{id}?mesh={mesh}"), Some(&tb));
+    assert_eq!(by_bearer.status, 200);
+    assert_eq!(
+        by_bearer.header("content-length"),
+        Some(big.len().to_string().as_str())
+    );
+    assert!(
+        by_bearer.body == big,
+        "the bytes read through b are the ones uploaded through a"
+    );
+    let (mut bo, _) = Client::join(&b.ws_url(), bob.hello(&mesh, json!({}))).await;
+    let url: FileUrl = parse(&bo.request(json!({"type": "get_file", "fileId": id})).await);
+    assert!(
+        url.url
+            .contains(&format!("/download/{id}?mesh={mesh}&token="))
+    );
+    assert!(download(&b, &path_of(&url.url), None).body == big);
+    assert!(
+        download(&b, &format!("/download/{chunked}?mesh={mesh}"), Some(&tb)).body
+            == big[..6 * 1024 * 1024]
+    );
+    bo.close().await;
+
+    // A replica with FILES_S3_PRESIGN: get_file hands out a presigned GET of the object,
+    // and the download route redirects to one; both read the same bytes from the store.
+    c.extra.push(("FILES_S3_PRESIGN".into(), "true".into()));
+    let p = c.replica("p");
+    let (mut bo, _) = Client::join(&p.ws_url(), bob.hello(&mesh, json!({}))).await;
+    let url: FileUrl = parse(&bo.request(json!({"type": "get_file", "fileId": id})).await);
+    assert!(
+        url.url.starts_with(&format!(
+            "{}/{}/files/{mesh}/{id}?",
+            moto.endpoint(),
+            common::s3::BUCKET
+        )),
+        "{}",
+        url.url
+    );
+    assert!(url.url.contains("X-Amz-Signature="), "{}", url.url);
+    assert!(!url.url.contains(common::s3::SECRET_KEY));
+    let direct = get_url(&url.url);
+    assert_eq!(direct.status, 200);
+    assert!(direct.body == big, "the presigned URL reads the object");
+    let redirect = download(&p, &format!("/download/{small}?mesh={mesh}"), Some(&tb));
+    assert_eq!(redirect.status, 302);
+    let location = redirect.header("location").unwrap().to_string();
+    assert!(location.starts_with(&moto.endpoint()), "{location}");
+    assert_eq!(get_url(&location).body, b"small body");
+    bo.close().await;
+    drop(p);
+    c.extra.pop();
+    assert!(
+        !a.log_text().contains(common::s3::SECRET_KEY)
+            && !b.log_text().contains(common::s3::SECRET_KEY),
+        "the secret is never logged"
+    );
+
+    // Every replica restarts: metadata in PostgreSQL, bodies in the bucket.
+    drop((a, b));
+    let (a2, b2) = (c.replica("a2"), c.replica("b2"));
+    let again = download(&b2, &format!("/download/{id}?mesh={mesh}"), Some(&tb));
+    assert_eq!(again.status, 200);
+    assert!(again.body == big, "intact after the restart");
+
+    // A delete through b2 removes the object (a signed GET of it is a 404).
+    let (mut al, _) = Client::join(&b2.ws_url(), alice.hello(&mesh, json!({}))).await;
+    let ack = al
+        .request(json!({"type": "delete_file", "fileId": id}))
+        .await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    assert!(
+        object(&moto, &format!("files/{mesh}/{id}")).await.is_none(),
+        "the deleted file's object is gone"
+    );
+    assert_eq!(
+        download(&a2, &format!("/download/{id}?mesh={mesh}"), Some(&ta)).status,
+        404
+    );
+    let list: FileList = parse(&al.request(json!({"type": "list_files"})).await);
+    assert_eq!(list.files.len(), 2);
+    al.close().await;
+}
+
+#[tokio::test]
+async fn s3_the_file_limit_holds_and_an_unreachable_store_leaves_nothing_half_stored() {
+    let mut moto = Moto::start().await;
+    // Over one part, under two: the limit is passed during the multipart upload.
+    let c = s3_cluster(
+        &moto,
+        &[
+            ("MAX_FILE_BYTES", "6000000"),
+            ("MAX_MESH_FILE_BYTES", "20000000"),
+        ],
+    )
+    .await;
+    let a = c.replica("a");
+    let mesh = a.create_mesh("s3limits", None);
+    let alice = member(&a, &mesh, "alice", json!({"userId": "u-alice"}));
+    let t = cli_token(&a, "u-alice");
+
+    // Declared too large: refused before the body; streamed too large (chunked): refused
+    // after the first part went up, and that part's upload aborted.
+    let r = raw(
+        a.addr,
+        "POST",
+        "/upload",
+        &upload_headers(&t, &mesh, &alice, &[]),
+        Body::Claim(6_000_001),
+    );
+    assert_eq!(r.status, 413);
+    assert_eq!(
+        r.json(),
+        json!({"ok": false, "error": "file too large (max 6MB)"})
+    );
+    let r = raw(
+        a.addr,
+        "POST",
+        "/upload",
+        &upload_headers(&t, &mesh, &alice, &[]),
+        Body::Chunked(&body_of(6_000_001)),
+    );
+    assert_eq!(r.status, 413);
+    assert!(
+        moto.keys().await.is_empty(),
+        "no object of a refused upload"
+    );
+
+    // The store stops: an upload answers 503 with a clear error, and nothing stays.
+    moto.stop();
+    let r = upload(&a, &t, &mesh, &alice, &[], &body_of(100_000));
+    assert_eq!(r.status, 503);
+    assert_eq!(
+        r.json(),
+        json!({"ok": false, "error": "file object store unavailable"})
+    );
+    let r = upload(&a, &t, &mesh, &alice, &[], &body_of(5_500_000));
+    assert_eq!(r.status, 503);
+    assert!(
+        metric(
+            &a.metrics(),
+            "broker_file_requests_refused_total{reason=\"object_store\"}"
+        ) >= 2.0
+    );
+    let (mut al, _) = Client::join(&a.ws_url(), alice.hello(&mesh, json!({}))).await;
+    let list: FileList = parse(&al.request(json!({"type": "list_files"})).await);
+    assert!(list.files.is_empty(), "a failed upload is never listed");
+
+    // Back (moto restarts empty): the budget was released, so 3 × 5.5 MB of the 20 MB fit.
+    moto.restart().await;
+    moto.objects().create_bucket().await.unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(upload_ok(&a, &t, &mesh, &alice, &[], &body_of(5_500_000)));
+    }
+    let over = upload(&a, &t, &mesh, &alice, &[], &body_of(5_500_000));
+    assert_eq!(over.status, 413, "the mesh budget counts object bytes too");
+    assert_eq!(moto.keys().await.len(), 3);
+
+    // A download while the store is down: 503, not a wrong or empty 200.
+    moto.stop();
+    let r = download(&a, &format!("/download/{}?mesh={mesh}", ids[0]), Some(&t));
+    assert_eq!(r.status, 503);
+    assert_eq!(
+        r.json(),
+        json!({"ok": false, "error": "file object store unavailable"})
+    );
+    al.close().await;
+}
+
+#[tokio::test]
+async fn s3_orphaned_objects_are_swept_and_live_ones_kept() {
+    let moto = Moto::start().await;
+    let c = s3_cluster(
+        &moto,
+        &[
+            ("FILE_UPLOAD_TIMEOUT_MS", "500"),
+            ("FILES_S3_SWEEP_INTERVAL_MS", "200"),
+        ],
+    )
+    .await;
+    let a = c.replica("a");
+    let mesh = a.create_mesh("s3sweep", None);
+    let alice = member(&a, &mesh, "alice", json!({"userId": "u-alice"}));
+    let t = cli_token(&a, "u-alice");
+    let live = upload_ok(&a, &t, &mesh, &alice, &[], b"live");
+    // What a crash between an object and its row leaves: an object without a visible row.
+    let orphan = format!("files/{mesh}/orphan0000000000000000000000000000");
+    moto.objects()
+        .put(&orphan, bytes::Bytes::from_static(b"orphan"))
+        .await
+        .unwrap();
+    let outside = "elsewhere/not-ours".to_string();
+    moto.objects()
+        .put(&outside, bytes::Bytes::from_static(b"x"))
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + 3 * WAIT;
+    while object(&moto, &orphan).await.is_some() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the orphan was never swept; log:\n{}",
+            a.log_text()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(metric(&a.metrics(), "broker_file_objects_swept_total") >= 1.0);
+    assert_eq!(
+        object(&moto, &format!("files/{mesh}/{live}"))
+            .await
+            .unwrap(),
+        b"live",
+        "a visible file's object stays"
+    );
+    assert!(
+        object(&moto, &outside).await.is_some(),
+        "keys outside the prefix are not ours"
+    );
+    assert_eq!(
+        download(&a, &format!("/download/{live}?mesh={mesh}"), Some(&t)).body,
+        b"live"
+    );
+}
+
+/// Dev mode (the memory store) with an object store: the same budget, the same bodies.
+#[tokio::test]
+async fn s3_in_dev_mode_bodies_are_objects_and_the_mesh_budget_counts_them() {
+    let moto = Moto::start().await;
+    let mut env = moto.env();
+    env.push(("MAX_MESH_FILE_BYTES".into(), "8000000".into()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let d = Broker::start(&env);
+    let mesh = d.create_mesh("devs3", None);
+    let alice = member(&d, &mesh, "alice", json!({"userId": "u-alice"}));
+    let t = cli_token(&d, "u-alice");
+    let body = body_of(6 * 1024 * 1024);
+    let id = upload_ok(&d, &t, &mesh, &alice, &[], &body);
+    assert!(object(&moto, &format!("files/{mesh}/{id}")).await.unwrap() == body);
+    assert!(download(&d, &format!("/download/{id}?mesh={mesh}"), Some(&t)).body == body);
+    // 6 MiB of 8 MB held: another 6 MiB does not fit, and leaves no object.
+    let over = upload(&d, &t, &mesh, &alice, &[], &body);
+    assert_eq!(over.status, 413);
+    assert_eq!(moto.keys().await, [format!("files/{mesh}/{id}")]);
+    // The delete removes the object and releases the bytes.
+    let (mut al, _) = Client::join(&d.ws_url(), alice.hello(&mesh, json!({}))).await;
+    let ack = al
+        .request(json!({"type": "delete_file", "fileId": id}))
+        .await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    assert!(
+        object(&moto, &format!("files/{mesh}/{id}")).await.is_none(),
+        "the deleted file's object is gone"
+    );
+    let again = upload_ok(&d, &t, &mesh, &alice, &[], &body);
+    assert_eq!(moto.keys().await, [format!("files/{mesh}/{again}")]);
+    al.close().await;
+}

@@ -30,6 +30,7 @@ use serde_json::{Value, json};
 use super::{HttpResponse, cli, json_response};
 use crate::ids::{self, now_ms};
 use crate::node::Node;
+use crate::objects::Objects;
 use crate::rest::Body;
 use crate::service::ServiceCtx;
 use crate::service::files::{self as svc_files, CHUNK_BYTES, Fetcher};
@@ -38,17 +39,39 @@ use crate::store::{Member, Store, StoreResult};
 
 type ChunkFuture = Pin<Box<dyn Future<Output = StoreResult<Option<Vec<u8>>>> + Send>>;
 
-/// A file body read from the store one chunk per frame (a variant of [`crate::rest::Body`],
-/// the body of every HTTP answer). A chunk that cannot be read ends the body early: hyper
-/// then cuts the connection (fewer bytes than its `Content-Length`), so the client sees a
-/// short body rather than a wrong one.
+/// A file body read from the store one chunk per frame, or passed through from the object
+/// store's answer (`FILES_S3_*`, proxied downloads) frame by frame (a variant of
+/// [`crate::rest::Body`], the body of every HTTP answer). A chunk that cannot be read ends
+/// the body early: hyper then cuts the connection (fewer bytes than its `Content-Length`),
+/// so the client sees a short body rather than a wrong one.
 pub struct Chunks {
-    store: Arc<dyn Store>,
     downloaded: Counter,
     file_id: String,
-    seq: i32,
     remaining: u64,
-    pending: Option<ChunkFuture>,
+    source: Source,
+}
+
+enum Source {
+    Store {
+        store: Arc<dyn Store>,
+        seq: i32,
+        pending: Option<ChunkFuture>,
+    },
+    Object(Incoming),
+}
+
+impl Chunks {
+    fn cut(&mut self) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        tracing::warn!(file_id = %self.file_id, "file download cut short");
+        self.remaining = 0;
+        Poll::Ready(None)
+    }
+
+    fn sent(&mut self, data: Bytes) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.remaining -= data.len() as u64;
+        self.downloaded.inc_by(data.len() as u64);
+        Poll::Ready(Some(Ok(Frame::data(data))))
+    }
 }
 
 impl hyper::body::Body for Chunks {
@@ -63,25 +86,40 @@ impl hyper::body::Body for Chunks {
         if this.remaining == 0 {
             return Poll::Ready(None);
         }
-        let fut = this.pending.get_or_insert_with(|| {
-            let (store, id, seq) = (this.store.clone(), this.file_id.clone(), this.seq);
-            Box::pin(async move { store.file_chunk(&id, seq).await })
-        });
-        let got = std::task::ready!(fut.as_mut().poll(cx));
-        this.pending = None;
-        match got {
-            Ok(Some(data)) if !data.is_empty() && data.len() as u64 <= this.remaining => {
-                this.seq += 1;
-                this.remaining -= data.len() as u64;
-                this.downloaded.inc_by(data.len() as u64);
-                Poll::Ready(Some(Ok(Frame::data(Bytes::from(data)))))
+        match &mut this.source {
+            Source::Store {
+                store,
+                seq,
+                pending,
+            } => {
+                let fut = pending.get_or_insert_with(|| {
+                    let (store, id, seq) = (store.clone(), this.file_id.clone(), *seq);
+                    Box::pin(async move { store.file_chunk(&id, seq).await })
+                });
+                let got = std::task::ready!(fut.as_mut().poll(cx));
+                *pending = None;
+                match got {
+                    Ok(Some(data)) if !data.is_empty() && data.len() as u64 <= this.remaining => {
+                        *seq += 1;
+                        this.sent(Bytes::from(data))
+                    }
+                    // Deleted while being read, or a store failure.
+                    Ok(_) | Err(_) => this.cut(),
+                }
             }
-            // Deleted while being read, or a store failure.
-            Ok(_) | Err(_) => {
-                tracing::warn!(file_id = %this.file_id, "file download cut short");
-                this.remaining = 0;
-                Poll::Ready(None)
-            }
+            Source::Object(body) => loop {
+                match std::task::ready!(Pin::new(&mut *body).poll_frame(cx)) {
+                    Some(Ok(frame)) => match frame.into_data() {
+                        Ok(data) if data.is_empty() => {}
+                        Ok(data) if data.len() as u64 <= this.remaining => return this.sent(data),
+                        // More than the file's size: not our object.
+                        Ok(_) => return this.cut(),
+                        Err(_) => {}
+                    },
+                    // The store failed mid-body, or ended it short.
+                    Some(Err(_)) | None => return this.cut(),
+                }
+            },
         }
     }
 
@@ -310,12 +348,153 @@ fn store_failed(node: &Node) -> HttpResponse {
     )
 }
 
+/// The answer when the object store (`FILES_S3_*`) fails or does not answer.
+fn object_unavailable(node: &Node) -> HttpResponse {
+    refuse(
+        node,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "object_store",
+        "file object store unavailable",
+    )
+}
+
 /// How a streamed upload ended, when not stored.
 enum Fail {
     TooLarge,
     MeshFull,
     Store,
     Body,
+    Object,
+}
+
+fn object_fail(e: crate::objects::ObjectError) -> Fail {
+    tracing::warn!(error = %e, "file upload to the object store failed");
+    Fail::Object
+}
+
+/// Counts `n` bytes of an object-store upload against the mesh's budget.
+async fn reserve(node: &Node, mesh_id: &str, file_id: &str, n: usize) -> Result<(), Fail> {
+    match node
+        .store
+        .file_reserve(mesh_id, file_id, n as u64, node.config.max_mesh_file_bytes)
+        .await
+    {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(Fail::MeshFull),
+        Err(_) => Err(Fail::Store),
+    }
+}
+
+/// A multipart upload in progress: its id and the ETags of its parts.
+type Multipart = Option<(String, Vec<String>)>;
+
+/// Counts and uploads one part (beginning the multipart upload with the first).
+async fn send_part(
+    node: &Node,
+    objects: &Objects,
+    key: &str,
+    (mesh_id, file_id): (&str, &str),
+    multipart: &mut Multipart,
+    data: Bytes,
+) -> Result<(), Fail> {
+    reserve(node, mesh_id, file_id, data.len()).await?;
+    let (upload_id, etags) = match multipart {
+        Some(m) => m,
+        None => multipart.insert((
+            objects.create_multipart(key).await.map_err(object_fail)?,
+            Vec::new(),
+        )),
+    };
+    // S3 allows 10 000 parts: FILES_S3_PART_BYTES bounds the file at 10 000 parts.
+    let n = u16::try_from(etags.len() + 1)
+        .ok()
+        .filter(|n| *n <= 10_000)
+        .ok_or(Fail::TooLarge)?;
+    let len = data.len() as u64;
+    let etag = objects
+        .upload_part(key, upload_id, n, data)
+        .await
+        .map_err(object_fail)?;
+    etags.push(etag);
+    node.metrics.file_bytes_uploaded.inc_by(len);
+    Ok(())
+}
+
+/// Streams the body into the object store (`FILES_S3_*`): one PUT when it fits in one
+/// part of `FILES_S3_PART_BYTES`, else a multipart upload of such parts (aborted on any
+/// failure), holding at most one part in memory. Each part's bytes are counted against
+/// the mesh's budget before it is sent. The byte count on success (0: no object).
+async fn stream_to_object(
+    node: &Node,
+    objects: &Objects,
+    body: &mut Incoming,
+    (mesh_id, file_id): (&str, &str),
+    declared: Option<u64>,
+) -> Result<u64, Fail> {
+    let max_file = node.config.max_file_bytes;
+    let part = objects.part_bytes;
+    let key = objects.key(mesh_id, file_id);
+    let cap = declared
+        .and_then(|d| usize::try_from(d).ok())
+        .map_or(part, |d| d.min(part));
+    let mut buf = BytesMut::with_capacity(cap);
+    let mut total: u64 = 0;
+    let mut multipart: Multipart = None;
+    let ids = (mesh_id, file_id);
+    let result = async {
+        while let Some(frame) = body.frame().await {
+            let Ok(data) = frame.map_err(|_| Fail::Body)?.into_data() else {
+                continue;
+            };
+            total += data.len() as u64;
+            if total > max_file {
+                return Err(Fail::TooLarge);
+            }
+            buf.extend_from_slice(&data);
+            while buf.len() >= part {
+                let chunk = buf.split_to(part).freeze();
+                send_part(node, objects, &key, ids, &mut multipart, chunk).await?;
+            }
+        }
+        if multipart.is_none() {
+            if !buf.is_empty() {
+                reserve(node, mesh_id, file_id, buf.len()).await?;
+                let len = buf.len() as u64;
+                objects
+                    .put(&key, buf.split().freeze())
+                    .await
+                    .map_err(object_fail)?;
+                node.metrics.file_bytes_uploaded.inc_by(len);
+            }
+        } else {
+            if !buf.is_empty() {
+                send_part(
+                    node,
+                    objects,
+                    &key,
+                    ids,
+                    &mut multipart,
+                    buf.split().freeze(),
+                )
+                .await?;
+            }
+            if let Some((upload_id, etags)) = &multipart {
+                objects
+                    .complete_multipart(&key, upload_id, etags)
+                    .await
+                    .map_err(object_fail)?;
+            }
+        }
+        Ok(total)
+    }
+    .await;
+    if result.is_err()
+        && let Some((upload_id, _)) = &multipart
+        && let Err(e) = objects.abort_multipart(&key, upload_id).await
+    {
+        tracing::warn!(error = %e, "multipart upload not aborted (left to the bucket's lifecycle)");
+    }
+    result
 }
 
 /// Streams the body into chunks; the byte count on success.
@@ -505,10 +684,16 @@ async fn upload_inner(node: &Arc<Node>, req: &mut Request<Incoming>) -> HttpResp
         }
         Err(_) => return store_failed(node),
     }
-    let streamed = tokio::time::timeout(
-        timeout,
-        stream_body(node, req.body_mut(), &mesh_id, &file_id),
-    )
+    let objects = Objects::of(&node.config);
+    let streamed = tokio::time::timeout(timeout, async {
+        match &objects {
+            Some(o) => {
+                let ids = (mesh_id.as_str(), file_id.as_str());
+                stream_to_object(node, o, req.body_mut(), ids, declared).await
+            }
+            None => stream_body(node, req.body_mut(), &mesh_id, &file_id).await,
+        }
+    })
     .await;
     let failed = match streamed {
         Ok(Ok(size)) => {
@@ -520,12 +705,22 @@ async fn upload_inner(node: &Arc<Node>, req: &mut Request<Incoming>) -> HttpResp
                 Ok(()) => {
                     return json_response(StatusCode::OK, &json!({"ok": true, "fileId": file_id}));
                 }
-                Err(_) => store_failed(node),
+                Err(_) => {
+                    // The row never became visible: its object goes too (else the sweep's).
+                    if let Some(o) = &objects
+                        && size > 0
+                        && let Err(e) = o.delete(&o.key(&mesh_id, &file_id)).await
+                    {
+                        tracing::warn!(error = %e, "object of a failed upload not deleted");
+                    }
+                    store_failed(node)
+                }
             }
         }
         Ok(Err(Fail::TooLarge)) => too_large(node),
         Ok(Err(Fail::MeshFull)) => mesh_full(node),
         Ok(Err(Fail::Store)) => store_failed(node),
+        Ok(Err(Fail::Object)) => object_unavailable(node),
         Ok(Err(Fail::Body)) => refuse(
             node,
             StatusCode::BAD_REQUEST,
@@ -672,18 +867,62 @@ async fn download_inner(node: &Arc<Node>, req: Request<Incoming>) -> Response<Bo
         };
         svc_files::log_access(&ctx, &file.id, &m.display_name).await;
     }
-    stream(node, &file)
+    respond(node, &file).await
 }
 
-fn stream(node: &Node, file: &FileRecord) -> Response<Body> {
+/// The body of an authorised download: from the store, or (`FILES_S3_*`) the object,
+/// proxied or as a 302 to a presigned GET.
+async fn respond(node: &Node, file: &FileRecord) -> Response<Body> {
+    let Some(objects) = Objects::of(&node.config) else {
+        return stream(node, file, None);
+    };
+    match svc_files::object_body(node.store.as_ref(), file).await {
+        Ok(true) => {}
+        Ok(false) => return stream(node, file, None),
+        Err(_) => return full(store_failed(node)),
+    }
+    let key = objects.key(&file.mesh_id, &file.id);
+    if objects.presign {
+        let d = disposition(&file.name);
+        let url = objects.presigned_get(&key, node.config.file_url_ttl, d.to_str().ok());
+        let mut resp = Response::new(Body::Full(Full::new(Bytes::new())));
+        *resp.status_mut() = StatusCode::FOUND;
+        match HeaderValue::from_str(&url) {
+            Ok(v) => resp.headers_mut().insert(hyper::header::LOCATION, v),
+            Err(_) => return full(object_unavailable(node)),
+        };
+        resp.headers_mut()
+            .insert("cache-control", HeaderValue::from_static("no-store"));
+        return resp;
+    }
+    match objects.get(&key).await {
+        Ok(Some(answer)) => stream(node, file, Some(answer.into_body())),
+        Ok(None) => {
+            tracing::error!(file_id = %file.id, "a visible file has no object");
+            full(object_unavailable(node))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "file download from the object store failed");
+            full(object_unavailable(node))
+        }
+    }
+}
+
+fn stream(node: &Node, file: &FileRecord, object: Option<Incoming>) -> Response<Body> {
     let size = u64::try_from(file.size).unwrap_or(0);
+    let source = match object {
+        Some(body) => Source::Object(body),
+        None => Source::Store {
+            store: node.store.clone(),
+            seq: 0,
+            pending: None,
+        },
+    };
     let mut resp = Response::new(Body::File(Chunks {
-        store: node.store.clone(),
         downloaded: node.metrics.file_bytes_downloaded.clone(),
         file_id: file.id.clone(),
-        seq: 0,
         remaining: size,
-        pending: None,
+        source,
     }));
     let h = resp.headers_mut();
     h.insert(

@@ -4,13 +4,17 @@
 //!
 //! Storage is the store (PostgreSQL, or memory in dev mode): bodies in chunks of
 //! [`CHUNK_BYTES`], bounded per file (`MAX_FILE_BYTES`) and per mesh
-//! (`MAX_MESH_FILE_BYTES`, `MAX_FILES_PER_MESH`). No object store is needed; an
-//! S3-compatible one is not built.
+//! (`MAX_MESH_FILE_BYTES`, `MAX_FILES_PER_MESH`). With `FILES_S3_*` the bodies of new
+//! uploads are objects of an S3-compatible store instead (`crate::objects`); the metadata,
+//! keys, access log and byte budget stay in the store, and bodies stored as chunks before
+//! stay readable ([`object_body`]).
 //!
-//! **Ours:** the reference's presigned object-store URL is replaced by a broker-proxied
-//! `…/download/<id>?mesh=<mesh>&token=<t>`: `t` is an HS256 token (the broker's session
-//! secret, domain-separated) naming the file, the mesh and the member, valid for
-//! `FILE_URL_TTL_MS`, and accepted by every replica sharing the secret.
+//! **Ours:** by default the reference's presigned object-store URL is replaced by a
+//! broker-proxied `…/download/<id>?mesh=<mesh>&token=<t>`: `t` is an HS256 token (the
+//! broker's session secret, domain-separated) naming the file, the mesh and the member,
+//! valid for `FILE_URL_TTL_MS`, and accepted by every replica sharing the secret. With
+//! `FILES_S3_PRESIGN=true`, `get_file` answers the reference's presigned GET of the object
+//! (valid `FILE_URL_TTL_MS`) and that download route redirects to one.
 //!
 //! Authorisation: a file is fetched (`get_file`, a bearer download) only by its uploader
 //! or a member its `X-Target-Spec` names (none, `*`, `@all`: everyone; a 64-hex key: that
@@ -257,6 +261,18 @@ async fn sealed_key_for(
     Ok(None)
 }
 
+/// Whether a file's body is an object of the object store rather than chunks of the store:
+/// it has bytes and no chunk (bodies stored before `FILES_S3_*` was set stay chunks).
+pub async fn object_body(
+    store: &dyn crate::store::Store,
+    f: &FileRecord,
+) -> Result<bool, StoreError> {
+    if f.size <= 0 {
+        return Ok(false);
+    }
+    Ok(store.file_chunk(&f.id, 0).await?.is_none())
+}
+
 /// Records an access (best effort: a failed log does not refuse the fetch).
 pub async fn log_access(ctx: &ServiceCtx, file_id: &str, peer_name: &str) {
     let access = FileAccess {
@@ -325,6 +341,19 @@ pub fn public_base(ctx: &ServiceCtx) -> String {
     }
 }
 
+/// A file name safe in a quoted `filename`: ASCII printable, no quotes or backslashes.
+pub fn safe_name(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_graphic() && c != '"' && c != '\\' || c == ' ' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
 /// `%`-encodes everything but unreserved characters (query values).
 fn encode_component(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -384,6 +413,23 @@ pub async fn get_file(
         } else {
             None
         };
+        if let Some(objects) = crate::objects::Objects::of(ctx.config())
+            && objects.presign
+            && object_body(ctx.store(), &f).await.map_err(unavailable)?
+        {
+            log_access(ctx, &f.id, &p.display_name).await;
+            let disposition = format!("attachment; filename=\"{}\"", safe_name(&f.name));
+            let url = objects.presigned_get(
+                &objects.key(&f.mesh_id, &f.id),
+                ctx.config().file_url_ttl,
+                Some(&disposition),
+            );
+            return Ok(FileUrl {
+                file: f,
+                url,
+                sealed_key,
+            });
+        }
         log_access(ctx, &f.id, &p.display_name).await;
         let token = download_token(ctx, &p.mesh.id, &f.id, &member.id);
         let url = format!(
@@ -543,6 +589,13 @@ pub async fn delete(ctx: &ServiceCtx, p: &Principal, file_id: &str) -> Result<()
             .await
             .map_err(unavailable)?
         {
+            // The row first, then the object: a failure leaves an invisible orphan for
+            // the sweep (`objects::run_sweep`), never a listed file without a body.
+            if let Some(objects) = crate::objects::Objects::of(ctx.config())
+                && let Err(e) = objects.delete(&objects.key(&f.mesh_id, &f.id)).await
+            {
+                tracing::warn!(file_id = %f.id, error = %e, "object of a deleted file not deleted");
+            }
             Ok(())
         } else {
             Err(FileError::NotFound)

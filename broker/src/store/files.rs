@@ -6,7 +6,10 @@
 //! [`CHUNK_BYTES`](crate::service::files::CHUNK_BYTES) each. An upload is begun (the row,
 //! incomplete), fed chunk by chunk (each chunk counted against the mesh's byte budget at
 //! once, so concurrent uploads on several replicas cannot overrun it), then completed or
-//! aborted. Only complete, undeleted files are visible. A delete is soft: the row stays
+//! aborted. With an object store (`FILES_S3_*`, `crate::objects`) the body is one object
+//! instead, and the upload only counts its bytes ([`FileStore::file_reserve`]); a file
+//! without chunks and with a size is read from there. Only complete, undeleted files are
+//! visible. A delete is soft: the row stays
 //! (hidden), its chunks are dropped and their bytes released.
 //!
 //! The capability trait, its types and its in-memory implementation; the PostgreSQL one is
@@ -89,6 +92,19 @@ pub trait FileStore: Send + Sync + 'static {
         file_id: &str,
         seq: i32,
         data: &[u8],
+        max_mesh_bytes: u64,
+    ) -> StoreResult<bool>;
+
+    /// Counts `bytes` of an incomplete upload whose body goes to the object store
+    /// (`FILES_S3_*`) against the mesh's budget, storing no chunk: as
+    /// [`file_append`](FileStore::file_append) otherwise (`false`, nothing counted, past
+    /// `max_mesh_bytes`; `NotFound` when the upload is not incomplete any more). The bytes
+    /// are released as a chunk's are (abort, stale sweep, delete).
+    async fn file_reserve(
+        &self,
+        mesh_id: &str,
+        file_id: &str,
+        bytes: u64,
         max_mesh_bytes: u64,
     ) -> StoreResult<bool>;
 
@@ -273,6 +289,32 @@ impl FileStore for MemoryStore {
             }
             f.chunks[seq] = data.to_vec();
             f.stored += n;
+        }
+        Ok(true)
+    }
+
+    async fn file_reserve(
+        &self,
+        mesh_id: &str,
+        file_id: &str,
+        bytes: u64,
+        max_mesh_bytes: u64,
+    ) -> StoreResult<bool> {
+        let mut g = self.files.lock();
+        let ok = g
+            .files
+            .get(file_id)
+            .is_some_and(|f| f.record.mesh_id == mesh_id && !f.complete);
+        if !ok {
+            return Err(super::StoreError::NotFound);
+        }
+        let used = g.usage.get(mesh_id).copied().unwrap_or(0);
+        if used.saturating_add(bytes) > max_mesh_bytes {
+            return Ok(false);
+        }
+        *g.usage.entry(mesh_id.to_string()).or_default() += bytes;
+        if let Some(f) = g.files.get_mut(file_id) {
+            f.stored += bytes;
         }
         Ok(true)
     }

@@ -2,7 +2,8 @@
 //! (the body as `bytea` rows of at most 256 KiB), `file_key`, `file_access` and
 //! `file_usage` (stored bytes per mesh). Each chunk is inserted in the same transaction
 //! that adds its bytes to the mesh's `file_usage` row under a bound, so the per-mesh
-//! budget is exact whatever replica streams which upload.
+//! budget is exact whatever replica streams which upload. With an object store
+//! (`FILES_S3_*`) `file_reserve` counts each part the same way without a chunk row.
 
 use async_trait::async_trait;
 use tokio_postgres::Row;
@@ -69,6 +70,64 @@ async fn drop_body(
         .await
         .map_err(pg_error)?;
     }
+    Ok(true)
+}
+
+/// Counts `bytes` of an incomplete upload against the mesh's `file_usage` under
+/// `max_mesh_bytes`, and stores `chunk` (PostgreSQL bodies) in the same transaction; without
+/// a chunk the body is in the object store (`file_reserve`).
+async fn count_bytes(
+    store: &PgStore,
+    mesh_id: &str,
+    file_id: &str,
+    chunk: Option<(i32, &[u8])>,
+    bytes: u64,
+    max_mesh_bytes: u64,
+) -> StoreResult<bool> {
+    let n = i64::try_from(bytes).unwrap_or(i64::MAX);
+    let max = i64::try_from(max_mesh_bytes).unwrap_or(i64::MAX);
+    let mut c = store.conn().await?;
+    let tx = c.transaction().await.map_err(pg_error)?;
+    let open = tx
+        .query_opt(
+            "SELECT 1 FROM file WHERE id = $1 AND mesh_id = $2 AND NOT complete FOR UPDATE",
+            &[&file_id, &mesh_id],
+        )
+        .await
+        .map_err(pg_error)?;
+    if open.is_none() {
+        return Err(StoreError::NotFound);
+    }
+    if n > max {
+        return Ok(false);
+    }
+    let counted = tx
+        .query_opt(
+            "INSERT INTO file_usage (mesh_id, bytes) VALUES ($1, $2) \
+                 ON CONFLICT (mesh_id) DO UPDATE SET bytes = file_usage.bytes + EXCLUDED.bytes \
+                 WHERE file_usage.bytes + EXCLUDED.bytes <= $3 RETURNING bytes",
+            &[&mesh_id, &n, &max],
+        )
+        .await
+        .map_err(pg_error)?;
+    if counted.is_none() {
+        return Ok(false);
+    }
+    if let Some((seq, data)) = chunk {
+        tx.execute(
+            "INSERT INTO file_chunk (file_id, seq, data) VALUES ($1, $2, $3)",
+            &[&file_id, &seq, &data],
+        )
+        .await
+        .map_err(pg_error)?;
+    }
+    tx.execute(
+        "UPDATE file SET stored_bytes = stored_bytes + $2 WHERE id = $1",
+        &[&file_id, &n],
+    )
+    .await
+    .map_err(pg_error)?;
+    tx.commit().await.map_err(pg_error)?;
     Ok(true)
 }
 
@@ -157,49 +216,25 @@ impl FileStore for PgStore {
         data: &[u8],
         max_mesh_bytes: u64,
     ) -> StoreResult<bool> {
-        let n = data.len() as i64;
-        let max = i64::try_from(max_mesh_bytes).unwrap_or(i64::MAX);
-        let mut c = self.conn().await?;
-        let tx = c.transaction().await.map_err(pg_error)?;
-        let open = tx
-            .query_opt(
-                "SELECT 1 FROM file WHERE id = $1 AND mesh_id = $2 AND NOT complete FOR UPDATE",
-                &[&file_id, &mesh_id],
-            )
-            .await
-            .map_err(pg_error)?;
-        if open.is_none() {
-            return Err(StoreError::NotFound);
-        }
-        if n > max {
-            return Ok(false);
-        }
-        let counted = tx
-            .query_opt(
-                "INSERT INTO file_usage (mesh_id, bytes) VALUES ($1, $2) \
-                 ON CONFLICT (mesh_id) DO UPDATE SET bytes = file_usage.bytes + EXCLUDED.bytes \
-                 WHERE file_usage.bytes + EXCLUDED.bytes <= $3 RETURNING bytes",
-                &[&mesh_id, &n, &max],
-            )
-            .await
-            .map_err(pg_error)?;
-        if counted.is_none() {
-            return Ok(false);
-        }
-        tx.execute(
-            "INSERT INTO file_chunk (file_id, seq, data) VALUES ($1, $2, $3)",
-            &[&file_id, &seq, &data],
+        count_bytes(
+            self,
+            mesh_id,
+            file_id,
+            Some((seq, data)),
+            data.len() as u64,
+            max_mesh_bytes,
         )
         .await
-        .map_err(pg_error)?;
-        tx.execute(
-            "UPDATE file SET stored_bytes = stored_bytes + $2 WHERE id = $1",
-            &[&file_id, &n],
-        )
-        .await
-        .map_err(pg_error)?;
-        tx.commit().await.map_err(pg_error)?;
-        Ok(true)
+    }
+
+    async fn file_reserve(
+        &self,
+        mesh_id: &str,
+        file_id: &str,
+        bytes: u64,
+        max_mesh_bytes: u64,
+    ) -> StoreResult<bool> {
+        count_bytes(self, mesh_id, file_id, None, bytes, max_mesh_bytes).await
     }
 
     async fn file_complete(&self, mesh_id: &str, file_id: &str, size: i64) -> StoreResult<()> {
