@@ -5,8 +5,10 @@
 //! handshake is authenticated: the shape checks, the signatures and the replay guard come
 //! first, then the member lookup (and, for a `session_hello`, the member's cluster-wide
 //! handshake rate limit, before its session key is reserved), and only then the capacity
-//! check (one O(1) count of the mesh's live presences) and the listing of the mesh that
-//! `attach` uses. The attach enforces the cap again atomically ([`mesh_full`]), so
+//! check (one O(1) count of the mesh's live presences) and the per-key lookup of the records
+//! `attach` decides by (`Presence::find`: the same session key or `sessionId`; never the
+//! whole mesh). Past their signatures, handshakes take one of `HANDSHAKE_CONCURRENCY`
+//! slots ([`Admission`]) or are told to come back later (`overloaded`, `retryAfterMs`). The attach enforces the cap again atomically ([`mesh_full`]), so
 //! handshakes racing on several replicas cannot overshoot it. A stranger or a
 //! bad signature costs the same at a mesh of 1 and at a full one, and never learns whether
 //! the mesh is full.
@@ -14,7 +16,7 @@
 use serde_json::Value;
 
 use crate::cluster::presence::Presence;
-use crate::cluster::presence::{PeerRole, PresenceRecord};
+use crate::cluster::presence::{PeerRole, PresenceQuery, PresenceRecord};
 use crate::metrics::Metrics;
 use crate::protocol::signing::{self, SignatureError};
 use crate::protocol::{Hello, PeerMeta, SessionHello, codes};
@@ -64,14 +66,201 @@ impl HandshakeError {
         }
     }
 
-    /// Close code and reason: `banned` for a revoked member, else the handshake close with
-    /// the code as its reason.
+    /// Close code and reason: `banned` for a revoked member, `try_again_later` for an
+    /// overloaded replica, else the handshake close with the code as its reason.
     pub fn close(&self) -> (u16, &'static str) {
-        if self.code == "revoked" {
-            codes::BANNED.pair()
-        } else {
-            codes::Close::handshake(self.code)
+        match self.code {
+            "revoked" => codes::BANNED.pair(),
+            OVERLOADED => codes::TRY_AGAIN_LATER.pair(),
+            code => codes::Close::handshake(code),
         }
+    }
+
+    /// The refusal of a handshake an overloaded replica cannot take now: the client should
+    /// come back after `retry_after` (`error.retryAfterMs`).
+    pub fn overloaded(retry_after: std::time::Duration) -> Self {
+        Self::new(
+            OVERLOADED,
+            format!(
+                "this broker is taking too many handshakes; {RETRY_IN}{} ms",
+                retry_after.as_millis()
+            ),
+        )
+    }
+
+    /// The back-off an `overloaded` refusal asks for, in milliseconds.
+    pub fn retry_after_ms(&self) -> Option<u64> {
+        if self.code != OVERLOADED {
+            return None;
+        }
+        let (_, rest) = self.message.split_once(RETRY_IN)?;
+        rest.split(' ').next()?.parse().ok()
+    }
+
+    /// The `error` frame: `{type, code, message, retryAfterMs?, _reqId?}`.
+    pub fn frame(&self, req_id: Option<&str>) -> bytes::Bytes {
+        match self.retry_after_ms() {
+            None => crate::protocol::error_frame(self.code, &self.message, req_id),
+            Some(ms) => {
+                let mut frame = serde_json::json!({
+                    "type": "error",
+                    "code": self.code,
+                    "message": self.message,
+                    "retryAfterMs": ms,
+                });
+                if let Some(r) = req_id {
+                    frame["_reqId"] = r.into();
+                }
+                bytes::Bytes::from(frame.to_string())
+            }
+        }
+    }
+}
+
+/// The handshake error code of an overloaded replica (close 1013 `try_again_later`).
+pub const OVERLOADED: &str = "overloaded";
+const RETRY_IN: &str = "retry in ";
+
+/// Handshake admission: at most `HANDSHAKE_CONCURRENCY` handshakes verify and attach at
+/// once on this replica; the others wait in arrival order (a fair semaphore) for at most
+/// `HANDSHAKE_QUEUE_WAIT_MS`, and at most `HANDSHAKE_QUEUE_MAX` of them. A handshake that
+/// cannot wait is refused `overloaded` with a `retryAfterMs`, never `internal`: a
+/// reconnect storm costs a bounded number of backend calls in flight, so the replica's own
+/// calls (heartbeat, reaper, sends) keep their latency and nothing times out.
+pub struct Admission {
+    slots: Option<std::sync::Arc<tokio::sync::Semaphore>>,
+    concurrency: usize,
+    waiting: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    queue_max: usize,
+    wait: std::time::Duration,
+    retry_after: std::time::Duration,
+    in_flight_gauge: prometheus_client::metrics::gauge::Gauge,
+    waiting_gauge: prometheus_client::metrics::gauge::Gauge,
+    shed: prometheus_client::metrics::family::Family<
+        crate::metrics::ReasonLabel,
+        prometheus_client::metrics::counter::Counter,
+    >,
+}
+
+impl std::fmt::Debug for Admission {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Admission")
+            .field("concurrency", &self.concurrency)
+            .field("queue_max", &self.queue_max)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One admitted handshake's slot, given back when dropped.
+#[derive(Debug)]
+pub struct Slot {
+    _permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    gauge: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}
+
+/// Counts a waiting handshake while it waits (also when its task is dropped meanwhile).
+struct Waiting<'a>(&'a Admission);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0
+            .waiting
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        self.0.waiting_gauge.dec();
+    }
+}
+
+impl Admission {
+    pub fn new(config: &crate::config::Config, metrics: &Metrics) -> Self {
+        let concurrency = config.handshake_concurrency;
+        Admission {
+            slots: (concurrency > 0)
+                .then(|| std::sync::Arc::new(tokio::sync::Semaphore::new(concurrency))),
+            concurrency,
+            waiting: Default::default(),
+            queue_max: config.handshake_queue_max,
+            wait: config.handshake_queue_wait,
+            retry_after: config.handshake_retry_after,
+            in_flight_gauge: metrics.handshakes_in_flight.clone(),
+            waiting_gauge: metrics.handshakes_waiting.clone(),
+            shed: metrics.handshakes_shed.clone(),
+        }
+    }
+
+    fn shed(&self, reason: &'static str) -> std::time::Duration {
+        self.shed
+            .get_or_create(&crate::metrics::ReasonLabel { reason })
+            .inc();
+        self.retry_after()
+    }
+
+    /// `HANDSHAKE_RETRY_AFTER_MS` jittered into [1×, 2×), scaled by how many handshakes
+    /// wait per slot (at most 8×), so that refused clients spread out.
+    fn retry_after(&self) -> std::time::Duration {
+        let per_slot =
+            self.waiting.load(std::sync::atomic::Ordering::Relaxed) / self.concurrency.max(1);
+        let scale = (1 + per_slot).min(8) as f64;
+        let jitter = 1.0 + rand::random::<f64>();
+        self.retry_after.mul_f64(scale * jitter)
+    }
+
+    /// Before a WebSocket upgrade: `Some(retry_after)` when the handshake queue is full, so
+    /// the upgrade is answered 503 with `Retry-After` rather than accepted and refused.
+    pub fn shed_before_upgrade(&self) -> Option<std::time::Duration> {
+        let slots = self.slots.as_ref()?;
+        if slots.available_permits() == 0
+            && self.waiting.load(std::sync::atomic::Ordering::SeqCst) >= self.queue_max
+        {
+            Some(self.shed("upgrade"))
+        } else {
+            None
+        }
+    }
+
+    /// A slot for one handshake: at once when one is free, else after the handshakes that
+    /// came first, within `HANDSHAKE_QUEUE_WAIT_MS`; refused `overloaded` otherwise.
+    pub async fn admit(&self) -> Result<Slot> {
+        let Some(slots) = &self.slots else {
+            self.in_flight_gauge.inc();
+            return Ok(Slot {
+                _permit: None,
+                gauge: self.in_flight_gauge.clone(),
+            });
+        };
+        let permit = match slots.clone().try_acquire_owned() {
+            // Free, and nobody waits before us (the semaphore queues fairly).
+            Ok(p) => p,
+            Err(_) => {
+                let waiting = self
+                    .waiting
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                self.waiting_gauge.inc();
+                let guard = Waiting(self);
+                if waiting >= self.queue_max {
+                    drop(guard);
+                    return Err(HandshakeError::overloaded(self.shed("queue_full")));
+                }
+                match tokio::time::timeout(self.wait, slots.clone().acquire_owned()).await {
+                    Ok(Ok(p)) => p,
+                    // Closed: never (the semaphore is never closed); or timed out.
+                    _ => {
+                        drop(guard);
+                        return Err(HandshakeError::overloaded(self.shed("wait")));
+                    }
+                }
+            }
+        };
+        self.in_flight_gauge.inc();
+        Ok(Slot {
+            _permit: Some(permit),
+            gauge: self.in_flight_gauge.clone(),
+        })
     }
 }
 
@@ -84,8 +273,10 @@ pub struct Verified {
     pub session_key: Option<String>,
     pub peer_role: PeerRole,
     pub meta: PeerMeta,
-    /// The mesh's presence records, listed once the handshake was authenticated and passed
-    /// the capacity check, so the attach that follows does not read them again.
+    /// The presence records the attach decides by (reattach, replacement), read once the
+    /// handshake was authenticated and passed the capacity check: those with the
+    /// handshake's session key or `sessionId` (`Presence::find`, not the whole mesh). A
+    /// superset (the whole mesh) is fine too.
     pub records: Vec<PresenceRecord>,
 }
 
@@ -106,8 +297,8 @@ fn integer_ms(v: &Value) -> Option<i64> {
 }
 
 /// The capacity check, in O(1): the backend keeps a count of the mesh's live presences.
-/// Called only after the handshake is authenticated; the listing `attach` needs follows it.
-async fn check_capacity(deps: &Handshake<'_>, mesh_id: &str) -> Result<Vec<PresenceRecord>> {
+/// Called only after the handshake is authenticated; the lookup `attach` needs follows it.
+async fn check_capacity(deps: &Handshake<'_>, mesh_id: &str) -> Result<()> {
     let open = deps
         .presence
         .live_count(mesh_id)
@@ -116,7 +307,30 @@ async fn check_capacity(deps: &Handshake<'_>, mesh_id: &str) -> Result<Vec<Prese
     if open >= deps.limits.max_connections_per_mesh {
         return Err(mesh_full());
     }
-    deps.presence.list(mesh_id).await.map_err(unavailable)
+    Ok(())
+}
+
+/// The records a handshake can concern, from the backend's per-key indexes (never the
+/// whole mesh): those with its session key (a reattach), with its `sessionId` (a reattach
+/// without session keys, or a replacement) and with the unproven `foreign` key as routing
+/// key (another member's live presence using it).
+async fn related(
+    deps: &Handshake<'_>,
+    mesh_id: &str,
+    session_key: Option<&str>,
+    session_id: Option<&str>,
+    foreign: Option<&str>,
+) -> Result<Vec<PresenceRecord>> {
+    let q = PresenceQuery {
+        session_key,
+        session_id,
+        routing_key: foreign,
+        member_id: None,
+    };
+    if q.is_empty() {
+        return Ok(Vec::new());
+    }
+    deps.presence.find(mesh_id, q).await.map_err(unavailable)
 }
 
 /// The refusal of a handshake that found the mesh full: by the O(1) check before the
@@ -295,7 +509,15 @@ pub async fn verify_hello<'a>(
             ));
         }
     }
-    let records = check_capacity(deps, &mesh.id).await?;
+    check_capacity(deps, &mesh.id).await?;
+    let records = related(
+        deps,
+        &mesh.id,
+        h.session_pubkey.as_deref(),
+        h.meta.session_id.as_deref(),
+        foreign_key.map(String::as_str),
+    )
+    .await?;
     if let Some(sk) = foreign_key
         && records
             .iter()
@@ -412,7 +634,15 @@ pub async fn verify_session_hello<'a>(
         .remember_session_key(&mesh.id, &h.session_pubkey, &member.id, memory)
         .await
         .map_err(unavailable)?;
-    let records = check_capacity(deps, &mesh.id).await?;
+    check_capacity(deps, &mesh.id).await?;
+    let records = related(
+        deps,
+        &mesh.id,
+        Some(&h.session_pubkey),
+        h.meta.session_id.as_deref(),
+        None,
+    )
+    .await?;
     Ok(Verified {
         mesh,
         member,
@@ -452,6 +682,57 @@ mod tests {
         assert_eq!(integer_ms(&serde_json::json!(5.5)), None);
         assert_eq!(integer_ms(&serde_json::json!("5")), None);
         assert_eq!(integer_ms(&Value::Null), None);
+    }
+
+    #[test]
+    fn overloaded_asks_to_retry_later_with_its_delay() {
+        let e = HandshakeError::overloaded(std::time::Duration::from_millis(1234));
+        assert_eq!(e.close(), codes::TRY_AGAIN_LATER.pair());
+        assert_eq!(e.retry_after_ms(), Some(1234));
+        let frame: Value = serde_json::from_slice(&e.frame(Some("r1"))).expect("json");
+        assert_eq!(frame["type"], "error");
+        assert_eq!(frame["code"], "overloaded");
+        assert_eq!(frame["retryAfterMs"], 1234);
+        assert_eq!(frame["_reqId"], "r1");
+        let other: Value = serde_json::from_slice(&mesh_full().frame(None)).expect("json");
+        assert!(other.get("retryAfterMs").is_none());
+    }
+
+    #[tokio::test]
+    async fn admission_bounds_handshakes_and_sheds_the_rest() {
+        let mut config = crate::config::Config::from_source(&std::collections::BTreeMap::from([
+            ("HANDSHAKE_CONCURRENCY".to_string(), "1".to_string()),
+            ("HANDSHAKE_QUEUE_MAX".to_string(), "1".to_string()),
+            ("HANDSHAKE_QUEUE_WAIT_MS".to_string(), "50".to_string()),
+        ]))
+        .expect("config");
+        config.handshake_retry_after = std::time::Duration::from_millis(100);
+        let metrics = Metrics::new();
+        let admission = Admission::new(&config, &metrics);
+        let first = admission.admit().await.expect("a free slot");
+        assert_eq!(metrics.handshakes_in_flight.get(), 1);
+        // The second waits; a third finds the queue full at once.
+        let second = admission.admit();
+        tokio::pin!(second);
+        assert!(futures_util::poll!(&mut second).is_pending());
+        assert!(admission.shed_before_upgrade().is_some());
+        let third = admission.admit().await.expect_err("queue full");
+        assert_eq!(third.code, OVERLOADED);
+        assert!(
+            third
+                .retry_after_ms()
+                .is_some_and(|ms| (100..=1600).contains(&ms))
+        );
+        // The slot freed goes to the one waiting.
+        drop(first);
+        let second = second.await.expect("admitted in turn");
+        assert_eq!(metrics.handshakes_waiting.get(), 0);
+        // Nobody frees it now: the next one times out waiting.
+        let late = admission.admit().await.expect_err("waited too long");
+        assert_eq!(late.code, OVERLOADED);
+        drop(second);
+        assert_eq!(metrics.handshakes_in_flight.get(), 0);
+        admission.admit().await.expect("free again");
     }
 
     #[test]

@@ -70,6 +70,12 @@ pub const SETTINGS: &[Setting] = &[
         doc: "Redis. With `DATABASE_URL`: cluster mode.",
     },
     Setting {
+        name: "REDIS_MODE",
+        default: "single",
+        unit: "mode",
+        doc: "`single` (one Redis) or `cluster`: `REDIS_URL` is then a comma-separated list of seed nodes of a Redis Cluster (sharded pub/sub, hash-tagged keys; see docs/redis-cluster.md).",
+    },
+    Setting {
         name: "REDIS_PREFIX",
         default: "mesh",
         unit: "string",
@@ -184,6 +190,36 @@ pub const SETTINGS: &[Setting] = &[
         doc: "A socket without a completed handshake after this long is closed 1008 `hello_timeout`.",
     },
     Setting {
+        name: "HANDSHAKE_CONCURRENCY",
+        default: "32",
+        unit: "handshakes",
+        doc: "Handshakes (`hello`, `session_hello`) this replica checks (signatures, store and presence lookups) and attaches at once; the others wait their turn in arrival order (`broker_handshakes_in_flight`, `broker_handshakes_waiting`). Bounds the Redis and PostgreSQL calls of a reconnect storm so that the replica's own calls (heartbeat, reaper) keep their latency. `0` disables the bound.",
+    },
+    Setting {
+        name: "HANDSHAKE_QUEUE_MAX",
+        default: "4096",
+        unit: "handshakes",
+        doc: "Handshakes that may wait for a `HANDSHAKE_CONCURRENCY` slot; beyond it a hello is refused at once `error{code:\"overloaded\", retryAfterMs}` and closed 1013 `try_again_later`, and while it is full and no slot is free a WebSocket upgrade is answered 503 with `Retry-After` (`broker_handshakes_shed_total`).",
+    },
+    Setting {
+        name: "HANDSHAKE_QUEUE_WAIT_MS",
+        default: "6000",
+        unit: "ms",
+        doc: "Longest wait of a handshake for a `HANDSHAKE_CONCURRENCY` slot; then it is refused `overloaded` with a `retryAfterMs` (`broker_handshakes_shed_total{reason=\"wait\"}`). Keep it below `HELLO_TIMEOUT_MS`: waiting in turn is cheaper than a refused client's reconnect.",
+    },
+    Setting {
+        name: "HANDSHAKE_RETRY_AFTER_MS",
+        default: "1000",
+        unit: "ms",
+        doc: "The back-off an `overloaded` refusal asks for: `retryAfterMs` is drawn uniformly from [this, 2 × this), times 1 + the waiting handshakes per slot (capped at 8×), so that refused clients spread out; the 503 before an upgrade says it in whole seconds (`Retry-After`).",
+    },
+    Setting {
+        name: "PRESENCE_CACHE_TTL_MS",
+        default: "1000",
+        unit: "ms",
+        doc: "Cluster mode: how long a replica trusts its cached listing of a mesh's presences (broadcast and group fan-out, join/leave recipients) without an invalidation. Presence events of the mesh (join, leave, visibility, replacement) drop it at once on every replica with sockets in the mesh; the TTL bounds what no event announces (a reattach from grace, a group change on another replica). `0` disables the cache (`broker_presence_cache_total`).",
+    },
+    Setting {
         name: "TIMESTAMP_SKEW_MS",
         default: "60000",
         unit: "ms",
@@ -220,6 +256,18 @@ pub const SETTINGS: &[Setting] = &[
         doc: "A pushed direct message not acknowledged by `client_ack` within this lease is pushed again.",
     },
     Setting {
+        name: "DIRECT_PUSH",
+        default: "false",
+        unit: "bool",
+        doc: "`true`: a committed direct message travels in its doorbell and the recipient's replica pushes it without a claim (lower latency: no claim round trip). `false`: the doorbell only rings and the recipient's connections claim the message from the store. Off by default: on the measured closed loop the pushed path cost PostgreSQL about 70 % more CPU per message and halved throughput (docs/benchmarks.md, sitting of 2026-12-01 18:50).",
+    },
+    Setting {
+        name: "DIRECT_LEASE_DELAY_MS",
+        default: "1000",
+        unit: "ms",
+        doc: "A direct message pushed by its doorbell (no claim) gets its lease recorded in the store only if it is still unacknowledged this long after the push (at most half of `CLAIM_LEASE_MS`): most are confirmed sooner, and their queue row is never updated. Until then another connection of the member may claim it too (a duplicate, never a loss).",
+    },
+    Setting {
         name: "QUEUE_TTL_MS",
         default: "604800000",
         unit: "ms",
@@ -254,6 +302,24 @@ pub const SETTINGS: &[Setting] = &[
         default: "10000",
         unit: "entries",
         doc: "Most hook statuses kept waiting for presences at once: cluster-wide in Redis, per replica on a single node (or while Redis fails); further ones are dropped (`broker_hook_pending_dropped_total`).",
+    },
+    Setting {
+        name: "AUDIT_BUFFER",
+        default: "16384",
+        unit: "events",
+        doc: "Most audit events (`message_sent`, `peer_joined`, …) waiting to be appended to their chains; one that finds the buffer full is appended on a task of its own (`broker_audit_buffer_full_total`, never dropped). Shutdown writes the buffer out.",
+    },
+    Setting {
+        name: "AUDIT_BATCH_MAX",
+        default: "1024",
+        unit: "events",
+        doc: "Most buffered audit events appended as one batch (one lock in memory, one transaction per mesh in PostgreSQL); each event is still its own chain entry.",
+    },
+    Setting {
+        name: "AUDIT_FLUSH_MS",
+        default: "10",
+        unit: "ms",
+        doc: "Longest an audit event waits in the buffer for its batch to fill (`AUDIT_BATCH_MAX`) before the batch is appended; 0 appends whatever is buffered at once.",
     },
     Setting {
         name: "HOOK_MAX_CWD_BYTES",
@@ -554,6 +620,72 @@ pub const SETTINGS: &[Setting] = &[
         default: "600000",
         unit: "ms",
         doc: "Longest `POST /upload` body transfer (beyond it: 408, the partial upload dropped). An incomplete upload older than twice this (its replica died) is dropped by the next upload to its mesh.",
+    },
+    Setting {
+        name: "FILES_S3_ENDPOINT",
+        default: "",
+        unit: "URL",
+        doc: "An S3-compatible object store for file bodies (`http(s)://host[:port]`); metadata, keys and the byte budget stay in PostgreSQL. Unset: bodies are PostgreSQL chunks. Needs `FILES_S3_BUCKET`, `FILES_S3_ACCESS_KEY_ID` and `FILES_S3_SECRET_ACCESS_KEY` (else exit 64).",
+    },
+    Setting {
+        name: "FILES_S3_BUCKET",
+        default: "",
+        unit: "name",
+        doc: "Bucket of the file objects (it must exist).",
+    },
+    Setting {
+        name: "FILES_S3_REGION",
+        default: "us-east-1",
+        unit: "name",
+        doc: "Region the requests are signed for (SigV4).",
+    },
+    Setting {
+        name: "FILES_S3_ACCESS_KEY_ID",
+        default: "",
+        unit: "string",
+        doc: "Access key id of the object store.",
+    },
+    Setting {
+        name: "FILES_S3_SECRET_ACCESS_KEY",
+        default: "",
+        unit: "secret",
+        doc: "Secret access key of the object store (never logged).",
+    },
+    Setting {
+        name: "FILES_S3_PATH_STYLE",
+        default: "true",
+        unit: "bool",
+        doc: "`true`: `<endpoint>/<bucket>/<key>` URLs (MinIO, most self-hosted stores); `false`: virtual-host `<bucket>.<host>` URLs (AWS).",
+    },
+    Setting {
+        name: "FILES_S3_PRESIGN",
+        default: "false",
+        unit: "bool",
+        doc: "`true`: `get_file` answers a presigned GET of the object valid for `FILE_URL_TTL_MS`, and `GET /download/<id>` answers 302 to one (clients fetch from the store); `false`: the broker streams the object itself (the store need not be reachable by clients).",
+    },
+    Setting {
+        name: "FILES_S3_PREFIX",
+        default: "files/",
+        unit: "string",
+        doc: "Prefix of every object key (`<prefix><meshId>/<fileId>`); the orphan sweep only looks under it.",
+    },
+    Setting {
+        name: "FILES_S3_PART_BYTES",
+        default: "8388608",
+        unit: "bytes",
+        doc: "Part size of multipart uploads, at least 5242880 (S3's minimum): one upload holds at most this in memory; a file up to it is one PUT.",
+    },
+    Setting {
+        name: "FILES_S3_TIMEOUT_MS",
+        default: "30000",
+        unit: "ms",
+        doc: "Longest wait for one object-store request's answer (connect included); beyond it, or when the store is unreachable, the upload or download answers 503 `{ok:false, error:\"file object store unavailable\"}` and nothing stays stored.",
+    },
+    Setting {
+        name: "FILES_S3_SWEEP_INTERVAL_MS",
+        default: "3600000",
+        unit: "ms",
+        doc: "How often each replica deletes orphaned objects (older than twice `FILE_UPLOAD_TIMEOUT_MS`, without a visible file row: a crash between an object and its row, a failed delete).",
     },
     Setting {
         name: "PEER_RELAY_TIMEOUT_MS",
@@ -998,6 +1130,8 @@ pub struct Config {
     pub database_url: Option<String>,
     pub redis_url: Option<String>,
     pub redis_prefix: String,
+    /// `REDIS_MODE=cluster`: `redis_url` lists seed nodes of a Redis Cluster.
+    pub redis_cluster: bool,
     pub heartbeat_interval: Duration,
     pub node_dead_after: Duration,
     pub database_pool_size: usize,
@@ -1023,16 +1157,33 @@ pub struct Config {
     pub timestamp_skew: Duration,
     /// Signatures kept per replica as the second replay guard (`REPLAY_CACHE_MAX`).
     pub replay_cache_max: usize,
+    /// `HANDSHAKE_CONCURRENCY` (0: unbounded).
+    pub handshake_concurrency: usize,
+    /// `HANDSHAKE_QUEUE_MAX`.
+    pub handshake_queue_max: usize,
+    /// `HANDSHAKE_QUEUE_WAIT_MS`.
+    pub handshake_queue_wait: Duration,
+    /// `HANDSHAKE_RETRY_AFTER_MS`.
+    pub handshake_retry_after: Duration,
+    /// `PRESENCE_CACHE_TTL_MS` (zero: no cache).
+    pub presence_cache_ttl: Duration,
     pub session_key_memory: Duration,
     pub ping_interval: Duration,
     pub pong_timeout: Duration,
     pub claim_lease: Duration,
+    /// `DIRECT_PUSH`: doorbells carry committed direct messages.
+    pub direct_push: bool,
+    /// `DIRECT_LEASE_DELAY_MS`, capped at half the claim lease.
+    pub direct_lease_delay: Duration,
     pub queue_ttl: Duration,
     pub outbound_queue_bytes: usize,
     pub held_queue_bytes: usize,
     pub hook_rate_per_min: u32,
     pub hook_pending: Duration,
     pub hook_pending_max: usize,
+    pub audit_buffer: usize,
+    pub audit_batch_max: usize,
+    pub audit_flush: Duration,
     pub hook_max_cwd_bytes: usize,
     /// 0 disables the limit.
     pub hook_rate_per_source_per_min: u32,
@@ -1088,6 +1239,8 @@ pub struct Config {
     pub max_file_accesses: usize,
     pub file_url_ttl: Duration,
     pub file_upload_timeout: Duration,
+    /// `FILES_S3_*`: `None` keeps file bodies in the store.
+    pub files_s3: Option<crate::objects::S3Config>,
     /// `PEER_RELAY_TIMEOUT_MS`.
     pub peer_relay_timeout: Duration,
     /// `MCP_CALL_TIMEOUT_MS`.
@@ -1192,6 +1345,17 @@ impl Config {
             database_url: r.optional("DATABASE_URL"),
             redis_url: r.optional("REDIS_URL"),
             redis_prefix: r.value("REDIS_PREFIX"),
+            redis_cluster: match r.value("REDIS_MODE").as_str() {
+                "single" => false,
+                "cluster" => true,
+                other => {
+                    return Err(ConfigError::Invalid {
+                        name: "REDIS_MODE",
+                        value: other.into(),
+                        why: "must be single or cluster".into(),
+                    });
+                }
+            },
             heartbeat_interval: r.positive_millis("HEARTBEAT_INTERVAL_MS")?,
             node_dead_after: r.positive_millis("NODE_DEAD_AFTER_MS")?,
             database_pool_size: r.parse_min("DATABASE_POOL_SIZE", 1)?,
@@ -1215,16 +1379,28 @@ impl Config {
             hello_timeout: r.positive_millis("HELLO_TIMEOUT_MS")?,
             timestamp_skew: r.millis("TIMESTAMP_SKEW_MS")?,
             replay_cache_max: r.parse("REPLAY_CACHE_MAX")?,
+            handshake_concurrency: r.parse("HANDSHAKE_CONCURRENCY")?,
+            handshake_queue_max: r.parse("HANDSHAKE_QUEUE_MAX")?,
+            handshake_queue_wait: r.millis("HANDSHAKE_QUEUE_WAIT_MS")?,
+            handshake_retry_after: r.positive_millis("HANDSHAKE_RETRY_AFTER_MS")?,
+            presence_cache_ttl: r.millis("PRESENCE_CACHE_TTL_MS")?,
             session_key_memory: r.millis("SESSION_KEY_MEMORY_MS")?,
             ping_interval: r.positive_millis("PING_INTERVAL_MS")?,
             pong_timeout: r.positive_millis("PONG_TIMEOUT_MS")?,
             claim_lease: r.positive_millis("CLAIM_LEASE_MS")?,
+            direct_push: r.parse("DIRECT_PUSH")?,
+            direct_lease_delay: r
+                .millis("DIRECT_LEASE_DELAY_MS")?
+                .min(r.positive_millis("CLAIM_LEASE_MS")? / 2),
             queue_ttl: r.millis("QUEUE_TTL_MS")?,
             outbound_queue_bytes: r.parse_min("OUTBOUND_QUEUE_BYTES", 1024)?,
             held_queue_bytes: r.parse("HELD_QUEUE_BYTES")?,
             hook_rate_per_min: r.parse("HOOK_RATE_PER_MIN")?,
             hook_pending: r.millis("HOOK_PENDING_MS")?,
             hook_pending_max: r.parse("HOOK_PENDING_MAX")?,
+            audit_buffer: r.parse_min("AUDIT_BUFFER", 1)?,
+            audit_batch_max: r.parse_min("AUDIT_BATCH_MAX", 1)?,
+            audit_flush: r.millis("AUDIT_FLUSH_MS")?,
             hook_max_cwd_bytes: r.parse_min("HOOK_MAX_CWD_BYTES", 1)?,
             hook_rate_per_source_per_min: r.parse("HOOK_RATE_PER_SOURCE_PER_MIN")?,
             max_groups_per_presence: r.parse("MAX_GROUPS_PER_PRESENCE")?,
@@ -1267,6 +1443,7 @@ impl Config {
             max_file_accesses: r.parse_min("MAX_FILE_ACCESSES", 1)?,
             file_url_ttl: r.positive_millis("FILE_URL_TTL_MS")?,
             file_upload_timeout: r.positive_millis("FILE_UPLOAD_TIMEOUT_MS")?,
+            files_s3: files_s3(&r)?,
             peer_relay_timeout: r.positive_millis("PEER_RELAY_TIMEOUT_MS")?,
             mcp_call_timeout: r.positive_millis("MCP_CALL_TIMEOUT_MS")?,
             max_pending_peer_requests_per_presence: r
@@ -1421,6 +1598,39 @@ impl Config {
             .collect();
         Self::from_source(&map)
     }
+}
+
+/// The `FILES_S3_*` settings: `None` without an endpoint.
+fn files_s3(r: &Reader<'_>) -> Result<Option<crate::objects::S3Config>, ConfigError> {
+    let Some(raw) = r.optional("FILES_S3_ENDPOINT") else {
+        return Ok(None);
+    };
+    let endpoint = url::Url::parse(&raw).map_err(|e| r.invalid("FILES_S3_ENDPOINT", &raw, e))?;
+    let required = |name: &str| {
+        r.optional(name)
+            .ok_or_else(|| r.invalid(name, "", "required with FILES_S3_ENDPOINT"))
+    };
+    let c = crate::objects::S3Config {
+        endpoint,
+        bucket: required("FILES_S3_BUCKET")?,
+        region: r.value("FILES_S3_REGION"),
+        access_key_id: required("FILES_S3_ACCESS_KEY_ID")?,
+        secret_access_key: zeroize::Zeroizing::new(required("FILES_S3_SECRET_ACCESS_KEY")?),
+        path_style: r.parse("FILES_S3_PATH_STYLE")?,
+        presign: r.parse("FILES_S3_PRESIGN")?,
+        prefix: r.value("FILES_S3_PREFIX"),
+        part_bytes: r.parse_min("FILES_S3_PART_BYTES", crate::objects::MIN_PART_BYTES)?,
+        timeout: r.positive_millis("FILES_S3_TIMEOUT_MS")?,
+        sweep_interval: r.positive_millis("FILES_S3_SWEEP_INTERVAL_MS")?,
+    };
+    crate::objects::Objects::new(&c).map_err(|e| {
+        r.invalid(
+            "FILES_S3_ENDPOINT",
+            c.endpoint.as_str(),
+            format!("no usable bucket URL with FILES_S3_BUCKET and FILES_S3_PATH_STYLE: {e}"),
+        )
+    })?;
+    Ok(Some(c))
 }
 
 /// Largest accepted value of a `*_MS` setting (365 days).

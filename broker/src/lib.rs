@@ -12,6 +12,7 @@ pub mod ids;
 pub mod lifecycle;
 pub mod metrics;
 pub mod node;
+pub mod objects;
 pub mod outbound;
 pub mod protocol;
 pub mod rest;
@@ -165,6 +166,13 @@ pub async fn run(
             workers::watcher::run(node.clone())
         });
     }
+    // Orphaned file objects (extensions §19.1), with an object store only.
+    if node.config.files_s3.is_some() {
+        let node = node.clone();
+        workers.spawn("file_objects", Restart::OnFailure, move || {
+            objects::run_sweep(node.clone())
+        });
+    }
     if clustered {
         let n = node.clone();
         workers.spawn("housekeeping", Restart::OnFailure, move || {
@@ -205,6 +213,9 @@ async fn open_cluster(
             Arc::new(MemoryBus::new(sink)),
         ));
     };
+    if config.redis_cluster {
+        return open_redis_cluster(config, metrics, sink, stop).await;
+    }
     // Pub/sub needs RESP3 pushes for automatic resubscription after a reconnect.
     let url = if url.contains("protocol=") {
         url.clone()
@@ -248,6 +259,90 @@ async fn open_cluster(
     Ok((Arc::new(presence), Arc::new(bus)))
 }
 
+/// [`open_cluster`] on Redis Cluster (`REDIS_MODE=cluster`): the same backends on
+/// cluster connections (routed by slot), sharded pub/sub, hash-tagged keys.
+async fn open_redis_cluster(
+    config: &Config,
+    metrics: &Metrics,
+    sink: BusSink,
+    stop: CancellationToken,
+) -> Result<ClusterBackends, RunError> {
+    let nodes = redis_cluster_nodes(config)?;
+    let deadline = tokio::time::Instant::now() + config.database_connect_timeout;
+    let conn = loop {
+        match redis_cluster_connection(&nodes).await {
+            Ok(c) => break c,
+            Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
+            Err(e) => {
+                tracing::warn!(error = %e, "waiting for Redis Cluster");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    };
+    let prefix = &config.redis_prefix;
+    let publisher = redis_cluster_connection(&nodes).await?;
+    let bus = RedisBus::connect_cluster(&nodes, publisher, prefix, &config.instance_id, sink, stop)
+        .await
+        .map_err(|e| RunError::Database(format!("Redis Cluster pub/sub: {e}")))?;
+    let presence = RedisPresence::new(conn, prefix)
+        .with_replay_cache(
+            config.replay_cache_max,
+            metrics.replay_cache_evictions.clone(),
+        )
+        .with_process_ttl(config.ping_interval * 4);
+    Ok((Arc::new(presence), Arc::new(bus)))
+}
+
+/// The seed nodes of `REDIS_URL` with `REDIS_MODE=cluster` (comma-separated URLs).
+fn redis_cluster_nodes(config: &Config) -> Result<Vec<String>, RunError> {
+    let nodes: Vec<String> = config
+        .redis_url
+        .as_deref()
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(str::to_string)
+        .collect();
+    if nodes.is_empty() {
+        return Err(RunError::Unsupported(
+            "REDIS_URL: no Redis Cluster seed node".into(),
+        ));
+    }
+    Ok(nodes)
+}
+
+/// One connection to a Redis Cluster (one multiplexed connection per shard, routed by
+/// slot), with the timeouts of [`redis_manager_config`].
+async fn redis_cluster_connection(
+    nodes: &[String],
+) -> Result<redis::cluster_async::ClusterConnection, RunError> {
+    redis::cluster::ClusterClientBuilder::new(nodes.to_vec())
+        .connection_timeout(Duration::from_secs(2))
+        .response_timeout(Duration::from_secs(2))
+        // A MOVED or ASK redirect (a shard restarted, slots moved) takes a retry.
+        .retries(3)
+        .build()
+        .map_err(|e| RunError::Unsupported(format!("REDIS_URL: {e}")))?
+        .get_async_connection()
+        .await
+        .map_err(|e| RunError::Database(format!("Redis Cluster is unreachable: {e}")))
+}
+
+/// A connection of this replica's own to `REDIS_URL`, one Redis or Redis Cluster.
+async fn redis_any_connection(
+    config: &Config,
+    url: &str,
+) -> Result<cluster::redis_conn::RedisConn, RunError> {
+    if config.redis_cluster {
+        Ok(redis_cluster_connection(&redis_cluster_nodes(config)?)
+            .await?
+            .into())
+    } else {
+        Ok(redis_connection(&redis_client(url)?).await?.into())
+    }
+}
+
 /// How every Redis connection of a replica behaves: fail fast while Redis is down (callers
 /// degrade, see docs/statelessness.md) and reconnect on the next command.
 fn redis_manager_config() -> redis::aio::ConnectionManagerConfig {
@@ -281,7 +376,7 @@ async fn open_stream_subscriptions(
             cluster::subscriptions::MemoryStreamSubscriptions::new(),
         ));
     };
-    let conn = redis_connection(&redis_client(url)?).await?;
+    let conn = redis_any_connection(config, url).await?;
     Ok(Arc::new(
         cluster::subscriptions::RedisStreamSubscriptions::new(conn, &config.redis_prefix),
     ))
@@ -296,7 +391,7 @@ async fn open_mcp_registry(
     let Some(url) = &config.redis_url else {
         return Ok(Arc::new(cluster::mcp_registry::MemoryMcpRegistry::new()));
     };
-    let conn = redis_connection(&redis_client(url)?).await?;
+    let conn = redis_any_connection(config, url).await?;
     Ok(Arc::new(cluster::mcp_registry::RedisMcpRegistry::new(
         conn,
         &config.redis_prefix,
@@ -329,10 +424,16 @@ async fn drain(node: &Arc<Node>) {
     let all_done = async {
         spread.await;
         node.tracker.wait().await;
+        // The sessions are done: write out the audit events they left in the buffer.
+        node.auditor.flush().await;
     };
     if tokio::time::timeout_at(deadline, all_done).await.is_err() {
         info!("shutdown deadline reached: dropping what is left");
     }
     node.kill.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(1), node.tracker.wait()).await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        node.tracker.wait().await;
+        node.auditor.flush().await;
+    })
+    .await;
 }

@@ -26,6 +26,11 @@ pub struct CapLabel {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PathLabel {
+    pub path: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct WorkerLabel {
     pub worker: &'static str,
 }
@@ -42,6 +47,8 @@ pub struct Metrics {
     pub messages_rejected: Family<ReasonLabel, Counter>,
     pub messages_dropped_by_grant: Family<CapLabel, Counter>,
     pub pushes_total: Counter,
+    pub direct_pushes: Family<PathLabel, Counter>,
+    pub direct_leases_lost: Counter,
     pub queue_depth: Gauge,
     pub handshake_seconds: Histogram,
     pub delivery_seconds: Histogram,
@@ -49,6 +56,8 @@ pub struct Metrics {
     pub outbound_queue_bytes: Gauge,
     pub presences_expired: Counter,
     pub audit_write_failures: Counter,
+    pub audit_buffered: Gauge,
+    pub audit_buffer_full: Counter,
     pub db_healthy: Gauge,
     pub presences_reaped: Counter,
     pub pubsub_healthy: Gauge,
@@ -87,6 +96,7 @@ pub struct Metrics {
     pub file_requests_refused: Family<ReasonLabel, Counter>,
     pub file_bytes_uploaded: Counter,
     pub file_bytes_downloaded: Counter,
+    pub file_objects_swept: Counter,
     pub webhook_requests_refused: Family<ReasonLabel, Counter>,
     pub webhook_deliveries: Counter,
     pub watch_requests_refused: Family<ReasonLabel, Counter>,
@@ -103,6 +113,10 @@ pub struct Metrics {
     pub scheduled_fires: Family<ReasonLabel, Counter>,
     pub clock_ticks: Counter,
     pub clocks_held: Gauge,
+    pub handshakes_in_flight: Gauge,
+    pub handshakes_waiting: Gauge,
+    pub handshakes_shed: Family<ReasonLabel, Counter>,
+    pub presence_cache: Family<ReasonLabel, Counter>,
 }
 
 /// `(name, help)` of every metric, as the registry exposes them (docs and tests read it).
@@ -148,6 +162,16 @@ pub const CATALOGUE: &[(&str, &str, &str)] = &[
         "Message pushes written to local sockets (direct and fan-out).",
     ),
     (
+        "broker_direct_pushes_total",
+        "counter",
+        "Direct messages pushed to local sockets, by `path`: `doorbell` (the bus event carried the committed message: no claim) or `claim` (claimed from the store: a reconnect, a re-push after the lease, an older replica's doorbell).",
+    ),
+    (
+        "broker_direct_leases_lost_total",
+        "counter",
+        "Direct messages pushed by doorbell whose lease was not recorded when it was due (`DIRECT_LEASE_DELAY_MS` after the push): confirmed meanwhile (the usual case), claimed by another connection first (which pushes them too), or the store failed.",
+    ),
+    (
         "broker_queue_depth",
         "gauge",
         "Undelivered direct messages in the store.",
@@ -180,7 +204,17 @@ pub const CATALOGUE: &[(&str, &str, &str)] = &[
     (
         "broker_audit_write_failures_total",
         "counter",
-        "Audit chain appends that failed (each is also logged).",
+        "Audit events whose append failed (counted per event of a failed batch; each failure is also logged).",
+    ),
+    (
+        "broker_audit_buffered",
+        "gauge",
+        "Audit events waiting in the buffer (`AUDIT_BUFFER`) to be appended.",
+    ),
+    (
+        "broker_audit_buffer_full_total",
+        "counter",
+        "Audit events that found the buffer full and were appended on a task of their own.",
     ),
     (
         "broker_presences_reaped_total",
@@ -360,7 +394,7 @@ pub const CATALOGUE: &[(&str, &str, &str)] = &[
     (
         "broker_file_requests_refused_total",
         "counter",
-        "File requests refused (frames, `POST /upload`, `GET /download/…`), by `reason` (not_found, not_targeted, forbidden, invalid, too_many_keys, revoked, disabled, unauthorized, too_large, mesh_full, timeout, store).",
+        "File requests refused (frames, `POST /upload`, `GET /download/…`), by `reason` (not_found, not_targeted, forbidden, invalid, too_many_keys, revoked, disabled, unauthorized, too_large, mesh_full, timeout, store, object_store: the `FILES_S3_*` object store failed or timed out).",
     ),
     (
         "broker_file_bytes_uploaded_total",
@@ -371,6 +405,11 @@ pub const CATALOGUE: &[(&str, &str, &str)] = &[
         "broker_file_bytes_downloaded_total",
         "counter",
         "Bytes of file bodies sent by downloads through this replica.",
+    ),
+    (
+        "broker_file_objects_swept_total",
+        "counter",
+        "Orphaned file objects (a crash between an object and its row, or a failed delete) deleted from the `FILES_S3_BUCKET` by the `file_objects` worker.",
     ),
     (
         "broker_webhook_requests_refused_total",
@@ -453,6 +492,26 @@ pub const CATALOGUE: &[(&str, &str, &str)] = &[
         "Simulation clocks whose authority lease this replica holds (at most `CLOCK_MAX_PER_REPLICA`).",
     ),
     (
+        "broker_handshakes_in_flight",
+        "gauge",
+        "Handshakes holding one of the `HANDSHAKE_CONCURRENCY` slots (verifying or attaching).",
+    ),
+    (
+        "broker_handshakes_waiting",
+        "gauge",
+        "Handshakes waiting, in arrival order, for a `HANDSHAKE_CONCURRENCY` slot (at most `HANDSHAKE_QUEUE_MAX`).",
+    ),
+    (
+        "broker_handshakes_shed_total",
+        "counter",
+        "Handshakes told to come back later (`overloaded` with `retryAfterMs`, or a 503 with `Retry-After` before the upgrade), by `reason` (queue_full: `HANDSHAKE_QUEUE_MAX` waited already; wait: no slot within `HANDSHAKE_QUEUE_WAIT_MS`; upgrade: refused before the WebSocket upgrade).",
+    ),
+    (
+        "broker_presence_cache_total",
+        "counter",
+        "Lookups of this replica's presence cache (fan-out and join/leave recipients), by `reason` (hit, miss: listed from the presence backend; invalidated: an entry dropped by a presence event of its mesh).",
+    ),
+    (
         "broker_otel_export_failures_total",
         "counter",
         "OTLP span exports that failed or timed out (each failure is logged, at most once a minute).",
@@ -476,6 +535,8 @@ impl Metrics {
             messages_rejected: Family::default(),
             messages_dropped_by_grant: Family::default(),
             pushes_total: Counter::default(),
+            direct_pushes: Family::default(),
+            direct_leases_lost: Counter::default(),
             queue_depth: Gauge::default(),
             handshake_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             delivery_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 20)),
@@ -483,6 +544,8 @@ impl Metrics {
             outbound_queue_bytes: Gauge::default(),
             presences_expired: Counter::default(),
             audit_write_failures: Counter::default(),
+            audit_buffered: Gauge::default(),
+            audit_buffer_full: Counter::default(),
             db_healthy: Gauge::default(),
             presences_reaped: Counter::default(),
             pubsub_healthy: Gauge::default(),
@@ -521,6 +584,7 @@ impl Metrics {
             file_requests_refused: Family::default(),
             file_bytes_uploaded: Counter::default(),
             file_bytes_downloaded: Counter::default(),
+            file_objects_swept: Counter::default(),
             webhook_requests_refused: Family::default(),
             webhook_deliveries: Counter::default(),
             watch_requests_refused: Family::default(),
@@ -537,6 +601,10 @@ impl Metrics {
             scheduled_fires: Family::default(),
             clock_ticks: Counter::default(),
             clocks_held: Gauge::default(),
+            handshakes_in_flight: Gauge::default(),
+            handshakes_waiting: Gauge::default(),
+            handshakes_shed: Family::default(),
+            presence_cache: Family::default(),
             registry: Registry::default(),
         };
         // prometheus-client appends `_total` to counters itself, so counters are registered
@@ -567,6 +635,8 @@ impl Metrics {
             m.messages_dropped_by_grant
         );
         register!("broker_pushes_total", m.pushes_total);
+        register!("broker_direct_pushes_total", m.direct_pushes);
+        register!("broker_direct_leases_lost_total", m.direct_leases_lost);
         register!("broker_queue_depth", m.queue_depth);
         register!("broker_handshake_seconds", m.handshake_seconds);
         register!("broker_delivery_seconds", m.delivery_seconds);
@@ -574,6 +644,8 @@ impl Metrics {
         register!("broker_outbound_queue_bytes", m.outbound_queue_bytes);
         register!("broker_presences_expired_total", m.presences_expired);
         register!("broker_audit_write_failures_total", m.audit_write_failures);
+        register!("broker_audit_buffered", m.audit_buffered);
+        register!("broker_audit_buffer_full_total", m.audit_buffer_full);
         register!("broker_db_healthy", m.db_healthy);
         register!("broker_presences_reaped_total", m.presences_reaped);
         register!("broker_pubsub_healthy", m.pubsub_healthy);
@@ -660,6 +732,7 @@ impl Metrics {
             "broker_file_bytes_downloaded_total",
             m.file_bytes_downloaded
         );
+        register!("broker_file_objects_swept_total", m.file_objects_swept);
         register!(
             "broker_webhook_requests_refused_total",
             m.webhook_requests_refused
@@ -694,6 +767,10 @@ impl Metrics {
         register!("broker_scheduled_fires_total", m.scheduled_fires);
         register!("broker_clock_ticks_total", m.clock_ticks);
         register!("broker_clocks_held", m.clocks_held);
+        register!("broker_handshakes_in_flight", m.handshakes_in_flight);
+        register!("broker_handshakes_waiting", m.handshakes_waiting);
+        register!("broker_handshakes_shed_total", m.handshakes_shed);
+        register!("broker_presence_cache_total", m.presence_cache);
         // Process-wide, like the exporter they count (see `telemetry::EXPORT_STATS`).
         register!(
             "broker_otel_export_failures_total",
@@ -734,6 +811,11 @@ impl Metrics {
         self.messages_rejected
             .get_or_create(&ReasonLabel { reason })
             .inc();
+    }
+
+    /// One direct message pushed, by `path` (see `labels::DIRECT_PUSH_PATHS`).
+    pub fn direct_push(&self, path: &'static str) {
+        self.direct_pushes.get_or_create(&PathLabel { path }).inc();
     }
 
     pub fn drop_by_grant(&self, cap: &'static str) {
@@ -915,6 +997,8 @@ pub mod labels {
     ];
     /// `broker_messages_dropped_by_grant_total`.
     pub const GRANT_CAPS: &[&str] = &["dm", "broadcast"];
+    /// `broker_direct_pushes_total`.
+    pub const DIRECT_PUSH_PATHS: &[&str] = &["doorbell", "claim"];
     /// `broker_replica_heals_total`.
     pub const HEALS: &[&str] = &["clock_gap", "reaped"];
     /// `broker_hook_requests_rejected_total`.
@@ -975,6 +1059,7 @@ pub mod labels {
         "scheduler",
         "clock_authority",
         "watcher",
+        "file_objects",
     ];
     /// `broker_task_requests_refused_total`.
     pub const TASK_REFUSALS: &[&str] = &[
@@ -1048,6 +1133,7 @@ pub mod labels {
         "mesh_full",
         "timeout",
         "store",
+        "object_store",
     ];
     /// `broker_webhook_requests_refused_total` (`WebhookError::metric_label` and the
     /// inbound route's refusals).
@@ -1184,10 +1270,15 @@ impl Metrics {
                 .get_or_create(&CapLabel { cap });
         }
         reasons(&self.replica_heals, labels::HEALS);
+        for &path in labels::DIRECT_PUSH_PATHS {
+            let _ = self.direct_pushes.get_or_create(&PathLabel { path });
+        }
         reasons(&self.hook_requests_rejected, labels::HOOK_REJECTIONS);
         reasons(&self.presence_updates_rejected, labels::PRESENCE_REJECTIONS);
         reasons(&self.replies_too_large, labels::REPLIES_TOO_LARGE);
         reasons(&self.ws_messages_refused, labels::WS_REFUSALS);
+        reasons(&self.handshakes_shed, &["queue_full", "wait", "upgrade"]);
+        reasons(&self.presence_cache, &["hit", "miss", "invalidated"]);
         reasons(&self.http_connections_closed, labels::HTTP_CLOSES);
         for &worker in labels::WORKERS {
             let _ = self.worker_restarts.get_or_create(&WorkerLabel { worker });

@@ -7,11 +7,13 @@
 mod audit;
 mod hooks;
 mod members;
+mod presence_cache;
 mod subscriptions;
 
 pub use audit::AuditSpawner;
 pub use hooks::{HookRoute, HookState};
 pub use members::MemberCache;
+pub use presence_cache::PresenceCache;
 pub use subscriptions::Subscriptions;
 
 use std::collections::HashSet;
@@ -78,6 +80,10 @@ pub struct Node {
     /// The peer requests this replica waits on (their timers), bounded by
     /// `MAX_PENDING_PEER_REQUESTS_PER_REPLICA`.
     pub peer_pending: Arc<crate::service::peer_relay::PendingSlots>,
+    /// Listings of meshes with local sockets, for fan-out and join/leave recipients.
+    pub presence_cache: PresenceCache,
+    /// Handshake slots (`HANDSHAKE_CONCURRENCY`): reconnect storms wait their turn.
+    pub admission: crate::auth::Admission,
 }
 
 impl std::fmt::Debug for Node {
@@ -98,6 +104,11 @@ impl Node {
     ) -> Self {
         let tracker = TaskTracker::new();
         Node {
+            presence_cache: PresenceCache::new(
+                config.presence_cache_ttl,
+                metrics.presence_cache.clone(),
+            ),
+            admission: crate::auth::Admission::new(&config, &metrics),
             hooks: HookState::new(
                 config.hook_pending,
                 config.hook_pending_max,
@@ -108,7 +119,16 @@ impl Node {
             auditor: AuditSpawner::new(
                 store.clone(),
                 tracker.clone(),
-                metrics.audit_write_failures.clone(),
+                audit::AuditMetrics {
+                    failures: metrics.audit_write_failures.clone(),
+                    buffered: metrics.audit_buffered.clone(),
+                    buffer_full: metrics.audit_buffer_full.clone(),
+                },
+                audit::AuditBounds {
+                    buffer: config.audit_buffer,
+                    batch_max: config.audit_batch_max,
+                    linger: config.audit_flush,
+                },
             ),
             config,
             store,
@@ -218,7 +238,10 @@ impl Node {
                 // Local sockets, or REST SSE streams (`rest::sse`) woken by the mesh's events.
                 || self.hub.has_mesh(mesh_id) || crate::rest::sse::has_mesh(mesh_id),
                 // Without a subscription this replica would miss invalidations.
-                || self.members.remove(mesh_id),
+                || {
+                    self.members.remove(mesh_id);
+                    self.presence_cache.invalidate(mesh_id);
+                },
             )
             .await;
     }
@@ -229,6 +252,8 @@ impl Node {
         meshes.extend(crate::rest::sse::mesh_ids());
         meshes.sort();
         meshes.dedup();
+        // Presence events may have been missed while the bus was away.
+        self.presence_cache.clear();
         self.subscriptions.resubscribe_all(meshes).await;
     }
 

@@ -879,6 +879,15 @@ fn describe(e: &MeshEvent) -> Value {
             "frame": frame.to_vec(),
         }}),
         MeshEvent::Doorbell { member_id } => json!({"doorbell": member_id}),
+        MeshEvent::Direct {
+            member_id,
+            message,
+            frame,
+        } => json!({"direct": {
+            "member_id": member_id,
+            "message": serde_json::to_value(message).unwrap(),
+            "frame": frame.to_vec(),
+        }}),
         MeshEvent::MembersChanged => json!("members_changed"),
         MeshEvent::HookStatus {
             presence_id,
@@ -963,6 +972,19 @@ async fn bus_delivers_each_event_once(bus: &dyn Bus, events: &mut Events) {
             key: "deploy\nkey".into(),
             version: 7,
             frame: Bytes::from_static(b"{\"type\":\"state_change\",\"value\":\"a\\nb\"}\n\x00"),
+        },
+        // A doorbell with its committed message (a `Doorbell` on the wire), frame raw.
+        MeshEvent::Direct {
+            member_id: "member-2".into(),
+            message: broker::cluster::bus::DirectHeader {
+                id: "msg-1".into(),
+                session_key: Some("sk".into()),
+                priority: Priority::Next,
+                client_id: Some("c\n1".into()),
+                trace: None,
+                created_at: 42,
+            },
+            frame: Bytes::from_static(b"{\"type\":\"push\",\"ciphertext\":\"a\\nb\"}\n\x00"),
         },
     ];
     for e in &sent {

@@ -192,13 +192,15 @@ async fn a_failed_claim_is_retried_without_another_trigger() {
     let alice = member(&b, &mesh, "alice", json!({}));
     let bob = member(&b, &mesh, "bob", json!({}));
     let (mut a, _) = Client::join(&b.ws_url(), alice.hello(&mesh, json!({}))).await;
-    let (mut bc, _) = Client::join(&b.ws_url(), bob.hello(&mesh, json!({}))).await;
 
     db.execute("INSERT INTO fail_claims VALUES (true)", &[])
         .await
         .unwrap();
     let ack = a.send_msg(&bob.identity.pubkey, "now", "late").await;
     assert_eq!(ack["queued"], true, "{ack}");
+    // Offline at the send, so the message comes by claim (the drain of bob's connection),
+    // not by doorbell.
+    let (mut bc, _) = Client::join(&b.ws_url(), bob.hello(&mesh, json!({}))).await;
     eventually("the broker's claim fails", async || {
         b.log_text().contains("queue drain failed").then_some(())
     })
@@ -225,13 +227,14 @@ async fn a_claim_whose_reply_was_lost_is_redrained_when_its_lease_ends() {
     let alice = member(&b, &mesh, "alice", json!({}));
     let bob = member(&b, &mesh, "bob", json!({}));
     let (mut a, _) = Client::join(&b.ws_url(), alice.hello(&mesh, json!({}))).await;
-    let (mut bc, _) = Client::join(&b.ws_url(), bob.hello(&mesh, json!({}))).await;
 
     db.execute("INSERT INTO fail_claims VALUES (true)", &[])
         .await
         .unwrap();
     let ack = a.send_msg(&bob.identity.pubkey, "now", "lost").await;
     assert_eq!(ack["queued"], true, "{ack}");
+    // Offline at the send, so the message comes by claim, not by doorbell.
+    let (mut bc, _) = Client::join(&b.ws_url(), bob.hello(&mesh, json!({}))).await;
     eventually("the broker's claim fails", async || {
         b.log_text().contains("queue drain failed").then_some(())
     })

@@ -4042,3 +4042,129 @@ async fn mcp_servers_go_with_their_member_and_mesh(s: &dyn Store) {
 use broker::store::mcp_registry::StoredMcpServer;
 
 contract!(mcp_server_store: mcp_servers, mcp_servers_go_with_their_member_and_mesh);
+
+/// Web-managed members (`store/web_members.rs`): one per (mesh, user), created once; only
+/// they may change key, which drops their sealed topic-key copies (and only theirs).
+async fn web_members(s: &dyn Store) {
+    use broker::store::web_members::KeyChange;
+    s.create_mesh(mesh("m1")).await.unwrap();
+    s.create_mesh(mesh("m2")).await.unwrap();
+    let cli = s.add_member("m1", new_member("aa", "alice")).await.unwrap();
+    let other = s.add_member("m1", new_member("bb", "bob")).await.unwrap();
+    assert!(s.web_member("m1", "u1").await.unwrap().is_none());
+    let mut web = new_member("cc", "alice-web");
+    web.user_id = Some("u1".into());
+    let (row, created) = s.create_web_member("m1", "u1", web.clone()).await.unwrap();
+    assert!(created);
+    assert_eq!(
+        (row.display_name.as_str(), row.user_id.as_deref()),
+        ("alice-web", Some("u1"))
+    );
+    // Once per (mesh, user): the second call returns the first row and ignores its input.
+    let (again, created) = s
+        .create_web_member("m1", "u1", new_member("dd", "ignored"))
+        .await
+        .unwrap();
+    assert_eq!((again.id.as_str(), created), (row.id.as_str(), false));
+    assert_eq!(s.members("m1").await.unwrap().len(), 3);
+    assert_eq!(s.web_member("m1", "u1").await.unwrap().unwrap().id, row.id);
+    assert!(
+        s.web_member("m2", "u1").await.unwrap().is_none(),
+        "per mesh"
+    );
+    assert!(s.is_web_member("m1", &row.id).await.unwrap());
+    assert!(!s.is_web_member("m1", &cli.id).await.unwrap());
+    assert!(!s.is_web_member("m2", &row.id).await.unwrap());
+
+    // Sealed copies of two topics for the web row, one for bob.
+    for t in ["t1", "t2"] {
+        s.topic_create(topic(t, "m1", t, &other.id, 10), None, 0)
+            .await
+            .unwrap();
+        for m in [&row.id, &other.id] {
+            s.topic_join(t, m, "member", 11, 0).await.unwrap();
+            s.topic_seal(sealed(t, m, "k"), true).await.unwrap();
+        }
+    }
+    // CLI rows and unknown rows keep their keys.
+    let key = "ee".repeat(32);
+    assert!(matches!(
+        s.set_web_member_pubkey("m1", &cli.id, &key).await.unwrap(),
+        KeyChange::NotWebManaged
+    ));
+    assert!(matches!(
+        s.set_web_member_pubkey("m1", "nobody", &key).await.unwrap(),
+        KeyChange::NotFound
+    ));
+    assert!(matches!(
+        s.set_web_member_pubkey("m2", &row.id, &key).await.unwrap(),
+        KeyChange::NotFound
+    ));
+    // Another member's key is refused.
+    assert!(matches!(
+        s.set_web_member_pubkey("m1", &row.id, &other.pubkey).await,
+        Err(StoreError::Conflict(_))
+    ));
+    // The same key: nothing changes, the copies stay.
+    match s
+        .set_web_member_pubkey("m1", &row.id, &row.pubkey)
+        .await
+        .unwrap()
+    {
+        KeyChange::Set { changed, .. } => assert!(!changed),
+        other => panic!("{other:?}"),
+    }
+    assert!(s.topic_key("t1", &row.id).await.unwrap().is_some());
+    // A new key: stored, the row's copies are gone, bob's stay.
+    match s.set_web_member_pubkey("m1", &row.id, &key).await.unwrap() {
+        KeyChange::Set { member, changed } => {
+            assert!(changed);
+            assert_eq!(member.pubkey, key);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(s.member("m1", &row.id).await.unwrap().unwrap().pubkey, key);
+    assert_eq!(
+        s.member_by_pubkey("m1", &key).await.unwrap().unwrap().id,
+        row.id
+    );
+    for t in ["t1", "t2"] {
+        assert!(s.topic_key(t, &row.id).await.unwrap().is_none());
+        assert!(s.topic_key(t, &other.id).await.unwrap().is_some());
+        let pending = s.topic_unsealed_members(t, 10).await.unwrap();
+        assert_eq!(
+            pending
+                .iter()
+                .map(|m| m.member_id.as_str())
+                .collect::<Vec<_>>(),
+            [row.id.as_str()]
+        );
+    }
+    assert!(matches!(
+        s.set_web_member_pubkey("m1", &cli.id, &"ff".repeat(32))
+            .await
+            .unwrap(),
+        KeyChange::NotWebManaged
+    ));
+    assert_eq!(
+        s.member("m1", &cli.id).await.unwrap().unwrap().pubkey,
+        cli.pubkey
+    );
+}
+
+/// Concurrent first opens of the chat make one web-managed row.
+async fn web_members_concurrent_create(s: &dyn Store) {
+    s.create_mesh(mesh("m1")).await.unwrap();
+    let calls = (0..8).map(|i| {
+        let mut m = new_member(&format!("{:02x}", 0x10 + i), &format!("w{i}"));
+        m.user_id = Some("u1".into());
+        s.create_web_member("m1", "u1", m)
+    });
+    let results = futures_util::future::join_all(calls).await;
+    let ids: std::collections::BTreeSet<String> =
+        results.into_iter().map(|r| r.unwrap().0.id).collect();
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    assert_eq!(s.members("m1").await.unwrap().len(), 1);
+}
+
+contract!(web_member_store: web_members, web_members_concurrent_create);

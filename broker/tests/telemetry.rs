@@ -192,6 +192,9 @@ async fn a_direct_message_between_replicas_is_one_trace_from_send_to_client_ack(
     let bob = member(&a, &mesh, "bob", json!({}));
     let (mut ac, _) = Client::join(&a.ws_url(), alice.hello(&mesh, json!({}))).await;
     let (mut bc, _) = Client::join(&b.ws_url(), bob.hello(&mesh, json!({}))).await;
+    // Bob's post-attach drain is over once his session answers: the message below is
+    // pushed by its doorbell alone, one push.
+    bc.request(json!({"type": "list_peers"})).await;
     let ack = ac.send_msg(&bob.identity.pubkey, "now", "traced").await;
     let message_id = ack["messageId"].as_str().unwrap().to_string();
     let push = bc.expect_where("push", is_push).await;

@@ -17,6 +17,10 @@ use crate::stages::Stages;
 /// none refused, every ack and delivery in (`settled`), no connection lost, and the
 /// threshold flags met. The `--allow-*` flags accept one kind of shortfall each. A failed
 /// run exits 1 and its summary says why; a run that could not start exits 2.
+///
+/// A handshake the broker refuses `overloaded` (`retryAfterMs`, or a 503 `Retry-After`
+/// before the upgrade) is tried again after the delay it asks for (at most
+/// --max-retry-after) and reported as `overloaded_refusals`, not as a refusal.
 #[derive(Debug, Parser)]
 #[command(name = "loadtest", version)]
 pub struct Cli {
@@ -99,6 +103,20 @@ pub struct Common {
     /// Connections opened at once while setting up.
     #[arg(long, global = true, default_value_t = 64)]
     pub connect_parallel: usize,
+    /// Longest wait, in seconds, honoured for a handshake refused `overloaded` (the
+    /// broker's `error{code:"overloaded", retryAfterMs}` + close 1013, or HTTP 503 with
+    /// `Retry-After`): the client waits what the broker asks, at most this, before its
+    /// next attempt, instead of its own backoff. These refusals are counted apart
+    /// (`overloaded_refusals`) and do not fail the run when the client gets in later.
+    #[arg(long, global = true, default_value_t = 30.0, value_name = "SECS")]
+    pub max_retry_after: f64,
+}
+
+impl Common {
+    /// `--max-retry-after` as a duration (a negative or non-finite value: no wait).
+    pub fn max_retry_after(&self) -> std::time::Duration {
+        std::time::Duration::try_from_secs_f64(self.max_retry_after).unwrap_or_default()
+    }
 }
 
 #[derive(Debug, Clone, Subcommand)]

@@ -22,6 +22,11 @@ use crate::tls::{Stream, TlsDial};
 
 pub type Ws = WebSocketStream<Stream>;
 
+/// The handshake error code of an overloaded replica.
+pub const OVERLOADED: &str = broker::auth::OVERLOADED;
+/// The longest wait an `overloaded` refusal is honoured for (`--max-retry-after`).
+pub const DEFAULT_MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
+
 /// How to reach one broker URL: its resolved address and, for `wss://`/`https://`, TLS.
 #[derive(Debug, Clone)]
 pub struct Dial {
@@ -184,6 +189,10 @@ pub struct InFrame<'a> {
     pub ciphertext: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     pub code: Option<Cow<'a, str>>,
+    /// `error.retryAfterMs` of an `overloaded` refusal: how long to wait before trying
+    /// again.
+    #[serde(rename = "retryAfterMs", default)]
+    pub retry_after_ms: Option<u64>,
 }
 
 impl<'a> InFrame<'a> {
@@ -203,6 +212,15 @@ pub enum ConnectError {
     Upgrade(String),
     /// The broker refused the handshake with `error{code}`.
     Refused(String),
+    /// The replica is taking more handshakes than it can (`HANDSHAKE_CONCURRENCY` and its
+    /// queue): `error{code:"overloaded", retryAfterMs}` then close 1013, or an HTTP 503
+    /// with `Retry-After` before the upgrade (`http`). Retried after `retry_after`.
+    Overloaded {
+        /// What the broker asked for (`retryAfterMs`, else `Retry-After` seconds).
+        retry_after: Option<Duration>,
+        /// Refused before the upgrade (503) rather than with an `error` frame.
+        http: bool,
+    },
     /// No `hello_ack` in time.
     Timeout,
     /// The socket closed before the `hello_ack`.
@@ -217,8 +235,23 @@ impl ConnectError {
             ConnectError::Tls(e) => format!("tls: {e}"),
             ConnectError::Upgrade(_) => "upgrade".into(),
             ConnectError::Refused(code) => format!("refused: {code}"),
+            ConnectError::Overloaded { http: false, .. } => "overloaded: error".into(),
+            ConnectError::Overloaded { http: true, .. } => "overloaded: http 503".into(),
             ConnectError::Timeout => "hello timeout".into(),
             ConnectError::Closed => "closed before hello_ack".into(),
+        }
+    }
+
+    /// The wait before the next attempt an `overloaded` refusal asks for, at most `cap`;
+    /// `None` for every other failure (and an overloaded one that named no delay): those
+    /// wait the harness's own backoff.
+    pub fn overloaded_wait(&self, cap: Duration) -> Option<Duration> {
+        match self {
+            ConnectError::Overloaded {
+                retry_after: Some(d),
+                ..
+            } => Some((*d).min(cap)),
+            _ => None,
         }
     }
 
@@ -238,6 +271,12 @@ impl std::fmt::Display for ConnectError {
             ConnectError::Tls(e) => write!(f, "TLS handshake failed: {e}"),
             ConnectError::Upgrade(e) => write!(f, "WebSocket upgrade failed: {e}"),
             ConnectError::Refused(code) => write!(f, "hello refused: {code}"),
+            ConnectError::Overloaded { retry_after, http } => write!(
+                f,
+                "overloaded{}, retry after {:?}",
+                if *http { " (HTTP 503)" } else { "" },
+                retry_after
+            ),
             ConnectError::Timeout => f.write_str("no hello_ack in time"),
             ConnectError::Closed => f.write_str("closed before hello_ack"),
         }
@@ -255,8 +294,57 @@ pub async fn connect(dial: &Dial, source: Option<IpAddr>) -> Result<Ws, ConnectE
     let (ws, _) =
         tokio_tungstenite::client_async_with_config(dial.url.as_str(), stream, Some(ws_config()))
             .await
-            .map_err(|e| ConnectError::Upgrade(e.to_string()))?;
+            .map_err(upgrade_error)?;
     Ok(ws)
+}
+
+/// A failed upgrade: `Overloaded` for the broker's 503 `{error:"overloaded",
+/// retryAfterMs}` (or a 503 with `Retry-After`), `Upgrade` otherwise (a draining
+/// replica's 503 `{error:"draining"}` included: another replica should be tried).
+fn upgrade_error(e: tokio_tungstenite::tungstenite::Error) -> ConnectError {
+    use tokio_tungstenite::tungstenite::Error;
+    if let Error::Http(resp) = &e
+        && let Some(o) = overloaded_response(resp)
+    {
+        return o;
+    }
+    ConnectError::Upgrade(e.to_string())
+}
+
+/// The `Overloaded` an HTTP answer to the upgrade means, if it is one.
+pub fn overloaded_response(
+    resp: &tokio_tungstenite::tungstenite::http::Response<Option<Vec<u8>>>,
+) -> Option<ConnectError> {
+    if resp.status() != 503 {
+        return None;
+    }
+    let body: Option<serde_json::Value> = resp
+        .body()
+        .as_deref()
+        .and_then(|b| serde_json::from_slice(b).ok());
+    let said_overloaded = body
+        .as_ref()
+        .and_then(|v| v.get("error"))
+        .and_then(|v| v.as_str())
+        == Some("overloaded");
+    let header = resp
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
+    if !said_overloaded && header.is_none() {
+        return None;
+    }
+    let ms = body
+        .as_ref()
+        .and_then(|v| v.get("retryAfterMs"))
+        .and_then(|v| v.as_u64())
+        .map(Duration::from_millis);
+    Some(ConnectError::Overloaded {
+        retry_after: ms.or(header),
+        http: true,
+    })
 }
 
 /// Sends `hello` and waits up to `within` for the `hello_ack`.
@@ -273,6 +361,12 @@ pub async fn handshake(ws: &mut Ws, hello: String, within: Duration) -> Result<(
                     };
                     match f.kind.as_ref() {
                         tag::HelloAck::TEXT => return Ok(()),
+                        tag::Error::TEXT if f.code.as_deref() == Some(OVERLOADED) => {
+                            return Err(ConnectError::Overloaded {
+                                retry_after: f.retry_after_ms.map(Duration::from_millis),
+                                http: false,
+                            });
+                        }
                         tag::Error::TEXT => {
                             return Err(ConnectError::Refused(
                                 f.code.map(|c| c.into_owned()).unwrap_or_default(),
@@ -418,6 +512,42 @@ mod tests {
         let err = InFrame::parse(std::str::from_utf8(&bytes).expect("utf8")).expect("parses");
         assert_eq!(err.kind, tag::Error::TEXT);
         assert_eq!(err.code.as_deref(), Some("bad_signature"));
+    }
+
+    #[test]
+    fn overloaded_refusals_carry_the_delay_they_ask_for() {
+        let cap = Duration::from_secs(30);
+        let frame =
+            broker::auth::HandshakeError::overloaded(Duration::from_millis(1234)).frame(None);
+        let f = InFrame::parse(std::str::from_utf8(&frame).expect("utf8")).expect("parses");
+        assert_eq!(f.code.as_deref(), Some(OVERLOADED));
+        assert_eq!(f.retry_after_ms, Some(1234));
+        let response = |status: u16, retry_after: Option<&str>, body: &str| {
+            let mut b = tokio_tungstenite::tungstenite::http::Response::builder().status(status);
+            if let Some(v) = retry_after {
+                b = b.header("retry-after", v);
+            }
+            b.body(Some(body.as_bytes().to_vec())).expect("response")
+        };
+        // The body's milliseconds win over the header's whole seconds.
+        let e = overloaded_response(&response(
+            503,
+            Some("2"),
+            r#"{"error":"overloaded","retryAfterMs":1500}"#,
+        ))
+        .expect("overloaded");
+        assert_eq!(e.overloaded_wait(cap), Some(Duration::from_millis(1500)));
+        assert_eq!(e.label(), "overloaded: http 503");
+        assert!(!e.replica_down(), "the replica is up, only busy");
+        let e = overloaded_response(&response(503, Some("3"), "")).expect("overloaded");
+        assert_eq!(e.overloaded_wait(cap), Some(Duration::from_secs(3)));
+        // Capped.
+        let e = overloaded_response(&response(503, Some("3600"), "")).expect("overloaded");
+        assert_eq!(e.overloaded_wait(cap), Some(cap));
+        // A draining replica's 503 is no overload: try another replica.
+        assert!(overloaded_response(&response(503, None, r#"{"error":"draining"}"#)).is_none());
+        assert!(overloaded_response(&response(400, Some("1"), "")).is_none());
+        assert_eq!(ConnectError::Timeout.overloaded_wait(cap), None);
     }
 
     #[test]

@@ -84,8 +84,10 @@ pub struct Outage {
 pub struct ConnStats {
     /// Closes seen, by `code reason` (or `dropped` without a close frame).
     pub closes: BTreeMap<String, u64>,
-    /// Failed connection attempts, by cause.
+    /// Failed connection attempts, by cause (`overloaded` refusals are in `overloaded`).
     pub connect_failures: BTreeMap<String, u64>,
+    /// Honoured `overloaded` refusals of a handshake.
+    pub overloaded: Overloaded,
     /// `error` frames after the handshake, by code.
     pub errors: BTreeMap<String, u64>,
     /// `ack.error` texts.
@@ -103,6 +105,7 @@ impl Default for ConnStats {
         ConnStats {
             closes: BTreeMap::new(),
             connect_failures: BTreeMap::new(),
+            overloaded: Overloaded::default(),
             errors: BTreeMap::new(),
             rejects: BTreeMap::new(),
             reconnects: 0,
@@ -111,6 +114,50 @@ impl Default for ConnStats {
             open: HashMap::new(),
             outages: Vec::new(),
         }
+    }
+}
+
+/// Handshakes refused `overloaded` and the waits they asked for: not failures of the run
+/// by themselves (the peer tries again after the wait), reported apart.
+#[derive(Debug, Default, Clone)]
+pub struct Overloaded {
+    /// Refusals by how they came: `error` (`error{code:"overloaded"}` + close 1013) or
+    /// `http_503` (before the upgrade).
+    pub by: BTreeMap<String, u64>,
+    /// Microseconds waited because of them, in total.
+    pub waited_us: u64,
+    /// The longest delay asked for (before the cap), microseconds.
+    pub asked_max_us: u64,
+    /// Waits cut to `--max-retry-after`.
+    pub capped: u64,
+    /// Refusals that named no delay (waited the harness's own backoff instead).
+    pub without_delay: u64,
+}
+
+impl Overloaded {
+    /// Records a refusal `e` (when it is an `overloaded` one) and returns the wait it asks
+    /// for, at most `cap`.
+    pub fn record(&mut self, e: &ConnectError, cap: Duration) -> Option<Duration> {
+        let ConnectError::Overloaded { retry_after, http } = e else {
+            return None;
+        };
+        let via = if *http { "http_503" } else { "error" };
+        *self.by.entry(via.to_string()).or_default() += 1;
+        let Some(asked) = *retry_after else {
+            self.without_delay += 1;
+            return None;
+        };
+        let wait = asked.min(cap);
+        if wait < asked {
+            self.capped += 1;
+        }
+        self.asked_max_us = self.asked_max_us.max(asked.as_micros() as u64);
+        self.waited_us += wait.as_micros() as u64;
+        Some(wait)
+    }
+
+    pub fn total(&self) -> u64 {
+        self.by.values().sum()
     }
 }
 
@@ -177,6 +224,8 @@ pub struct Shared {
     pub sources: Option<SourceAddrs>,
     /// Peers per mesh: peer `i` is in mesh `i / per_mesh` and messages only its own mesh.
     pub per_mesh: u32,
+    /// The longest `overloaded` wait honoured (`--max-retry-after`).
+    pub max_retry_after: Duration,
 }
 
 /// The peers `[start, end)` of the mesh peer `me` belongs to, when peers are enrolled in
@@ -278,13 +327,16 @@ impl Shared {
         c.open.entry(peer).or_insert(now);
     }
 
-    fn on_connect_failure(&self, e: &ConnectError) {
+    /// Records a failed attempt; returns the wait an `overloaded` refusal asks for (capped
+    /// at `max_retry_after`), which replaces the backoff before the next attempt.
+    fn on_connect_failure(&self, e: &ConnectError) -> Option<Duration> {
         self.note(|b| b.errors += 1);
-        *self
-            .conn_stats()
-            .connect_failures
-            .entry(e.label())
-            .or_default() += 1;
+        let mut c = self.conn_stats();
+        if matches!(e, ConnectError::Overloaded { .. }) {
+            return c.overloaded.record(e, self.max_retry_after);
+        }
+        *c.connect_failures.entry(e.label()).or_default() += 1;
+        None
     }
 }
 
@@ -531,11 +583,15 @@ pub async fn run_peer(sh: Arc<Shared>, me: u32, mut plan: Plan) {
         let ws = match result {
             Ok(ws) => ws,
             Err(e) => {
-                sh.on_connect_failure(&e);
+                let asked = sh.on_connect_failure(&e);
                 if e.replica_down() {
                     url = (url + 1) % sh.dials.len();
                 }
-                let wait = backoff.next_delay(&mut peer.rng);
+                // An overloaded replica says when to come back: that, not our backoff.
+                let wait = match asked {
+                    Some(w) => w,
+                    None => backoff.next_delay(&mut peer.rng),
+                };
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => continue,
                     _ = stop.cancelled() => return,

@@ -56,6 +56,18 @@ pub enum MeshEvent {
         #[serde(rename = "m")]
         member_id: String,
     },
+    /// A direct message for this member was committed: the replica holding one of its
+    /// connections pushes `frame` (the queued row's `push`) at once, without a claim, and
+    /// records the lease after the push. On the wire it *is* a [`MeshEvent::Doorbell`]
+    /// (`k:"b"`, `m`) with the fields of [`DirectHeader`] and the frame after the header
+    /// ([`wire`] writes and reads it by hand, hence `skip`): a replica of the previous
+    /// release reads a doorbell, ignores the rest and drains.
+    #[serde(skip)]
+    Direct {
+        member_id: String,
+        message: DirectHeader,
+        frame: Bytes,
+    },
     /// The mesh's members changed (enrolment, grants, ban): drop cached member rows.
     #[serde(rename = "u")]
     MembersChanged,
@@ -97,12 +109,36 @@ pub enum MeshEvent {
     },
 }
 
+/// What a [`MeshEvent::Direct`] says of its message beyond the frame, in the doorbell's
+/// header.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirectHeader {
+    /// The broker's message id.
+    #[serde(rename = "i")]
+    pub id: String,
+    /// The session key it is addressed to (`None`: any connection of the member).
+    #[serde(rename = "sk", default, skip_serializing_if = "Option::is_none")]
+    pub session_key: Option<String>,
+    #[serde(rename = "r")]
+    pub priority: Priority,
+    /// The sender's `client_message_id`.
+    #[serde(rename = "c", default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    /// The send's trace context (the queued row's `trace_context`).
+    #[serde(rename = "tc", default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<String>,
+    /// When it was queued (ms epoch).
+    #[serde(rename = "at", default)]
+    pub created_at: i64,
+}
+
 impl MeshEvent {
     /// A short name for logs and spans.
     pub fn kind(&self) -> &'static str {
         match self {
             MeshEvent::Deliver { .. } => "deliver",
             MeshEvent::Doorbell { .. } => "doorbell",
+            MeshEvent::Direct { .. } => "direct",
             MeshEvent::Close { .. } => "close",
             MeshEvent::MembersChanged => "members_changed",
             MeshEvent::HookStatus { .. } => "hook_status",
@@ -110,12 +146,13 @@ impl MeshEvent {
         }
     }
 
-    /// The raw frame that travels after the header (empty for all but `Deliver` and
-    /// `StateChange`).
+    /// The raw frame that travels after the header (empty for all but `Deliver`,
+    /// `StateChange` and `Direct`).
     pub fn frame(&self) -> Bytes {
         match self {
             MeshEvent::Deliver { frame, .. } => frame.clone(),
             MeshEvent::StateChange { frame, .. } => frame.clone(),
+            MeshEvent::Direct { frame, .. } => frame.clone(),
             _ => Bytes::new(),
         }
     }
@@ -184,7 +221,7 @@ pub mod wire {
     use bytes::Bytes;
     use serde::{Deserialize, Serialize};
 
-    use super::MeshEvent;
+    use super::{DirectHeader, MeshEvent};
 
     /// A decoded bus message.
     #[derive(Debug)]
@@ -214,8 +251,33 @@ pub mod wire {
         t: Option<String>,
     }
 
+    /// A [`MeshEvent::Direct`]'s header: a doorbell's, with the message's fields.
+    #[derive(Serialize)]
+    struct DirectOut<'a> {
+        o: &'a str,
+        k: &'static str,
+        m: &'a str,
+        #[serde(flatten)]
+        message: &'a DirectHeader,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        t: Option<&'a str>,
+    }
+
     /// The header line alone (no newline, no frame).
     pub fn header(origin: &str, event: &MeshEvent, trace: Option<&str>) -> Vec<u8> {
+        if let MeshEvent::Direct {
+            member_id, message, ..
+        } = event
+        {
+            return serde_json::to_vec(&DirectOut {
+                o: origin,
+                k: "b",
+                m: member_id,
+                message,
+                t: trace,
+            })
+            .unwrap_or_default();
+        }
         serde_json::to_vec(&HeaderOut {
             o: origin,
             event,
@@ -234,6 +296,9 @@ pub mod wire {
         if let MeshEvent::StateChange { frame, .. } = event {
             out.extend_from_slice(frame);
         }
+        if let MeshEvent::Direct { frame, .. } = event {
+            out.extend_from_slice(frame);
+        }
         out
     }
 
@@ -244,6 +309,18 @@ pub mod wire {
             *f = frame;
         } else if let MeshEvent::StateChange { frame: f, .. } = &mut event {
             *f = frame;
+        } else if let MeshEvent::Doorbell { member_id } = &event
+            && !frame.is_empty()
+        {
+            // A doorbell with its message (see `MeshEvent::Direct`); one without the
+            // message's fields stays a plain doorbell.
+            if let Ok(message) = serde_json::from_slice::<DirectHeader>(header) {
+                event = MeshEvent::Direct {
+                    member_id: member_id.clone(),
+                    message,
+                    frame,
+                };
+            }
         }
         event.set_trace(t.clone());
         Some(Envelope {
@@ -350,5 +427,65 @@ impl Bus for MemoryBus {
 
     fn reconnects(&self) -> watch::Receiver<u64> {
         self.reconnects.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn direct() -> MeshEvent {
+        MeshEvent::Direct {
+            member_id: "m1".into(),
+            message: DirectHeader {
+                id: "x1".into(),
+                session_key: None,
+                priority: Priority::Now,
+                client_id: Some("c1".into()),
+                trace: Some("00-abc-def-01".into()),
+                created_at: 7,
+            },
+            frame: Bytes::from_static(b"{\"type\":\"push\"}\n\x00"),
+        }
+    }
+
+    #[test]
+    fn a_direct_event_round_trips_and_reads_as_a_doorbell_to_the_previous_release() {
+        let encoded = Bytes::from(wire::encode("n1", &direct(), None));
+        let Some(wire::Envelope {
+            event:
+                MeshEvent::Direct {
+                    member_id,
+                    message,
+                    frame,
+                },
+            ..
+        }) = wire::decode(encoded.clone())
+        else {
+            panic!("not a direct event");
+        };
+        assert_eq!(member_id, "m1");
+        assert_eq!(message.id, "x1");
+        assert_eq!(message.client_id.as_deref(), Some("c1"));
+        assert_eq!(message.created_at, 7);
+        assert_eq!(&frame[..], b"{\"type\":\"push\"}\n\x00");
+        // The previous release decodes the header with the same derive and has no
+        // `Direct`: it reads a doorbell for the member and drains.
+        let split = encoded.iter().position(|b| *b == b'\n').unwrap_or(0);
+        match serde_json::from_slice::<MeshEvent>(&encoded[..split]) {
+            Ok(MeshEvent::Doorbell { member_id }) => assert_eq!(member_id, "m1"),
+            other => panic!("not a doorbell: {other:?}"),
+        }
+        // A plain doorbell stays one.
+        let plain = MeshEvent::Doorbell {
+            member_id: "m2".into(),
+        };
+        assert!(matches!(
+            wire::decode(Bytes::from(wire::encode("n1", &plain, None))),
+            Some(wire::Envelope {
+                event: MeshEvent::Doorbell { .. },
+                ..
+            })
+        ));
     }
 }

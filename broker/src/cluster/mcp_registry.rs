@@ -22,16 +22,19 @@
 //! hash: server name → registration JSON), `P:pend:{mesh}:{id}` (one pending request, with
 //! a TTL) and the indexes `P:pendby:{mesh}:{requester}` and `P:pendto:{mesh}:{target}`
 //! (sorted sets: id → deadline), changed together by Lua scripts (`lua/mcp_swap.lua`,
-//! `lua/pending_*.lua`).
+//! `lua/pending_*.lua`); with Redis Cluster the same names after the mesh's hash tag,
+//! `{P:m:{mesh}}:mcp`, `{P:m:{mesh}}:pend:{id}`, … (one slot per mesh, see
+//! `redis_conn::Keys`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
 use async_trait::async_trait;
 use redis::Script;
-use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+use super::redis_conn::{Keys, RedisConn};
 
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("peer registry unavailable: {0}")]
@@ -306,8 +309,8 @@ impl McpRegistry for MemoryMcpRegistry {
 
 /// The registry in Redis, shared by every replica.
 pub struct RedisMcpRegistry {
-    conn: ConnectionManager,
-    prefix: String,
+    conn: RedisConn,
+    keys: Keys,
     swap: Script,
     open: Script,
     take: Script,
@@ -316,7 +319,7 @@ pub struct RedisMcpRegistry {
 impl std::fmt::Debug for RedisMcpRegistry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisMcpRegistry")
-            .field("prefix", &self.prefix)
+            .field("keys", &self.keys)
             .finish_non_exhaustive()
     }
 }
@@ -330,10 +333,13 @@ fn err(e: impl std::fmt::Display) -> RegistryError {
 const PENDING_TTL_MARGIN_MS: i64 = 5_000;
 
 impl RedisMcpRegistry {
-    pub fn new(conn: ConnectionManager, prefix: &str) -> Self {
+    /// With one Redis or Redis Cluster: the key layout follows the connection.
+    pub fn new(conn: impl Into<RedisConn>, prefix: &str) -> Self {
+        let conn = conn.into();
+        let keys = Keys::new(prefix, conn.is_cluster());
         RedisMcpRegistry {
             conn,
-            prefix: prefix.to_string(),
+            keys,
             swap: Script::new(include_str!("lua/mcp_swap.lua")),
             open: Script::new(include_str!("lua/pending_open.lua")),
             take: Script::new(include_str!("lua/pending_take.lua")),
@@ -341,19 +347,19 @@ impl RedisMcpRegistry {
     }
 
     fn servers_key(&self, mesh_id: &str) -> String {
-        format!("{}:mcp:{mesh_id}", self.prefix)
+        self.keys.mesh("mcp", mesh_id, "")
     }
 
     fn pending_key(&self, mesh_id: &str, id: &str) -> String {
-        format!("{}:pend:{mesh_id}:{id}", self.prefix)
+        self.keys.mesh("pend", mesh_id, id)
     }
 
     fn by_prefix(&self, mesh_id: &str) -> String {
-        format!("{}:pendby:{mesh_id}:", self.prefix)
+        format!("{}:", self.keys.mesh("pendby", mesh_id, ""))
     }
 
     fn to_prefix(&self, mesh_id: &str) -> String {
-        format!("{}:pendto:{mesh_id}:", self.prefix)
+        format!("{}:", self.keys.mesh("pendto", mesh_id, ""))
     }
 }
 

@@ -9,5 +9,6 @@ pub mod bus;
 pub mod mcp_registry;
 pub mod presence;
 pub mod redis_bus;
+pub mod redis_conn;
 pub mod redis_presence;
 pub mod subscriptions;

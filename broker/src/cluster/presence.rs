@@ -104,6 +104,51 @@ impl PresenceRecord {
     }
 }
 
+/// What [`Presence::find`] looks up in one mesh: the records matching **any** of the
+/// given criteria. `None` and empty strings never match.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PresenceQuery<'a> {
+    /// `record.member_id == member_id`.
+    pub member_id: Option<&'a str>,
+    /// `record.routing_key() == routing_key` (its session key, else its member key).
+    pub routing_key: Option<&'a str>,
+    /// `record.session_pubkey == Some(session_key)`.
+    pub session_key: Option<&'a str>,
+    /// `record.session_id == session_id`.
+    pub session_id: Option<&'a str>,
+}
+
+fn given(v: Option<&str>) -> Option<&str> {
+    v.filter(|s| !s.is_empty())
+}
+
+impl PresenceQuery<'_> {
+    /// Whether `r` matches one of the criteria.
+    pub fn matches(&self, r: &PresenceRecord) -> bool {
+        given(self.member_id).is_some_and(|m| r.member_id == m)
+            || given(self.routing_key).is_some_and(|k| r.routing_key() == k)
+            || given(self.session_key).is_some_and(|k| r.session_pubkey.as_deref() == Some(k))
+            || given(self.session_id).is_some_and(|s| r.session_id == s)
+    }
+
+    /// No criterion given: nothing can match.
+    pub fn is_empty(&self) -> bool {
+        given(self.member_id).is_none()
+            && given(self.routing_key).is_none()
+            && given(self.session_key).is_none()
+            && given(self.session_id).is_none()
+    }
+}
+
+/// The order [`Presence::list`] and [`Presence::find`] return records in.
+pub fn sort_records(records: &mut [PresenceRecord]) {
+    records.sort_by(|a, b| {
+        a.connected_at
+            .cmp(&b.connected_at)
+            .then(a.presence_id.cmp(&b.presence_id))
+    });
+}
+
 /// One change to a live record.
 #[derive(Debug, Clone)]
 pub enum PresencePatch {
@@ -165,6 +210,19 @@ pub trait Presence: Send + Sync + 'static {
     fn kind(&self) -> &'static str;
     /// Every record of the mesh, live and in grace.
     async fn list(&self, mesh_id: &str) -> PresenceResult<Vec<PresenceRecord>>;
+    /// The records (live and in grace) of the mesh matching `q`, sorted like
+    /// [`Presence::list`]; fails like it (outage, re-sync barrier). Backends answer it
+    /// from per-mesh indexes, without reading the whole mesh (the handshake's and a
+    /// session-key DM's lookups); this default lists and filters.
+    async fn find(
+        &self,
+        mesh_id: &str,
+        q: PresenceQuery<'_>,
+    ) -> PresenceResult<Vec<PresenceRecord>> {
+        let mut records = self.list(mesh_id).await?;
+        records.retain(|r| q.matches(r));
+        Ok(records)
+    }
     /// Inserts the record, or takes over an existing one with the same id (reattach).
     /// Returns the record it replaced, if any.
     async fn attach(&self, record: PresenceRecord) -> PresenceResult<Option<PresenceRecord>>;
@@ -390,6 +448,22 @@ impl Presence for MemoryPresence {
                 .cmp(&b.connected_at)
                 .then(a.presence_id.cmp(&b.presence_id))
         });
+        Ok(records)
+    }
+
+    async fn find(
+        &self,
+        mesh_id: &str,
+        q: PresenceQuery<'_>,
+    ) -> PresenceResult<Vec<PresenceRecord>> {
+        // In process: a scan of the mesh's map under the lock clones only the matches.
+        let mut records: Vec<PresenceRecord> = self
+            .lock()
+            .meshes
+            .get(mesh_id)
+            .map(|m| m.values().filter(|r| q.matches(r)).cloned().collect())
+            .unwrap_or_default();
+        sort_records(&mut records);
         Ok(records)
     }
 

@@ -7,6 +7,12 @@
 //! resubscribes, re-registers its presences and re-drains every session from the store.
 //!
 //! Wire format of a message: [`wire`] (one JSON header line, `\n`, then the raw frame bytes).
+//!
+//! With Redis Cluster ([`RedisBus::connect_cluster`]) the channels are sharded channels
+//! (`SPUBLISH`/`SSUBSCRIBE`): a mesh's channel `{P:m:{mesh}}:mesh` hashes to the slot of the
+//! mesh's keys, so each mesh's fan-out runs on one shard and the shards share the load. The
+//! cluster client resubscribes a shard's channels when it reconnects to it (a restart, a
+//! failover), and its disconnection ticks [`Bus::reconnects`] as with one Redis.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -14,13 +20,87 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use redis::PushKind;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{AsyncCommands, PushKind};
+use redis::cluster_async::ClusterConnection;
 use tokio::sync::{Mutex, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::bus::{Bus, BusError, BusSink, MeshEvent, wire};
+use super::redis_conn::RedisConn;
+
+/// The connection holding the subscriptions: classic pub/sub on one Redis, sharded pub/sub
+/// on Redis Cluster.
+enum Subscriber {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl Subscriber {
+    async fn subscribe(&mut self, channel: &str) -> redis::RedisResult<()> {
+        match self {
+            Subscriber::Single(c) => c.subscribe(channel).await,
+            Subscriber::Cluster(c) => c.ssubscribe(channel).await,
+        }
+    }
+
+    async fn unsubscribe(&mut self, channel: &str) -> redis::RedisResult<()> {
+        match self {
+            Subscriber::Single(c) => c.unsubscribe(channel).await,
+            Subscriber::Cluster(c) => c.sunsubscribe(channel).await,
+        }
+    }
+
+    /// Makes the connection notice a drop (it reconnects when used).
+    async fn ping(&mut self) {
+        let ping = redis::cmd("PING");
+        let _ = match self {
+            Subscriber::Single(c) => ping.query_async::<redis::Value>(c).await,
+            Subscriber::Cluster(c) => ping.query_async::<redis::Value>(c).await,
+        };
+    }
+}
+
+/// The channel names of one mode.
+#[derive(Clone)]
+struct Channels {
+    prefix: String,
+    cluster: bool,
+}
+
+impl Channels {
+    fn mesh(&self, mesh_id: &str) -> String {
+        if self.cluster {
+            format!("{{{}:m:{mesh_id}}}:mesh", self.prefix)
+        } else {
+            format!("{}:mesh:{mesh_id}", self.prefix)
+        }
+    }
+
+    /// The mesh of a mesh channel.
+    fn mesh_of<'a>(&self, channel: &'a str) -> Option<&'a str> {
+        if self.cluster {
+            channel
+                .strip_prefix('{')?
+                .strip_prefix(self.prefix.as_str())?
+                .strip_prefix(":m:")?
+                .strip_suffix("}:mesh")
+        } else {
+            channel
+                .strip_prefix(self.prefix.as_str())?
+                .strip_prefix(":mesh:")
+        }
+    }
+
+    fn node(&self, node_id: &str) -> String {
+        format!("{}:node:{node_id}", self.prefix)
+    }
+
+    fn publish(&self) -> &'static str {
+        if self.cluster { "SPUBLISH" } else { "PUBLISH" }
+    }
+}
 
 /// How often the probe checks pub/sub end to end.
 const PROBE_INTERVAL: Duration = Duration::from_millis(500);
@@ -31,10 +111,10 @@ const SLOW_PROBES_TOLERATED: u32 = 3;
 
 pub struct RedisBus {
     node_id: String,
-    prefix: String,
-    publisher: ConnectionManager,
+    channels: Channels,
+    publisher: RedisConn,
     /// The connection holding the subscriptions (RESP3 pushes arrive through it).
-    subscriber: Arc<Mutex<ConnectionManager>>,
+    subscriber: Arc<Mutex<Subscriber>>,
     sink: BusSink,
     healthy: Arc<AtomicBool>,
     reconnects: watch::Receiver<u64>,
@@ -69,10 +149,74 @@ impl RedisBus {
             // Fail fast while Redis is down: callers degrade (see docs/statelessness.md) and
             // the next command reconnects.
             .set_number_of_retries(1);
-        let mut subscriber = ConnectionManager::new_with_config(client, config)
+        let subscriber = ConnectionManager::new_with_config(client, config)
             .await
             .map_err(|e| BusError(e.to_string()))?;
-        let node_channel = format!("{prefix}:node:{node_id}");
+        let channels = Channels {
+            prefix: prefix.to_string(),
+            cluster: false,
+        };
+        Self::start(
+            channels,
+            Subscriber::Single(subscriber),
+            publisher.into(),
+            push_rx,
+            node_id,
+            sink,
+            stop,
+        )
+        .await
+    }
+
+    /// [`RedisBus::connect`] on Redis Cluster: `nodes` are the seed URLs; sharded
+    /// channels, and the cluster client's own resubscription after a shard reconnects.
+    pub async fn connect_cluster(
+        nodes: &[String],
+        publisher: ClusterConnection,
+        prefix: &str,
+        node_id: &str,
+        sink: BusSink,
+        stop: CancellationToken,
+    ) -> Result<RedisBus, BusError> {
+        let (push_tx, push_rx) = mpsc::unbounded_channel();
+        let client = redis::cluster::ClusterClientBuilder::new(nodes.to_vec())
+            .use_protocol(redis::ProtocolVersion::RESP3)
+            .push_sender(push_tx)
+            .connection_timeout(Duration::from_secs(2))
+            .response_timeout(Duration::from_secs(2))
+            .retries(3)
+            .build()
+            .map_err(|e| BusError(e.to_string()))?;
+        let subscriber = client
+            .get_async_connection()
+            .await
+            .map_err(|e| BusError(e.to_string()))?;
+        let channels = Channels {
+            prefix: prefix.to_string(),
+            cluster: true,
+        };
+        Self::start(
+            channels,
+            Subscriber::Cluster(subscriber),
+            publisher.into(),
+            push_rx,
+            node_id,
+            sink,
+            stop,
+        )
+        .await
+    }
+
+    async fn start(
+        channels: Channels,
+        mut subscriber: Subscriber,
+        publisher: RedisConn,
+        push_rx: mpsc::UnboundedReceiver<redis::PushInfo>,
+        node_id: &str,
+        sink: BusSink,
+        stop: CancellationToken,
+    ) -> Result<RedisBus, BusError> {
+        let node_channel = channels.node(node_id);
         subscriber
             .subscribe(&node_channel)
             .await
@@ -93,10 +237,11 @@ impl RedisBus {
             push_rx,
             sink.clone(),
             node_id.to_string(),
-            format!("{prefix}:mesh:"),
+            channels.clone(),
         ));
         tokio::spawn(probe_loop(
             state,
+            channels.publish(),
             publisher.clone(),
             subscriber.clone(),
             healthy.clone(),
@@ -105,7 +250,7 @@ impl RedisBus {
 
         Ok(RedisBus {
             node_id: node_id.to_string(),
-            prefix: prefix.to_string(),
+            channels,
             publisher,
             subscriber,
             sink,
@@ -115,7 +260,7 @@ impl RedisBus {
     }
 
     fn channel(&self, mesh_id: &str) -> String {
-        format!("{}:mesh:{mesh_id}", self.prefix)
+        self.channels.mesh(mesh_id)
     }
 }
 
@@ -137,7 +282,7 @@ async fn receive_loop(
     mut push_rx: mpsc::UnboundedReceiver<redis::PushInfo>,
     sink: BusSink,
     node_id: String,
-    mesh_prefix: String,
+    channels: Channels,
 ) {
     loop {
         let push = tokio::select! {
@@ -149,7 +294,7 @@ async fn receive_loop(
                 debug!("redis pub/sub connection lost");
                 state.disconnected.store(true, Ordering::Relaxed);
             }
-            PushKind::Message => {
+            PushKind::Message | PushKind::SMessage => {
                 let mut data = push.data.into_iter();
                 let (Some(channel), Some(payload)) = (data.next(), data.next()) else {
                     continue;
@@ -166,7 +311,7 @@ async fn receive_loop(
                     }
                     continue;
                 }
-                let Some(mesh_id) = channel.strip_prefix(&mesh_prefix) else {
+                let Some(mesh_id) = channels.mesh_of(&channel) else {
                     continue;
                 };
                 let payload_len = payload.len();
@@ -212,8 +357,9 @@ async fn receive_loop(
 /// Probe loop: proves pub/sub end to end and notices recoveries.
 async fn probe_loop(
     state: LoopState,
-    mut publisher: ConnectionManager,
-    subscriber: Arc<Mutex<ConnectionManager>>,
+    publish: &'static str,
+    mut publisher: RedisConn,
+    subscriber: Arc<Mutex<Subscriber>>,
     healthy: Arc<AtomicBool>,
     reconnect_tx: watch::Sender<u64>,
 ) {
@@ -231,8 +377,10 @@ async fn probe_loop(
             _ = tick.tick() => {}
         }
         n += 1;
-        let sent = publisher
-            .publish::<_, _, i64>(&state.node_channel, n.to_string())
+        let sent = redis::cmd(publish)
+            .arg(&state.node_channel)
+            .arg(n.to_string())
+            .query_async::<i64>(&mut publisher)
             .await
             .is_ok();
         let deadline = tokio::time::Instant::now() + PROBE_TIMEOUT;
@@ -247,10 +395,7 @@ async fn probe_loop(
         if !ok {
             // The subscriber connection reconnects (and resubscribes) only when
             // it is used: nudge it.
-            let mut sub = subscriber.lock().await;
-            let _ = redis::cmd("PING")
-                .query_async::<redis::Value>(&mut *sub)
-                .await;
+            subscriber.lock().await.ping().await;
         }
         if !sent || state.disconnected.swap(false, Ordering::Relaxed) {
             needs_resync = true;
@@ -302,7 +447,9 @@ impl Bus for RedisBus {
         // Local sockets get it now, whatever happens to Redis.
         let _ = self.sink.send((mesh_id.to_string(), event));
         let mut c = self.publisher.clone();
-        tracing::Instrument::instrument(c.publish::<_, _, i64>(channel, payload), span)
+        let mut cmd = redis::cmd(self.channels.publish());
+        cmd.arg(channel).arg(payload);
+        tracing::Instrument::instrument(cmd.query_async::<i64>(&mut c), span)
             .await
             .map(|_| ())
             .map_err(|e| BusError(format!("{e} (delivered on this replica only)")))
@@ -310,14 +457,14 @@ impl Bus for RedisBus {
 
     async fn subscribe(&self, mesh_id: &str) -> Result<(), BusError> {
         let mut c = self.subscriber.lock().await;
-        c.subscribe(self.channel(mesh_id))
+        c.subscribe(&self.channel(mesh_id))
             .await
             .map_err(|e| BusError(e.to_string()))
     }
 
     async fn unsubscribe(&self, mesh_id: &str) -> Result<(), BusError> {
         let mut c = self.subscriber.lock().await;
-        c.unsubscribe(self.channel(mesh_id))
+        c.unsubscribe(&self.channel(mesh_id))
             .await
             .map_err(|e| BusError(e.to_string()))
     }

@@ -14,31 +14,46 @@
 //! live record);
 //! `P:epoch:current` the data epoch (a random id each time Redis starts empty) and, after a
 //! data loss, `P:epoch:lost` / `P:epoch:expect` / `P:epoch:synced`, the re-sync barrier.
-//! The scripts name some keys at run time, so this backend needs one Redis (or a Redis
-//! with every key in one slot), not Redis Cluster.
+//! `P:pidx:{mesh}` the lookup index of [`Presence::find`] (`lua/index.lua`).
+//!
+//! These are the names on one Redis. On Redis Cluster (a `ClusterConnection`) the same keys
+//! carry hash tags (`redis_conn::Keys`): a mesh's keys `{P:m:{mesh}}:…` (and its grace
+//! zset and per-node sets are per mesh there), the cluster-wide ones `{P}:…`, and what one
+//! script does on one Redis runs as per-slot steps (`{P}:nodemeshes:{node}` and
+//! `{P}:gracemeshes` are the hints that find a node's and a grace's meshes); see
+//! `docs/redis-cluster.md`.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 
 use prometheus_client::metrics::counter::Counter;
 
 use super::presence::{
-    Attach, Heartbeat, Presence, PresenceError, PresencePatch, PresenceRecord, PresenceResult,
+    Attach, Heartbeat, Presence, PresenceError, PresencePatch, PresenceQuery, PresenceRecord,
+    PresenceResult, sort_records,
 };
+use super::redis_conn::{Keys, RedisConn};
 use crate::protocol::Status;
 
 fn err(e: redis::RedisError) -> PresenceError {
     PresenceError(e.to_string())
 }
 
+/// Lua helpers of the per-mesh lookup index (`P:pidx:{mesh}`), prepended to the scripts
+/// that change which records exist.
+const INDEX_LUA: &str = include_str!("lua/index.lua");
+
+fn indexed(script: &str) -> Script {
+    Script::new(&format!("{INDEX_LUA}\n{script}"))
+}
+
 pub struct RedisPresence {
-    conn: ConnectionManager,
-    prefix: String,
+    conn: RedisConn,
+    keys: Keys,
     attach: Script,
     update: Script,
     release: Script,
@@ -50,6 +65,17 @@ pub struct RedisPresence {
     heartbeat: Script,
     /// Keeps a status hook's status pending (`P:hookp:*`), bounded cluster-wide.
     keep_hook: Script,
+    /// The handshake's and a session-key DM's lookups from the per-mesh index.
+    find: Script,
+    /// Redis Cluster only: the per-slot steps of what one script does on one Redis.
+    grace_hint: Script,
+    grace_hint_after: Script,
+    expire_mesh: Script,
+    reap_mesh: Script,
+    process_index: Script,
+    /// Redis Cluster only: the meshes this replica's node ids already have in their
+    /// `{P}:nodemeshes:{node}` hint (cleared by a data loss).
+    hinted: Mutex<HashSet<(String, String)>>,
     /// Held across one heartbeat, script and bookkeeping both: two overlapping heartbeats
     /// (the housekeeping tick and a re-sync) processed out of order would read the second
     /// one's "not listed" against the epoch the first one just learnt, and call it a reap.
@@ -91,6 +117,10 @@ struct EpochState {
     alive: Vec<String>,
     /// The node ids this instance heartbeated for (one in production).
     beating: HashSet<String>,
+    /// Redis Cluster: the run id of every primary at the last heartbeat that could read
+    /// them all. A primary with a new run id restarted, maybe empty: a data loss too (the
+    /// epoch key lives on one shard only).
+    shards: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// Bounded FIFO of accepted signatures and the end of their replay window. The window is
@@ -153,7 +183,7 @@ impl ReplayCache {
 impl std::fmt::Debug for RedisPresence {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisPresence")
-            .field("prefix", &self.prefix)
+            .field("keys", &self.keys)
             .finish_non_exhaustive()
     }
 }
@@ -161,6 +191,16 @@ impl std::fmt::Debug for RedisPresence {
 /// The node id of a connection id (`node/n`).
 fn node_of(conn_id: &str) -> &str {
     conn_id.rsplit_once('/').map(|(n, _)| n).unwrap_or(conn_id)
+}
+
+/// A flat script reply `{record, owner, record, owner, ...}` as records.
+fn pairs(flat: Vec<Option<String>>) -> Vec<PresenceRecord> {
+    let mut it = flat.into_iter();
+    let mut out = Vec::new();
+    while let (Some(record), Some(owner)) = (it.next(), it.next()) {
+        out.extend(decode(record, owner));
+    }
+    out
 }
 
 /// A record and its owner string (`conn|grace`) as stored.
@@ -174,20 +214,31 @@ fn decode(record: Option<String>, owner: Option<String>) -> Option<PresenceRecor
 }
 
 impl RedisPresence {
-    pub fn new(conn: ConnectionManager, prefix: &str) -> Self {
+    /// With one Redis (a [`redis::aio::ConnectionManager`]) or Redis Cluster (a
+    /// [`redis::cluster_async::ClusterConnection`]): the key layout follows the connection.
+    pub fn new(conn: impl Into<RedisConn>, prefix: &str) -> Self {
+        let conn = conn.into();
+        let keys = Keys::new(prefix, conn.is_cluster());
         RedisPresence {
             conn,
-            prefix: prefix.to_string(),
-            attach: Script::new(include_str!("lua/attach.lua")),
+            keys,
+            attach: indexed(include_str!("lua/attach.lua")),
             update: Script::new(include_str!("lua/update.lua")),
             release: Script::new(include_str!("lua/release.lua")),
-            expire: Script::new(include_str!("lua/expire.lua")),
-            remove: Script::new(include_str!("lua/remove.lua")),
-            reap: Script::new(include_str!("lua/reap.lua")),
+            expire: indexed(include_str!("lua/expire.lua")),
+            remove: indexed(include_str!("lua/remove.lua")),
+            reap: indexed(include_str!("lua/reap.lua")),
             take_token: Script::new(include_str!("lua/take_token.lua")),
             remember_key: Script::new(include_str!("lua/remember_key.lua")),
             heartbeat: Script::new(include_str!("lua/heartbeat.lua")),
             keep_hook: Script::new(include_str!("lua/keep_pending_hook.lua")),
+            find: indexed(include_str!("lua/find.lua")),
+            grace_hint: Script::new(include_str!("lua/grace_hint.lua")),
+            grace_hint_after: Script::new(include_str!("lua/grace_hint_after.lua")),
+            expire_mesh: indexed(include_str!("lua/expire_mesh.lua")),
+            reap_mesh: indexed(include_str!("lua/reap_mesh.lua")),
+            process_index: Script::new(include_str!("lua/process_index.lua")),
+            hinted: Mutex::new(HashSet::new()),
             beat: tokio::sync::Mutex::new(()),
             epoch: Mutex::new(EpochState::default()),
             replay: Mutex::new(ReplayCache {
@@ -207,7 +258,7 @@ impl RedisPresence {
 
     /// The status hook's index entry of a record (`P:proc:{process key}`), if it has a pid.
     fn process_index(&self, record: &PresenceRecord) -> Option<String> {
-        record.process_key().map(|k| self.key("proc", &k))
+        record.process_key().map(|k| self.keys.lone("proc", &k))
     }
 
     /// Bounds the local replay cache (`REPLAY_CACHE_MAX`) and counts the signatures it
@@ -219,6 +270,10 @@ impl RedisPresence {
             cache.evicted = evicted;
         }
         self
+    }
+
+    fn hinted_set(&self) -> std::sync::MutexGuard<'_, HashSet<(String, String)>> {
+        self.hinted.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn epoch_state(&self) -> std::sync::MutexGuard<'_, EpochState> {
@@ -245,23 +300,29 @@ impl RedisPresence {
             HashMap<String, String>,
             HashMap<String, String>,
             Option<String>,
-        ) = redis::pipe()
-            .hgetall(self.key("presence", mesh_id))
-            .hgetall(self.key("owner", mesh_id))
-            .get(self.key("epoch", "current"))
-            .query_async(&mut c)
-            .await
-            .map_err(err)?;
+        ) = if self.cluster() {
+            // The epoch is another slot: two requests, at the same time.
+            let mut e = self.conn.clone();
+            let mut pipe = redis::pipe();
+            pipe.hgetall(self.mk("presence", mesh_id))
+                .hgetall(self.mk("owner", mesh_id));
+            let (mesh, epoch) = tokio::join!(
+                pipe.query_async::<(HashMap<String, String>, HashMap<String, String>)>(&mut c),
+                e.get::<_, Option<String>>(self.gk("epoch", "current"))
+            );
+            let (records, owners) = mesh.map_err(err)?;
+            (records, owners, epoch.map_err(err)?)
+        } else {
+            redis::pipe()
+                .hgetall(self.mk("presence", mesh_id))
+                .hgetall(self.mk("owner", mesh_id))
+                .get(self.gk("epoch", "current"))
+                .query_async(&mut c)
+                .await
+                .map_err(err)?
+        };
         if gated {
-            let mut st = self.epoch_state();
-            if known_before.is_some() && known_before != epoch {
-                st.pending = true;
-            }
-            if st.pending {
-                return Err(PresenceError(
-                    "re-syncing after a Redis data loss; retry shortly".into(),
-                ));
-            }
+            self.gate(known_before, epoch)?;
         }
         let ids: Vec<String> = records.keys().cloned().collect();
         let mut out: Vec<PresenceRecord> = ids
@@ -274,6 +335,21 @@ impl RedisPresence {
                 .then(a.presence_id.cmp(&b.presence_id))
         });
         Ok(out)
+    }
+
+    /// Fails while the re-sync barrier is up; puts it up when `epoch` (read just now) is
+    /// not the one known before the read.
+    fn gate(&self, known_before: Option<String>, epoch: Option<String>) -> PresenceResult<()> {
+        let mut st = self.epoch_state();
+        if known_before.is_some() && known_before != epoch {
+            st.pending = true;
+        }
+        if st.pending {
+            return Err(PresenceError(
+                "re-syncing after a Redis data loss; retry shortly".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// After a data loss: puts up the barrier in the new Redis and writes back the
@@ -289,23 +365,39 @@ impl RedisPresence {
         expect.push(node_id.to_string());
         redis::pipe()
             .cmd("SET")
-            .arg(self.key("epoch", "lost"))
+            .arg(self.gk("epoch", "lost"))
             .arg(now_ms)
             .arg("NX")
             .ignore()
-            .sadd(self.key("epoch", "expect"), expect)
+            .sadd(self.gk("epoch", "expect"), expect)
             .ignore()
-            .srem(self.key("epoch", "synced"), node_id)
+            .srem(self.gk("epoch", "synced"), node_id)
             .ignore()
             .query_async::<()>(&mut c)
             .await
             .map_err(err)?;
+        self.hinted_set().clear();
         let open = self.replay_cache().open(now_ms);
         for chunk in open.chunks(RESEED_CHUNK) {
+            if self.cluster() {
+                // Every signature is a slot of its own: one request each (rare: a data loss).
+                for (sig, until) in chunk {
+                    redis::cmd("SET")
+                        .arg(self.keys.lone("sig", sig))
+                        .arg(1)
+                        .arg("NX")
+                        .arg("PX")
+                        .arg((until - now_ms).max(1))
+                        .query_async::<Option<String>>(&mut c)
+                        .await
+                        .map_err(err)?;
+                }
+                continue;
+            }
             let mut pipe = redis::pipe();
             for (sig, until) in chunk {
                 pipe.cmd("SET")
-                    .arg(self.key("sig", sig))
+                    .arg(self.keys.lone("sig", sig))
                     .arg(1)
                     .arg("NX")
                     .arg("PX")
@@ -325,19 +417,28 @@ impl RedisPresence {
     async fn attach_capped(&self, record: PresenceRecord, cap: usize) -> PresenceResult<Attach> {
         let mut c = self.conn.clone();
         let json = serde_json::to_string(&record).map_err(|e| PresenceError(e.to_string()))?;
-        let mut invocation = self.attach.key(self.key("presence", &record.mesh_id));
+        let mesh_id = &record.mesh_id;
+        let node = node_of(&record.conn_id);
+        let entry = format!("{mesh_id}|{}", record.presence_id);
+        if self.cluster() {
+            // Before the record exists: the reaper finds the node's sets of this mesh.
+            self.hint_node_mesh(node, mesh_id).await?;
+        }
+        let mut invocation = self.attach.key(self.mk("presence", mesh_id));
         invocation
-            .key(self.key("owner", &record.mesh_id))
-            .key(self.grace_key())
-            .key(self.key("nodep", node_of(&record.conn_id)))
-            .key(self.key("live", &record.mesh_id))
+            .key(self.mk("owner", mesh_id))
+            .key(self.grace_key(mesh_id))
+            .key(self.nodep_key(mesh_id, node))
+            .key(self.mk("live", mesh_id))
+            .key(self.mk("pidx", mesh_id))
             .arg(&record.presence_id)
             .arg(json)
             .arg(&record.conn_id)
-            .arg(format!("{}|{}", record.mesh_id, record.presence_id))
-            .arg(self.nodep_prefix())
+            .arg(&entry)
+            .arg(self.nodep_prefix(mesh_id))
             .arg(cap);
-        if let Some(index) = self.process_index(&record) {
+        let index = self.process_index(&record);
+        if let Some(index) = index.as_ref().filter(|_| !self.cluster()) {
             invocation
                 .key(index)
                 .arg(self.process_ttl_ms)
@@ -345,26 +446,165 @@ impl RedisPresence {
         }
         let out: Option<(Option<String>, Option<String>)> =
             invocation.invoke_async(&mut c).await.map_err(err)?;
+        if let (Some(index), true, Some(_)) = (index, self.cluster(), out.as_ref()) {
+            self.index_process(&index, &entry, record.connected_at)
+                .await?;
+        }
         Ok(match out {
             Some((old, owner)) => Attach::Done(decode(old, owner)),
             None => Attach::Full,
         })
     }
 
-    fn key(&self, kind: &str, id: &str) -> String {
-        format!("{}:{kind}:{id}", self.prefix)
+    fn cluster(&self) -> bool {
+        self.keys.cluster()
     }
 
-    fn grace_key(&self) -> String {
-        format!("{}:grace", self.prefix)
+    /// Redis Cluster: records that `node` has records in `mesh_id`
+    /// (`{P}:nodemeshes:{node}`), once per mesh and data epoch.
+    async fn hint_node_mesh(&self, node: &str, mesh_id: &str) -> PresenceResult<()> {
+        let pair = (node.to_string(), mesh_id.to_string());
+        if self.hinted_set().contains(&pair) {
+            return Ok(());
+        }
+        let mut c = self.conn.clone();
+        c.sadd::<_, _, ()>(self.gk("nodemeshes", node), mesh_id)
+            .await
+            .map_err(err)?;
+        let mut hinted = self.hinted_set();
+        if hinted.len() >= 100_000 {
+            hinted.clear();
+        }
+        hinted.insert(pair);
+        Ok(())
+    }
+
+    /// Redis Cluster: ends a dead node's live records, one script per mesh it had records
+    /// in (its `{P}:nodemeshes:{node}` hint); each record goes to exactly one caller.
+    async fn reap_node_meshes(&self, node: &str) -> PresenceResult<Vec<PresenceRecord>> {
+        let mut c = self.conn.clone();
+        let meshes: Vec<String> = c.smembers(self.gk("nodemeshes", node)).await.map_err(err)?;
+        let mut reaped = Vec::new();
+        for mesh_id in meshes {
+            let out: Vec<Option<String>> = self
+                .reap_mesh
+                .key(self.mk("presence", &mesh_id))
+                .key(self.mk("owner", &mesh_id))
+                .key(self.mk("live", &mesh_id))
+                .key(self.mk("pidx", &mesh_id))
+                .key(self.nodep_key(&mesh_id, node))
+                .arg(node)
+                .invoke_async(&mut c)
+                .await
+                .map_err(err)?;
+            reaped.extend(pairs(out));
+        }
+        Ok(reaped)
+    }
+
+    /// Redis Cluster: the backstop of grace timers, mesh by mesh through the
+    /// `{P}:gracemeshes` hint (meshes by their earliest grace deadline).
+    async fn expire_due_meshes(&self, now_ms: i64) -> PresenceResult<Vec<PresenceRecord>> {
+        let mut c = self.conn.clone();
+        let hints = self.gk("gracemeshes", "");
+        let meshes: Vec<String> = c
+            .zrangebyscore_limit(&hints, "-inf", now_ms, 0, 64)
+            .await
+            .map_err(err)?;
+        let mut out = Vec::new();
+        for mesh_id in meshes {
+            let mut reply: Vec<Option<String>> = self
+                .expire_mesh
+                .key(self.mk("presence", &mesh_id))
+                .key(self.mk("owner", &mesh_id))
+                .key(self.grace_key(&mesh_id))
+                .key(self.mk("live", &mesh_id))
+                .key(self.mk("pidx", &mesh_id))
+                .arg(now_ms)
+                .invoke_async(&mut c)
+                .await
+                .map_err(err)?;
+            let next = if reply.is_empty() {
+                None
+            } else {
+                reply.remove(0)
+            };
+            out.extend(pairs(reply));
+            self.grace_hint_after
+                .key(&hints)
+                .arg(&mesh_id)
+                .arg(next.unwrap_or_default())
+                .arg(now_ms)
+                .invoke_async::<i64>(&mut c)
+                .await
+                .map_err(err)?;
+        }
+        Ok(out)
+    }
+
+    /// Redis Cluster: the status hook's index entry, a step of its own (another slot).
+    async fn index_process(
+        &self,
+        index: &str,
+        entry: &str,
+        connected_at: i64,
+    ) -> PresenceResult<()> {
+        let mut c = self.conn.clone();
+        self.process_index
+            .key(index)
+            .arg(entry)
+            .arg(self.process_ttl_ms)
+            .arg(connected_at)
+            .invoke_async::<i64>(&mut c)
+            .await
+            .map(drop)
+            .map_err(err)
+    }
+
+    /// A key of one mesh (`presence`, `owner`, `live`, `pidx`).
+    fn mk(&self, kind: &str, mesh_id: &str) -> String {
+        self.keys.mesh(kind, mesh_id, "")
+    }
+
+    /// A cluster-wide key (`nodes`, `epoch:*`, `reap:*`, `reaped:*`).
+    fn gk(&self, kind: &str, id: &str) -> String {
+        self.keys.global(kind, id)
+    }
+
+    /// The records in grace by deadline: one zset with one Redis, one per mesh in a
+    /// cluster (found through the `{P}:gracemeshes` hint).
+    fn grace_key(&self, mesh_id: &str) -> String {
+        if self.cluster() {
+            self.mk("grace", mesh_id)
+        } else {
+            self.gk("grace", "")
+        }
     }
 
     fn nodes_key(&self) -> String {
-        format!("{}:nodes", self.prefix)
+        self.gk("nodes", "")
     }
 
-    fn nodep_prefix(&self) -> String {
-        format!("{}:nodep:", self.prefix)
+    /// A node's live records (`mesh|presence`): one set per node with one Redis, one per
+    /// node and mesh in a cluster (the meshes in the `{P}:nodemeshes:{node}` hint).
+    fn nodep_key(&self, mesh_id: &str, node: &str) -> String {
+        if self.cluster() {
+            self.keys.mesh("nodep", mesh_id, node)
+        } else {
+            self.gk("nodep", node)
+        }
+    }
+
+    fn nodep_prefix(&self, mesh_id: &str) -> String {
+        if self.cluster() {
+            format!("{}:", self.keys.mesh("nodep", mesh_id, ""))
+        } else {
+            format!("{}:nodep:", self.keys.prefix())
+        }
+    }
+
+    fn skey(&self, mesh_id: &str, session_key: &str) -> String {
+        self.keys.mesh("skey", mesh_id, session_key)
     }
 
     async fn get(
@@ -374,8 +614,8 @@ impl RedisPresence {
     ) -> PresenceResult<Option<PresenceRecord>> {
         let mut c = self.conn.clone();
         let (record, owner): (Option<String>, Option<String>) = redis::pipe()
-            .hget(self.key("presence", mesh_id), presence_id)
-            .hget(self.key("owner", mesh_id), presence_id)
+            .hget(self.mk("presence", mesh_id), presence_id)
+            .hget(self.mk("owner", mesh_id), presence_id)
             .query_async(&mut c)
             .await
             .map_err(err)?;
@@ -391,10 +631,11 @@ impl RedisPresence {
         let mut c = self.conn.clone();
         let out: Option<(Option<String>, Option<String>)> = self
             .expire
-            .key(self.key("presence", mesh_id))
-            .key(self.key("owner", mesh_id))
-            .key(self.grace_key())
-            .key(self.key("live", mesh_id))
+            .key(self.mk("presence", mesh_id))
+            .key(self.mk("owner", mesh_id))
+            .key(self.grace_key(mesh_id))
+            .key(self.mk("live", mesh_id))
+            .key(self.mk("pidx", mesh_id))
             .arg(presence_id)
             .arg(now_ms)
             .arg(format!("{mesh_id}|{presence_id}"))
@@ -413,6 +654,52 @@ impl Presence for RedisPresence {
 
     async fn list(&self, mesh_id: &str) -> PresenceResult<Vec<PresenceRecord>> {
         self.list_records(mesh_id, true).await
+    }
+
+    async fn find(
+        &self,
+        mesh_id: &str,
+        q: PresenceQuery<'_>,
+    ) -> PresenceResult<Vec<PresenceRecord>> {
+        let mut ranges: Vec<Vec<u8>> = Vec::new();
+        let criteria = [
+            ("m", q.member_id),
+            ("k", q.routing_key),
+            ("s", q.session_key),
+            ("i", q.session_id),
+        ];
+        for (tag, value) in criteria {
+            if let Some(v) = value.filter(|v| !v.is_empty()) {
+                ranges.push(format!("[{tag}|{v}|").into_bytes());
+                let mut max = format!("({tag}|{v}|").into_bytes();
+                max.push(0xff);
+                ranges.push(max);
+            }
+        }
+        let known_before = self.epoch_state().known.clone();
+        let mut c = self.conn.clone();
+        let mut e = self.conn.clone();
+        let mut invocation = self.find.key(self.mk("presence", mesh_id));
+        invocation
+            .key(self.mk("owner", mesh_id))
+            .key(self.mk("pidx", mesh_id));
+        for r in &ranges {
+            invocation.arg(r.as_slice());
+        }
+        // The epoch read beside it gates it like `list` (another slot in a cluster).
+        let (found, epoch) = tokio::join!(
+            invocation.invoke_async::<Vec<Option<String>>>(&mut c),
+            e.get::<_, Option<String>>(self.gk("epoch", "current"))
+        );
+        let found = found.map_err(err)?;
+        self.gate(known_before, epoch.map_err(err)?)?;
+        let mut it = found.into_iter();
+        let mut out = Vec::new();
+        while let (Some(_id), Some(record), Some(owner)) = (it.next(), it.next(), it.next()) {
+            out.extend(decode(record, owner).filter(|r| q.matches(r)));
+        }
+        sort_records(&mut out);
+        Ok(out)
     }
 
     async fn attach(&self, record: PresenceRecord) -> PresenceResult<Option<PresenceRecord>> {
@@ -443,20 +730,26 @@ impl Presence for RedisPresence {
         patch.apply(&mut record);
         let json = serde_json::to_string(&record).map_err(|e| PresenceError(e.to_string()))?;
         let mut c = self.conn.clone();
-        let mut invocation = self.update.key(self.key("presence", mesh_id));
+        let mut invocation = self.update.key(self.mk("presence", mesh_id));
         invocation
-            .key(self.key("owner", mesh_id))
+            .key(self.mk("owner", mesh_id))
             .arg(presence_id)
             .arg(conn_id)
             .arg(json);
-        if let Some(index) = self.process_index(&record) {
+        let entry = format!("{mesh_id}|{presence_id}");
+        let index = self.process_index(&record);
+        if let Some(index) = index.as_ref().filter(|_| !self.cluster()) {
             invocation
                 .key(index)
-                .arg(format!("{mesh_id}|{presence_id}"))
+                .arg(&entry)
                 .arg(self.process_ttl_ms)
                 .arg(record.connected_at);
         }
         let done: i64 = invocation.invoke_async(&mut c).await.map_err(err)?;
+        if let (Some(index), true, 1) = (index, self.cluster(), done) {
+            self.index_process(&index, &entry, record.connected_at)
+                .await?;
+        }
         Ok(done == 1)
     }
 
@@ -468,12 +761,23 @@ impl Presence for RedisPresence {
         grace_until: i64,
     ) -> PresenceResult<bool> {
         let mut c = self.conn.clone();
+        if self.cluster() {
+            // Before the record goes into grace: expire_due finds the mesh by this hint.
+            self.grace_hint
+                .key(self.gk("gracemeshes", ""))
+                .arg(mesh_id)
+                .arg(grace_until)
+                .arg(crate::ids::now_ms())
+                .invoke_async::<i64>(&mut c)
+                .await
+                .map_err(err)?;
+        }
         let done: i64 = self
             .release
-            .key(self.key("owner", mesh_id))
-            .key(self.grace_key())
-            .key(self.key("nodep", node_of(conn_id)))
-            .key(self.key("live", mesh_id))
+            .key(self.mk("owner", mesh_id))
+            .key(self.grace_key(mesh_id))
+            .key(self.nodep_key(mesh_id, node_of(conn_id)))
+            .key(self.mk("live", mesh_id))
             .arg(presence_id)
             .arg(conn_id)
             .arg(grace_until)
@@ -502,11 +806,12 @@ impl Presence for RedisPresence {
         let mut c = self.conn.clone();
         let out: Option<(Option<String>, Option<String>)> = self
             .remove
-            .key(self.key("presence", mesh_id))
-            .key(self.key("owner", mesh_id))
-            .key(self.grace_key())
-            .key(self.key("nodep", node_of(conn_id)))
-            .key(self.key("live", mesh_id))
+            .key(self.mk("presence", mesh_id))
+            .key(self.mk("owner", mesh_id))
+            .key(self.grace_key(mesh_id))
+            .key(self.nodep_key(mesh_id, node_of(conn_id)))
+            .key(self.mk("live", mesh_id))
+            .key(self.mk("pidx", mesh_id))
             .arg(presence_id)
             .arg(conn_id)
             .arg(format!("{mesh_id}|{presence_id}"))
@@ -525,7 +830,7 @@ impl Presence for RedisPresence {
         }
         let mut c = self.conn.clone();
         let set: Option<String> = redis::cmd("SET")
-            .arg(self.key("sig", signature))
+            .arg(self.keys.lone("sig", signature))
             .arg(1)
             .arg("NX")
             .arg("PX")
@@ -547,7 +852,7 @@ impl Presence for RedisPresence {
         let mut c = self.conn.clone();
         let ok: i64 = self
             .take_token
-            .key(self.key("rate", key))
+            .key(self.keys.lone("rate", key))
             .arg(burst)
             .arg(per_min)
             .arg(crate::ids::now_ms())
@@ -563,7 +868,7 @@ impl Presence for RedisPresence {
         let mut c = self.conn.clone();
         let known_before = self.epoch_state().known.clone();
         let Ok(epoch) = c
-            .get::<_, Option<String>>(self.key("epoch", "current"))
+            .get::<_, Option<String>>(self.gk("epoch", "current"))
             .await
         else {
             return false;
@@ -596,11 +901,11 @@ impl Presence for RedisPresence {
         let (epoch, tombstone, listed, alive, expect, synced, lost): Reply = self
             .heartbeat
             .key(self.nodes_key())
-            .key(self.key("epoch", "current"))
-            .key(self.key("reaped", node_id))
-            .key(self.key("epoch", "expect"))
-            .key(self.key("epoch", "synced"))
-            .key(self.key("epoch", "lost"))
+            .key(self.gk("epoch", "current"))
+            .key(self.gk("reaped", node_id))
+            .key(self.gk("epoch", "expect"))
+            .key(self.gk("epoch", "synced"))
+            .key(self.gk("epoch", "lost"))
             .arg(node_id)
             .arg(now_ms)
             .arg(crate::ids::random_id(16))
@@ -608,10 +913,22 @@ impl Presence for RedisPresence {
             .invoke_async(&mut c)
             .await
             .map_err(err)?;
+        // Never fails the heartbeat: a shard down must not make this replica look dead.
+        let shards = self.conn.shard_runs().await;
         let (data_lost, reaped, alive_before) = {
             let mut st = self.epoch_state();
             let first = st.known.is_none();
-            let data_lost = !first && st.known.as_deref() != Some(epoch.as_str());
+            let shard_restarted = match (&shards, &st.shards) {
+                (Some(now), Some(before)) => now
+                    .iter()
+                    .any(|(addr, run)| before.get(addr).is_some_and(|b| b != run)),
+                _ => false,
+            };
+            if shard_restarted {
+                tracing::warn!("a Redis Cluster primary restarted: treated as a data loss");
+            }
+            let data_lost =
+                (!first && st.known.as_deref() != Some(epoch.as_str())) || shard_restarted;
             let first_beat = st.beating.insert(node_id.to_string());
             // Missing from the nodes while the epoch is unchanged: a survivor removed us.
             let reaped = tombstone == 1 || (!first_beat && !data_lost && listed == 0);
@@ -637,6 +954,10 @@ impl Presence for RedisPresence {
         if data_lost {
             self.on_data_loss(node_id, now_ms, alive_before).await?;
         }
+        // Only once the loss is handled: a failed hand-over is noticed again next time.
+        if shards.is_some() {
+            self.epoch_state().shards = shards;
+        }
         Ok(Heartbeat { reaped, data_lost })
     }
 
@@ -650,13 +971,24 @@ impl Presence for RedisPresence {
 
     async fn resynced(&self, node_id: &str) -> PresenceResult<()> {
         let mut c = self.conn.clone();
-        c.sadd::<_, _, ()>(self.key("epoch", "synced"), node_id)
+        c.sadd::<_, _, ()>(self.gk("epoch", "synced"), node_id)
             .await
             .map_err(err)
     }
 
     async fn leave(&self, node_id: &str) -> PresenceResult<()> {
         let mut c = self.conn.clone();
+        if self.cluster() {
+            // Its records are all in grace: no reaper will read its mesh hint.
+            return redis::pipe()
+                .zrem(self.nodes_key(), node_id)
+                .ignore()
+                .del(self.gk("nodemeshes", node_id))
+                .ignore()
+                .query_async::<()>(&mut c)
+                .await
+                .map_err(err);
+        }
         c.zrem::<_, _, ()>(self.nodes_key(), node_id)
             .await
             .map_err(err)
@@ -672,7 +1004,7 @@ impl Presence for RedisPresence {
         for node in dead {
             // One replica reaps a dead node; the claim expires in case that replica dies too.
             let claimed: Option<String> = redis::cmd("SET")
-                .arg(self.key("reap", &node))
+                .arg(self.gk("reap", &node))
                 .arg(1)
                 .arg("NX")
                 .arg("PX")
@@ -683,16 +1015,24 @@ impl Presence for RedisPresence {
             if claimed.is_none() {
                 continue;
             }
-            let members: Vec<String> = c.smembers(self.key("nodep", &node)).await.map_err(err)?;
+            if self.cluster() {
+                reaped.extend(self.reap_node_meshes(&node).await?);
+            }
+            let members: Vec<String> = if self.cluster() {
+                Vec::new()
+            } else {
+                c.smembers(self.gk("nodep", &node)).await.map_err(err)?
+            };
             for m in members {
                 let Some((mesh_id, presence_id)) = m.split_once('|') else {
                     continue;
                 };
                 let out: Option<(Option<String>, Option<String>)> = self
                     .reap
-                    .key(self.key("presence", mesh_id))
-                    .key(self.key("owner", mesh_id))
-                    .key(self.key("live", mesh_id))
+                    .key(self.mk("presence", mesh_id))
+                    .key(self.mk("owner", mesh_id))
+                    .key(self.mk("live", mesh_id))
+                    .key(self.mk("pidx", mesh_id))
                     .arg(presence_id)
                     .arg(&node)
                     .invoke_async(&mut c)
@@ -702,11 +1042,16 @@ impl Presence for RedisPresence {
             }
             // The tombstone tells the node, should it come back (a pause, a partition), that
             // it was declared dead: it heals instead of serving sockets nobody can reach.
+            let node_set = if self.cluster() {
+                self.gk("nodemeshes", &node)
+            } else {
+                self.gk("nodep", &node)
+            };
             redis::pipe()
-                .del(self.key("nodep", &node))
+                .del(node_set)
                 .zrem(self.nodes_key(), &node)
                 .cmd("SET")
-                .arg(self.key("reaped", &node))
+                .arg(self.gk("reaped", &node))
                 .arg(1)
                 .arg("PX")
                 .arg(TOMBSTONE_TTL_MS)
@@ -719,15 +1064,18 @@ impl Presence for RedisPresence {
     }
 
     async fn expire_due(&self, now_ms: i64) -> PresenceResult<Vec<PresenceRecord>> {
+        if self.cluster() {
+            return self.expire_due_meshes(now_ms).await;
+        }
         let mut c = self.conn.clone();
         let due: Vec<String> = c
-            .zrangebyscore_limit(self.grace_key(), "-inf", now_ms, 0, 256)
+            .zrangebyscore_limit(self.gk("grace", ""), "-inf", now_ms, 0, 256)
             .await
             .map_err(err)?;
         let mut out = Vec::new();
         for m in due {
             let Some((mesh_id, presence_id)) = m.split_once('|') else {
-                c.zrem::<_, _, ()>(self.grace_key(), &m)
+                c.zrem::<_, _, ()>(self.gk("grace", ""), &m)
                     .await
                     .map_err(err)?;
                 continue;
@@ -739,7 +1087,7 @@ impl Presence for RedisPresence {
 
     async fn live_count(&self, mesh_id: &str) -> PresenceResult<usize> {
         let mut c = self.conn.clone();
-        c.scard(self.key("live", mesh_id)).await.map_err(err)
+        c.scard(self.mk("live", mesh_id)).await.map_err(err)
     }
 
     async fn remember_session_key(
@@ -751,7 +1099,7 @@ impl Presence for RedisPresence {
     ) -> PresenceResult<()> {
         let mut c = self.conn.clone();
         self.remember_key
-            .key(self.key("skey", &format!("{mesh_id}:{session_key}")))
+            .key(self.skey(mesh_id, session_key))
             .arg(member_id)
             .arg(ttl.as_millis().max(1) as u64)
             .invoke_async::<i64>(&mut c)
@@ -766,14 +1114,14 @@ impl Presence for RedisPresence {
         session_key: &str,
     ) -> PresenceResult<Option<String>> {
         let mut c = self.conn.clone();
-        c.get(self.key("skey", &format!("{mesh_id}:{session_key}")))
-            .await
-            .map_err(err)
+        c.get(self.skey(mesh_id, session_key)).await.map_err(err)
     }
 
     async fn find_process(&self, pid: i64, cwd: &str) -> PresenceResult<Option<PresenceRecord>> {
         let mut c = self.conn.clone();
-        let index = self.key("proc", &super::presence::process_key(pid, cwd));
+        let index = self
+            .keys
+            .lone("proc", &super::presence::process_key(pid, cwd));
         // Newest connection first; entries whose record is gone are dropped on the way.
         let entries: Vec<String> = c.zrevrange(&index, 0, 15).await.map_err(err)?;
         let mut gone = Vec::new();
@@ -809,8 +1157,8 @@ impl Presence for RedisPresence {
         let mut c = self.conn.clone();
         let kept: i64 = self
             .keep_hook
-            .key(self.key("hookp", "index"))
-            .key(self.key("hookp", key))
+            .key(self.keys.grouped("hookp", "index"))
+            .key(self.keys.grouped("hookp", key))
             .arg(key)
             .arg(status_text(status))
             .arg(crate::ids::now_ms())
@@ -828,8 +1176,8 @@ impl Presence for RedisPresence {
         let (text,): (Option<String>,) = redis::pipe()
             .atomic()
             .cmd("GETDEL")
-            .arg(self.key("hookp", key))
-            .zrem(self.key("hookp", "index"), key)
+            .arg(self.keys.grouped("hookp", key))
+            .zrem(self.keys.grouped("hookp", "index"), key)
             .ignore()
             .query_async(&mut c)
             .await

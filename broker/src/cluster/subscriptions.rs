@@ -19,14 +19,17 @@
 //!
 //! [`MemoryStreamSubscriptions`] is single node only; [`RedisStreamSubscriptions`] keeps
 //! `P:spres:{mesh}:{presence}` (the presence's stream names) and `P:sstream:{mesh}:{stream}`
-//! (the stream's presence ids), changed together by Lua scripts (`lua/stream_*.lua`).
+//! (the stream's presence ids), changed together by Lua scripts (`lua/stream_*.lua`); with
+//! Redis Cluster `{P:m:{mesh}}:spres:{presence}` and `{P:m:{mesh}}:sstream:{stream}` (one
+//! slot per mesh, see `redis_conn::Keys`).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
 
 use async_trait::async_trait;
 use redis::Script;
-use redis::aio::ConnectionManager;
+
+use super::redis_conn::{Keys, RedisConn};
 
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("stream subscriptions unavailable: {0}")]
@@ -228,8 +231,8 @@ impl StreamSubscriptions for MemoryStreamSubscriptions {
 
 /// Subscriptions in Redis, shared by every replica.
 pub struct RedisStreamSubscriptions {
-    conn: ConnectionManager,
-    prefix: String,
+    conn: RedisConn,
+    keys: Keys,
     subscribe: Script,
     remove_presence: Script,
 }
@@ -237,7 +240,7 @@ pub struct RedisStreamSubscriptions {
 impl std::fmt::Debug for RedisStreamSubscriptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisStreamSubscriptions")
-            .field("prefix", &self.prefix)
+            .field("keys", &self.keys)
             .finish_non_exhaustive()
     }
 }
@@ -247,22 +250,25 @@ fn err(e: redis::RedisError) -> SubscriptionError {
 }
 
 impl RedisStreamSubscriptions {
-    pub fn new(conn: ConnectionManager, prefix: &str) -> Self {
+    /// With one Redis or Redis Cluster: the key layout follows the connection.
+    pub fn new(conn: impl Into<RedisConn>, prefix: &str) -> Self {
+        let conn = conn.into();
+        let keys = Keys::new(prefix, conn.is_cluster());
         RedisStreamSubscriptions {
             conn,
-            prefix: prefix.to_string(),
+            keys,
             subscribe: Script::new(include_str!("lua/stream_subscribe.lua")),
             remove_presence: Script::new(include_str!("lua/stream_remove_presence.lua")),
         }
     }
 
     fn presence_key(&self, mesh_id: &str, presence_id: &str) -> String {
-        format!("{}:spres:{mesh_id}:{presence_id}", self.prefix)
+        self.keys.mesh("spres", mesh_id, presence_id)
     }
 
     /// The subscriber set of a stream is this prefix followed by the stream name.
     fn stream_prefix(&self, mesh_id: &str) -> String {
-        format!("{}:sstream:{mesh_id}:", self.prefix)
+        format!("{}:", self.keys.mesh("sstream", mesh_id, ""))
     }
 }
 

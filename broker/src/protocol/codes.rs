@@ -165,6 +165,16 @@ pub const SLOW_CONSUMER: Close = Close {
     }],
 };
 
+pub const TRY_AGAIN_LATER: Close = Close {
+    code: 1013,
+    reason: "try_again_later",
+    then: Then::Reconnect,
+    cases: &[Case {
+        when: "**Beyond:** a handshake refused `overloaded` (the replica is taking more handshakes than `HANDSHAKE_CONCURRENCY` and its queue); reconnect after the error's `retryAfterMs`",
+        presence: "none was made",
+    }],
+};
+
 pub const KICKED: Close = Close {
     code: 4001,
     reason: "kicked",
@@ -206,6 +216,7 @@ pub const CLOSES: &[Close] = &[
     FRAME_TOO_LARGE,
     TOO_MANY_FRAGMENTS,
     SLOW_CONSUMER,
+    TRY_AGAIN_LATER,
     KICKED,
     BANNED,
     REMOVED,
@@ -291,6 +302,13 @@ pub const ERRORS: &[ErrorCode] = &[
     check("attestation_mismatch"),
     check("capacity"),
     check("rate_limited"),
+    ErrorCode {
+        code: "overloaded",
+        cases: &[closed(
+            "**Beyond:** a handshake while this replica's handshake queue is full (`HANDSHAKE_QUEUE_MAX`) or that waited `HANDSHAKE_QUEUE_WAIT_MS` for a slot: `error{code, message, retryAfterMs, _reqId?}`, the client should reconnect after `retryAfterMs`",
+            TRY_AGAIN_LATER,
+        )],
+    },
     check("timestamp_skew"),
     check("bad_signature"),
     check("replayed"),

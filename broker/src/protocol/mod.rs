@@ -357,10 +357,159 @@ struct Head {
     req_id: Option<String>,
 }
 
+/// The first pass of [`Inbound::decode`]: only `type` (borrowed from the frame when it has
+/// no escapes) and `_reqId`; every other field is skipped without being built.
+#[derive(Deserialize)]
+struct Peek<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: std::borrow::Cow<'a, str>,
+    #[serde(rename = "_reqId", default, deserialize_with = "req_id_text")]
+    req_id: Option<String>,
+}
+
+/// The one pass of the hot frames, `send` and `client_ack`: `type`, `_reqId` and the
+/// fields of both, with the field rules of [`Send`] and [`ClientAck`]. Whatever it
+/// refuses (a field of the other frame with a wrong type, a missing `targetSpec`) takes
+/// the two passes instead, so it never changes an outcome, only its cost.
+#[derive(Deserialize)]
+struct Hot<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: std::borrow::Cow<'a, str>,
+    #[serde(rename = "_reqId", default, deserialize_with = "req_id_text")]
+    req_id: Option<String>,
+    #[serde(rename = "targetSpec", default)]
+    target_spec: Option<String>,
+    #[serde(default)]
+    priority: Priority,
+    #[serde(default)]
+    nonce: String,
+    #[serde(default)]
+    ciphertext: String,
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    client_message_id: Option<String>,
+    #[serde(rename = "clientMessageId", default)]
+    ack_client_message_id: Option<String>,
+    #[serde(rename = "brokerMessageId", default)]
+    ack_broker_message_id: Option<String>,
+}
+
+/// The bodies of the struct variants of [`ClientFrame`], with the same field rules, for
+/// the second pass of [`Inbound::decode`].
+mod body {
+    use super::{Status, Value};
+    use serde::Deserialize;
+
+    #[derive(Deserialize)]
+    pub(super) struct SetStatus {
+        pub status: Status,
+    }
+    #[derive(Deserialize)]
+    pub(super) struct SetSummary {
+        pub summary: String,
+    }
+    #[derive(Deserialize)]
+    pub(super) struct SetVisible {
+        pub visible: bool,
+    }
+    #[derive(Deserialize)]
+    pub(super) struct SetStats {
+        #[serde(default)]
+        pub stats: Value,
+    }
+    #[derive(Deserialize)]
+    pub(super) struct LeaveGroup {
+        pub name: String,
+    }
+}
+
 impl Inbound {
-    /// Decodes one text frame in one pass, straight into its typed frame. Only a frame
-    /// that fails (or has an unknown `type`) is looked at again, to explain itself.
+    /// Decodes one text frame. A first pass reads only `type` and `_reqId`; the second
+    /// deserialises the same bytes straight into the typed frame of that `type` (no
+    /// intermediate `Value` or buffered map). A frame either pass refuses is decoded again
+    /// by [`Inbound::decode_buffered`], the reference decoder, so that every error (and
+    /// its text) is exactly what that decoder says.
+    ///
+    /// One difference: the buffered decoder reads an integer `type` as the index of a
+    /// variant (`{"type":7,"visible":true}` was a `set_visible`); a `type` that is not a
+    /// string is refused `frame has no string "type"`, as the protocol says.
     pub fn decode(text: &[u8]) -> Result<Inbound, DecodeError> {
+        Self::decode_typed(text).unwrap_or_else(|| {
+            let decoded = Self::decode_buffered(text)?;
+            Self::head(text)?;
+            Ok(decoded)
+        })
+    }
+
+    /// The two passes of [`Inbound::decode`]; `None` when the frame does not decode (the
+    /// caller then asks the reference decoder why).
+    fn decode_typed(text: &[u8]) -> Option<Result<Inbound, DecodeError>> {
+        fn typed<'a, T: Deserialize<'a>>(text: &'a [u8]) -> Option<T> {
+            serde_json::from_slice(text).ok()
+        }
+        // (A struct also deserialises from an array: only an object is a frame.)
+        if text.trim_ascii_start().first() != Some(&b'{') {
+            return None;
+        }
+        if let Some(hot) = Self::decode_hot(text) {
+            return Some(Ok(hot));
+        }
+        let Peek { kind, req_id } = typed(text)?;
+        let message = match &*kind {
+            "hello" => ClientMessage::Hello(typed(text)?),
+            "session_hello" => ClientMessage::SessionHello(typed(text)?),
+            "send" => ClientMessage::Send(typed(text)?),
+            "client_ack" => ClientMessage::ClientAck(typed(text)?),
+            "list_peers" => ClientMessage::ListPeers,
+            "set_status" => ClientMessage::SetStatus(typed::<body::SetStatus>(text)?.status),
+            "set_summary" => ClientMessage::SetSummary(typed::<body::SetSummary>(text)?.summary),
+            "set_visible" => ClientMessage::SetVisible(typed::<body::SetVisible>(text)?.visible),
+            "set_profile" => ClientMessage::SetProfile(typed::<ProfileFields>(text)?.into_map()),
+            "set_stats" => match typed::<body::SetStats>(text)?.stats {
+                v @ Value::Object(_) => ClientMessage::SetStats(v),
+                _ => return None,
+            },
+            "join_group" => ClientMessage::JoinGroup(typed(text)?),
+            "leave_group" => ClientMessage::LeaveGroup(typed::<body::LeaveGroup>(text)?.name),
+            "disconnect" => ClientMessage::Disconnect(typed(text)?),
+            "kick" => ClientMessage::Kick(typed(text)?),
+            "ban" => ClientMessage::Ban(typed(text)?),
+            "unban" => ClientMessage::Unban(typed(text)?),
+            "list_bans" => ClientMessage::ListBans,
+            _ => ClientMessage::Unknown(kind.into_owned()),
+        };
+        Some(Ok(Inbound { req_id, message }))
+    }
+
+    /// A `send` or `client_ack` in one pass ([`Hot`]); `None` for anything else.
+    fn decode_hot(text: &[u8]) -> Option<Inbound> {
+        let hot: Hot = serde_json::from_slice(text).ok()?;
+        let message = match &*hot.kind {
+            "send" => ClientMessage::Send(Box::new(Send {
+                target_spec: hot.target_spec?,
+                priority: hot.priority,
+                nonce: hot.nonce,
+                ciphertext: hot.ciphertext,
+                id: hot.id,
+                client_message_id: hot.client_message_id,
+            })),
+            "client_ack" => ClientMessage::ClientAck(ClientAck {
+                client_message_id: hot.ack_client_message_id,
+                broker_message_id: hot.ack_broker_message_id,
+            }),
+            _ => return None,
+        };
+        Some(Inbound {
+            req_id: hot.req_id,
+            message,
+        })
+    }
+
+    /// The reference decoder: the frame through [`Envelope`] (serde buffers it, twice:
+    /// the flattened envelope and the tagged enum). Only frames [`Inbound::decode`]
+    /// refuses come here; it says why, and is the equivalence oracle of the unit tests.
+    pub fn decode_buffered(text: &[u8]) -> Result<Inbound, DecodeError> {
         let (req_id, frame) = match serde_json::from_slice::<Envelope>(text) {
             Ok(Envelope {
                 req_id,
@@ -459,11 +608,213 @@ pub fn system_push(mesh_id: &str, event: SystemEvent, created_at_ms: i64) -> Byt
 mod tests {
     use super::*;
 
+    /// Frames around every core `type`: valid ones, each field deleted or replaced by a
+    /// value of every JSON kind, and envelopes that are wrong in themselves.
+    fn corpus() -> Vec<String> {
+        use serde_json::json;
+        let valid = [
+            json!({"type": "hello", "meshId": "m", "memberId": "x", "pubkey": "p",
+                "sessionPubkey": "sp", "timestamp": 17, "signature": "s", "displayName": "d",
+                "sessionId": "i", "pid": 4, "cwd": "/", "hostname": "h", "peerType": "ai",
+                "channel": "c", "model": "o", "groups": [{"name": "g", "role": "r"}]}),
+            json!({"type": "session_hello", "meshId": "m", "parentMemberId": "x",
+                "parentMemberPubkey": "pp", "sessionPubkey": "sp", "timestamp": 1.5,
+                "signature": "s", "parentAttestation": {"sessionPubkey": "a",
+                "parentMemberPubkey": "b", "expiresAt": 9, "signature": "c"}, "pid": 1}),
+            json!({"type": "send", "_reqId": "r", "targetSpec": "*", "priority": "now",
+                "nonce": "n", "ciphertext": "c", "id": "i", "client_message_id": "k"}),
+            json!({"type": "client_ack", "clientMessageId": "c", "brokerMessageId": "b"}),
+            json!({"type": "list_peers", "_reqId": 3, "extra": [1, {"a": null}]}),
+            json!({"type": "set_status", "status": "dnd"}),
+            json!({"type": "set_summary", "summary": "s"}),
+            json!({"type": "set_visible", "visible": false}),
+            json!({"type": "set_profile", "avatar": "a", "title": null, "bio": 3,
+                "capabilities": ["x"], "other": 1}),
+            json!({"type": "set_stats", "stats": {"a": 1}}),
+            json!({"type": "join_group", "name": "g", "role": "r"}),
+            json!({"type": "leave_group", "name": "g"}),
+            json!({"type": "disconnect", "target": "t", "stale": 5, "all": true}),
+            json!({"type": "kick", "target": "t"}),
+            json!({"type": "ban", "target": "t", "reason": "r"}),
+            json!({"type": "unban", "target": "t"}),
+            json!({"type": "list_bans"}),
+            json!({"type": "set_state", "key": "k", "value": 1}),
+            json!({"type": "frobnicate", "_reqId": "u"}),
+        ];
+        let kinds = [
+            json!(null),
+            json!(true),
+            json!(7),
+            json!(-7),
+            json!(18446744073709551615u64),
+            json!(2.5),
+            json!(""),
+            json!("now"),
+            json!("x\u{e9}\n\"q"),
+            json!([]),
+            json!(["a", 1]),
+            json!({}),
+            json!({"name": "n"}),
+            json!({"now": null}),
+        ];
+        let mut out = Vec::new();
+        for frame in &valid {
+            let object = frame.as_object().expect("object");
+            out.push(frame.to_string());
+            let mut keys: Vec<String> = object.keys().cloned().collect();
+            keys.push("_reqId".into());
+            // The fields of the one-pass frames, on every frame.
+            for k in [
+                "targetSpec",
+                "priority",
+                "nonce",
+                "ciphertext",
+                "id",
+                "client_message_id",
+                "clientMessageId",
+                "brokerMessageId",
+            ] {
+                if !object.contains_key(k) {
+                    keys.push(k.into());
+                }
+            }
+            for key in &keys {
+                let mut without = object.clone();
+                without.remove(key);
+                out.push(Value::Object(without).to_string());
+                for v in &kinds {
+                    let mut with = object.clone();
+                    with.insert(key.clone(), v.clone());
+                    out.push(Value::Object(with).to_string());
+                }
+            }
+            let text = frame.to_string();
+            let body = &text[1..text.len() - 1];
+            // Duplicate keys, the `type` last, spelled with an escape, whitespace, junk.
+            out.push(format!("{{{body},{body}}}"));
+            out.push(format!("{{{body},\"_reqId\":\"a\",\"_reqId\":\"b\"}}"));
+            out.push(format!("{{{body},\"type\":\"list_peers\"}}"));
+            let kind = object["type"].as_str().expect("type");
+            let rest: serde_json::Map<String, Value> = object
+                .iter()
+                .filter(|(k, _)| *k != "type")
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            let rest = Value::Object(rest).to_string();
+            let rest = &rest[1..rest.len() - 1];
+            let comma = if rest.is_empty() { "" } else { "," };
+            out.push(format!("{{{rest}{comma}\"type\":\"{kind}\"}}"));
+            out.push(format!("{{\"t\\u0079pe\":\"{kind}\"{comma}{rest}}}"));
+            out.push(format!(
+                "{{\"type\":\"\\u{:04x}{}\"{comma}{rest}}}",
+                kind.as_bytes()[0],
+                &kind[1..]
+            ));
+            out.push(format!(" \n{{ {body} }} \t"));
+            out.push(format!("{text} x"));
+            out.push(format!("{text}{text}"));
+            out.push(text[..text.len() - 1].to_string());
+            out.push(format!("[{text}]"));
+        }
+        for junk in [
+            "",
+            " ",
+            "null",
+            "1",
+            "\"send\"",
+            "[]",
+            "[\"send\"]",
+            "{}",
+            "{\"type\":null}",
+            "{\"type\":[]}",
+            "{\"type\":\"\"}",
+            "not json",
+            "{\"type\":\"send\"",
+            "\u{feff}{}",
+            "{\"_reqId\":\"z\"}",
+            "{\"type\":\"list_peers\",\"_reqId\":{\"a\":1}}",
+        ] {
+            out.push(junk.to_string());
+        }
+        out
+    }
+
+    #[test]
+    fn two_pass_decode_is_the_buffered_decoder_byte_for_byte() {
+        let corpus = corpus();
+        assert!(corpus.len() > 3000, "{}", corpus.len());
+        let (mut ok, mut errors, mut fast) = (0, 0, 0);
+        for frame in &corpus {
+            let new = format!("{:?}", Inbound::decode(frame.as_bytes()));
+            let mut old = format!("{:?}", Inbound::decode_buffered(frame.as_bytes()));
+            if old.starts_with("Ok") && Inbound::head(frame.as_bytes()).is_err() {
+                // The one difference: an integer `type` is no variant index.
+                assert!(
+                    new.contains(r#"frame has no string \"type\""#),
+                    "frame {frame}"
+                );
+                old = new.clone();
+            }
+            assert_eq!(new, old, "frame {frame}");
+            // And the fast path alone never accepts what the reference refuses.
+            if let Some(typed) = Inbound::decode_typed(frame.as_bytes()) {
+                assert_eq!(format!("{typed:?}"), old, "frame {frame}");
+                fast += 1;
+            }
+            if old.starts_with("Ok") {
+                ok += 1
+            } else {
+                errors += 1
+            }
+        }
+        assert!(ok > 500 && errors > 500, "{ok} decoded, {errors} refused");
+        // Every frame that decodes took the two passes, none the buffered decoder.
+        assert_eq!(fast, ok, "{fast} of {ok} on the two passes");
+    }
+
+    #[test]
+    fn unknown_fields_and_wrong_types_keep_their_errors() {
+        // A `type` is a string, never the index of a variant.
+        let e = Inbound::decode(br#"{"type":7,"visible":false,"_reqId":"q"}"#).unwrap_err();
+        assert_eq!(e.message, "frame has no string \"type\"");
+        assert_eq!(e.req_id.as_deref(), Some("q"));
+        // Unknown fields are ignored, as before.
+        let i = Inbound::decode(br#"{"type":"set_visible","visible":true,"zz":{"a":[1]}}"#)
+            .expect("decodes");
+        assert!(matches!(i.message, ClientMessage::SetVisible(true)));
+        let cases: [(&[u8], &str); 4] = [
+            (
+                br#"{"type":"send","targetSpec":5,"_reqId":"q"}"#,
+                "invalid send: invalid type: integer `5`, expected a string at line 1 column 43",
+            ),
+            (
+                br#"{"type":"set_status","status":"asleep"}"#,
+                "invalid set_status: unknown variant `asleep`, expected one of `idle`, `working`, `dnd` at line 1 column 39",
+            ),
+            (
+                br#"{"type":"send","nonce":""}"#,
+                "invalid send: missing field `targetSpec` at line 1 column 26",
+            ),
+            (
+                br#"{"type":"set_visible","visible":"yes"}"#,
+                "invalid set_visible: invalid type: string \"yes\", expected a boolean at line 1 column 38",
+            ),
+        ];
+        for (frame, message) in cases {
+            let e = Inbound::decode(frame).unwrap_err();
+            assert_eq!(e.message, message);
+            assert!(Inbound::decode_typed(frame).is_none());
+        }
+    }
+
     #[test]
     fn decodes_a_send_with_its_req_id() {
         let f = br#"{"type":"send","_reqId":"r1","targetSpec":"*","priority":"now","nonce":"bg==","ciphertext":"Y3Q="}"#;
         let inbound = Inbound::decode(f).expect("decodes");
         assert_eq!(inbound.req_id.as_deref(), Some("r1"));
+        // A send (and a client_ack) takes the one pass.
+        assert!(Inbound::decode_hot(f).is_some());
+        assert!(Inbound::decode_hot(br#"{"type":"client_ack","brokerMessageId":"b"}"#).is_some());
         match inbound.message {
             ClientMessage::Send(s) => {
                 assert_eq!(s.target_spec, "*");

@@ -460,6 +460,19 @@ fn not_found() -> HttpResponse {
     json_response(StatusCode::NOT_FOUND, &json!({"error": "not found"}))
 }
 
+/// 503 with `Retry-After` (whole seconds, at least 1) and `retryAfterMs` in the body.
+fn overloaded(retry: std::time::Duration) -> HttpResponse {
+    let ms = retry.as_millis() as u64;
+    let mut resp = json_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        &json!({"error": "overloaded", "retryAfterMs": ms}),
+    );
+    if let Ok(v) = hyper::header::HeaderValue::from_str(&ms.div_ceil(1000).max(1).to_string()) {
+        resp.headers_mut().insert(hyper::header::RETRY_AFTER, v);
+    }
+    resp
+}
+
 fn upgrade(node: Arc<Node>, mut req: Request<Incoming>) -> HttpResponse {
     if !fastwebsockets::upgrade::is_upgrade_request(&req) {
         return json_response(
@@ -472,6 +485,10 @@ fn upgrade(node: Arc<Node>, mut req: Request<Incoming>) -> HttpResponse {
             StatusCode::SERVICE_UNAVAILABLE,
             &json!({"error": "draining"}),
         );
+    }
+    // A full handshake queue (`HANDSHAKE_QUEUE_MAX`): come back later, before the upgrade.
+    if let Some(retry) = node.admission.shed_before_upgrade() {
+        return overloaded(retry);
     }
     let (resp, fut) = match fastwebsockets::upgrade::upgrade(&mut req) {
         Ok(u) => u,

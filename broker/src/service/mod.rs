@@ -118,6 +118,24 @@ impl ServiceCtx {
         self.node.presence.as_ref()
     }
 
+    /// Every presence of the mesh through the replica's presence cache, for fan-out: may
+    /// be a moment stale (`node/presence_cache.rs` says how much).
+    pub async fn mesh_presences(
+        &self,
+        mesh_id: &str,
+    ) -> crate::cluster::presence::PresenceResult<Arc<Vec<PresenceRecord>>> {
+        let node = &self.node;
+        node.presence_cache
+            .list(&*node.presence, mesh_id, || node.hub.has_mesh(mesh_id))
+            .await
+    }
+
+    /// A presence of the mesh changed what fan-out selects by (groups, visibility): this
+    /// replica's cached listing of the mesh is dropped.
+    pub fn presence_changed(&self, mesh_id: &str) {
+        self.node.presence_cache.invalidate(mesh_id);
+    }
+
     /// Stream subscriptions of presences (extensions §4), cluster-wide.
     pub fn stream_subscriptions(&self) -> &dyn crate::cluster::subscriptions::StreamSubscriptions {
         self.node.stream_subscriptions.as_ref()

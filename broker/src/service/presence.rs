@@ -202,6 +202,8 @@ async fn write(
     record: &PresenceRecord,
     patch: PresencePatch,
 ) {
+    // What fan-out selects by: this replica's presence cache of the mesh is stale now.
+    let routing = matches!(patch, PresencePatch::Visible(_) | PresencePatch::Groups(_));
     if let Err(e) = ctx
         .presence()
         .update(
@@ -213,6 +215,9 @@ async fn write(
         .await
     {
         warn!(error = %e, "presence update failed");
+    }
+    if routing {
+        ctx.presence_changed(&principal.mesh.id);
     }
 }
 

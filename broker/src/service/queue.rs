@@ -103,6 +103,32 @@ pub async fn drain(
     }
 }
 
+/// Records the lease of direct messages the caller pushed without a claim (a doorbell
+/// carried them, `MeshEvent::Direct`), until `lease_until`: from then on they are hidden
+/// from other connections' claims as if this one had claimed them, and claimed again
+/// after it unless confirmed. Returns how many were not leased: delivered meanwhile, or
+/// claimed by another connection first (which pushes them too: a duplicate, never a loss).
+pub async fn record_pushed(
+    ctx: &ServiceCtx,
+    mesh_id: &str,
+    member_id: &str,
+    ids: &[String],
+    now: i64,
+    lease_until: i64,
+) -> Result<usize, QueueError> {
+    match ctx
+        .store()
+        .lease_pushed(mesh_id, member_id, ids, now, lease_until)
+        .await
+    {
+        Ok(leased) => Ok(ids.len() - leased.len()),
+        Err(e) => Err(QueueError::Unavailable {
+            message: e.to_string(),
+            lease_until,
+        }),
+    }
+}
+
 /// How a `client_ack` names the messages it confirms.
 #[derive(Debug, Clone)]
 pub enum AckRequest<'a> {

@@ -355,7 +355,13 @@ async fn route(
                 None => {
                     let records = ctx
                         .presence()
-                        .list(&p.mesh.id)
+                        .find(
+                            &p.mesh.id,
+                            crate::cluster::presence::PresenceQuery {
+                                session_key: Some(key),
+                                ..Default::default()
+                            },
+                        )
                         .await
                         .map_err(|e| unavailable(&e))?;
                     routing::session_target(&records, key)
@@ -389,6 +395,17 @@ async fn route(
                 // The send's span: the push and the client_ack continue its trace.
                 trace: crate::telemetry::current_traceparent(),
             };
+            // The recipient's replica pushes this frame at once (`MeshEvent::Direct`): the
+            // `push` a claim of the row would give, encoded once here.
+            let direct = crate::cluster::bus::DirectHeader {
+                id: queued.id.clone(),
+                session_key: queued.target_session_key.clone(),
+                priority,
+                client_id: queued.client_message_id.clone(),
+                trace: queued.trace.clone(),
+                created_at: queued.created_at,
+            };
+            let frame = protocol::encode(&Push::from_queued(&queued));
             let message_id = match ctx.store().enqueue(queued).await {
                 Ok(id) => id,
                 // Not a refusal: the message may be queued. The error tells the
@@ -407,8 +424,23 @@ async fn route(
             accepted(&outcome);
             ctx.metrics().routed(priority);
             tracing::debug!(message_id = outcome.message_id, "direct message queued");
-            let ring = MeshEvent::Doorbell {
-                member_id: recipient.id.clone(),
+            // Committed: the doorbell carries the message, unless the send was a retry
+            // answered with an earlier send's id (that one's row is what is queued, and
+            // may be delivered already), or a broker send with a derived id (a repeated
+            // fire, the same).
+            let ring = if ctx.config().direct_push
+                && outcome.message_id == direct.id
+                && options.message_id.is_none()
+            {
+                MeshEvent::Direct {
+                    member_id: recipient.id.clone(),
+                    message: direct,
+                    frame,
+                }
+            } else {
+                MeshEvent::Doorbell {
+                    member_id: recipient.id.clone(),
+                }
             };
             if let Err(e) = ctx.publish(&p.mesh.id, ring).await {
                 // The message is durable; the recipient gets it on its next drain.
@@ -439,8 +471,7 @@ async fn route(
                 _ => None,
             };
             let records = ctx
-                .presence()
-                .list(&p.mesh.id)
+                .mesh_presences(&p.mesh.id)
                 .await
                 .map_err(|e| unavailable(&e))?;
             let by_id: HashMap<&str, &Member> =

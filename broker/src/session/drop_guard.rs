@@ -108,7 +108,7 @@ mod tests {
             node.metrics.slow_consumer_closes.clone(),
             node.metrics.ws_pongs_coalesced.clone(),
         );
-        let (control, _ctl_rx) = tokio::sync::mpsc::unbounded_channel();
+        let control = crate::hub::ControlQueue::default();
         let handle = Arc::new(SessionHandle {
             conn_id: conn_id.clone(),
             mesh_id: "m1".into(),
@@ -123,6 +123,7 @@ mod tests {
             status: std::sync::Mutex::new(Status::Idle),
             held: std::sync::Mutex::new(Held::default()),
             gate: std::sync::Mutex::new(None),
+            direct: Default::default(),
         });
         let mesh = Mesh {
             id: "m1".into(),

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::json;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 use tracing::{debug, warn};
 
 use super::{Attached, Conn, Session};
@@ -63,11 +63,9 @@ pub(crate) async fn end_presence(node: &Arc<Node>, record: PresenceRecord) {
     // What waits on it fails now; its MCP registrations go offline or away (extensions §14).
     crate::service::mcp_registry::presence_ended(&crate::service::ServiceCtx::new(node), &record)
         .await;
-    let records = node
-        .presence
-        .list(&record.mesh_id)
-        .await
-        .unwrap_or_default();
+    let records = mesh_presences(node, &record.mesh_id).await;
+    // Gone here at once (its `peer_left` tells the other replicas).
+    node.presence_cache.invalidate(&record.mesh_id);
     let to = join_leave_recipients(&records, &record);
     let left = SystemEvent::PeerLeft(PeerLeft {
         name: record.display_name.clone(),
@@ -80,6 +78,22 @@ pub(crate) async fn end_presence(node: &Arc<Node>, record: PresenceRecord) {
         Some(&record.member_id),
         json!({"pubkey": record.routing_key()}),
     );
+}
+
+/// Every presence of the mesh, through the replica's presence cache (join/leave recipients
+/// may be a moment stale: see `node/presence_cache.rs`); empty when presence is down.
+async fn mesh_presences(node: &Arc<Node>, mesh_id: &str) -> Arc<Vec<PresenceRecord>> {
+    match node
+        .presence_cache
+        .list(&*node.presence, mesh_id, || node.hub.has_mesh(mesh_id))
+        .await
+    {
+        Ok(records) => records,
+        Err(e) => {
+            warn!(error = %e, "presence unavailable: join/leave not announced");
+            Arc::default()
+        }
+    }
 }
 
 /// Waits out a presence's lease grace and ends it unless a reattach took it over.
@@ -108,7 +122,7 @@ pub(super) async fn attach(
     s: &Conn,
     mut v: Verified,
     req_id: Option<&str>,
-    ctl_tx: mpsc::UnboundedSender<Control>,
+    ctl_tx: crate::hub::ControlQueue,
 ) -> Result<Attached, HandshakeError> {
     let node = s.node.clone();
     // Healing after being declared dead, or re-syncing after a Redis data loss: the
@@ -126,7 +140,8 @@ pub(super) async fn attach(
     let now = now_ms();
     let mesh_id = v.mesh.id.clone();
     tracing::Span::current().record("mesh_id", mesh_id.as_str());
-    // Read by the capacity check a moment ago; the attach below is compare-and-set anyway.
+    // The records with this handshake's session key or `sessionId`, read by the handshake
+    // a moment ago (`auth::related`); the attach below is compare-and-set anyway.
     let records = std::mem::take(&mut v.records);
     let session_id = v.meta.session_id.clone().unwrap_or_default();
 
@@ -227,6 +242,7 @@ pub(super) async fn attach(
         status: Mutex::new(record.status),
         held: Mutex::new(Held::default()),
         gate: Mutex::new(Some(Vec::new())),
+        direct: Default::default(),
     });
     // In the hub (and subscribed) before the record is visible to anyone, so nothing
     // addressed to this presence can miss it; gated until the hello_ack is queued, so
@@ -311,7 +327,8 @@ pub(super) async fn attach(
     }
 
     if previous.is_none() {
-        let to = join_leave_recipients(&records, &record);
+        // The whole mesh, only for a new presence, and from the cache.
+        let to = join_leave_recipients(&mesh_presences(&node, &mesh_id).await, &record);
         let pubkey = record.routing_key().to_string();
         match &restored {
             Some(r) => {
@@ -342,6 +359,8 @@ pub(super) async fn attach(
     } else {
         debug!(presence_id = %record.presence_id, "reattached");
     }
+    // This replica's listing of the mesh changed (a new presence, or one back from grace).
+    node.presence_cache.invalidate(&mesh_id);
 
     if previous.is_none() {
         // Its member's offline persistent MCP registrations come back (extensions §14).
@@ -384,6 +403,7 @@ pub(super) async fn detach(
                 .await
             {
                 Ok(true) => {
+                    node.presence_cache.invalidate(&mesh_id);
                     // Peer requests waiting on this socket fail at once (extensions §13, §14).
                     crate::service::mcp_registry::socket_closed(
                         &crate::service::ServiceCtx::new(&node),

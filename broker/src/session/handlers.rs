@@ -210,6 +210,14 @@ impl Session {
         let mut pushed = 0usize;
         let drain = crate::telemetry::span_context(&tracing::Span::current());
         for m in drained.messages {
+            if let Some(p) = a.unacked.get_mut(&m.id)
+                && p.until > now_ms()
+            {
+                // Pushed already within its lease (a doorbell carried it before this claim
+                // took it): not again, but the claim's lease is now the one to wait for.
+                p.until = p.until.max(drained.lease_until);
+                continue;
+            }
             let frame = protocol::encode(&Push::from_queued(&m));
             let span = match m.trace.as_deref() {
                 Some(tp) if crate::telemetry::on() => {
@@ -240,6 +248,7 @@ impl Session {
                 break;
             }
             node.metrics.pushes_total.inc();
+            node.metrics.direct_push("claim");
             node.metrics
                 .delivery_seconds
                 .observe((now_ms() - m.created_at).max(0) as f64 / 1000.0);
@@ -257,6 +266,105 @@ impl Session {
         if drained.more {
             a.handle.drain.notify_one();
         }
+    }
+
+    /// Pushes the committed direct messages doorbells handed to this connection
+    /// (`MeshEvent::Direct`, through its mailbox), without a claim, with the rules of a
+    /// drain: what the status does not admit (only `now` while busy) stays queued for the
+    /// drain of the next `idle`; what this connection pushed already within its lease is
+    /// not pushed again. Each is recorded in `unacked` (re-pushed by claim after its lease,
+    /// unless confirmed), and the leases are recorded off this task, in the store's next
+    /// batch: if another connection claimed one first, it pushes it too (a duplicate,
+    /// never a loss).
+    pub(super) fn push_direct(&mut self) {
+        let node = self.node.clone();
+        // Each push links to the connection span, as a drain's pushes do.
+        let conn = crate::telemetry::span_context(&tracing::Span::current());
+        let a = &mut self.attached;
+        let pushes = a.handle.direct.take();
+        if pushes.is_empty() {
+            return;
+        }
+        let status = a.handle.status();
+        let now = now_ms();
+        let lease_until = now + node.config.claim_lease.as_millis() as i64;
+        let mut leased = Vec::with_capacity(pushes.len());
+        for d in pushes {
+            let addressed = d
+                .session_key
+                .as_deref()
+                .is_none_or(|k| a.principal.session_key.as_deref() == Some(k));
+            let pushed = a.unacked.get(&d.id).is_some_and(|p| p.until > now);
+            if !addressed || pushed || !status.admits(d.priority) {
+                continue;
+            }
+            let span = match d.trace.as_deref() {
+                Some(tp) if crate::telemetry::on() => {
+                    let span = tracing::info_span!(
+                        parent: None,
+                        "push",
+                        otel.kind = "producer",
+                        mesh.id = a.principal.mesh.id.as_str(),
+                        messaging.system = "claudemesh",
+                        messaging.operation.type = "send",
+                        messaging.operation.name = "push",
+                        messaging.destination.name = "direct",
+                        messaging.message.id = d.id.as_str(),
+                        messaging.message.body.size = d.frame.len(),
+                        push.path = "doorbell",
+                    );
+                    crate::telemetry::follow(&span, Some(tp));
+                    crate::telemetry::link(&span, conn.as_ref());
+                    span
+                }
+                _ => tracing::Span::none(),
+            };
+            let _entered = span.enter();
+            if !self.out.text(d.frame) {
+                // The socket is closing: the message stays queued for the next connection.
+                break;
+            }
+            node.metrics.pushes_total.inc();
+            node.metrics.direct_push("doorbell");
+            node.metrics
+                .delivery_seconds
+                .observe((now - d.created_at).max(0) as f64 / 1000.0);
+            a.unacked.insert(
+                d.id.clone(),
+                super::Pushed {
+                    until: lease_until,
+                    client_id: d.client_id,
+                    trace: d.trace,
+                },
+            );
+            leased.push(d.id);
+        }
+        if leased.is_empty() {
+            return;
+        }
+        let svc = self.svc.clone();
+        let (mesh_id, member_id) = (a.principal.mesh.id.clone(), a.principal.member.id.clone());
+        // Most pushes are confirmed within milliseconds: their `client_ack` deletes the row
+        // before the lease is due, and the batched UPDATE below then writes nothing.
+        let delay = node.config.direct_lease_delay;
+        let kill = node.kill.clone();
+        node.tracker.clone().spawn(async move {
+            tokio::select! {
+                _ = kill.cancelled() => return,
+                _ = tokio::time::sleep(delay) => {}
+            }
+            match service::queue::record_pushed(&svc, &mesh_id, &member_id, &leased, now, lease_until)
+                .await
+            {
+                Ok(lost) => {
+                    svc.metrics().direct_leases_lost.inc_by(lost as u64);
+                }
+                Err(e) => {
+                    svc.metrics().direct_leases_lost.inc_by(leased.len() as u64);
+                    warn!(error = %e, "lease of pushed messages not recorded; claimed again by any connection");
+                }
+            }
+        });
     }
 
     /// One `client_ack`: the service confirms it; by client id, only among the messages

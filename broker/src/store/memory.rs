@@ -37,6 +37,7 @@ pub struct MemoryStore {
     pub(super) webhooks: super::webhooks::MemoryState,
     pub(super) watches: super::watches::MemoryState,
     pub(super) accounts: super::accounts::MemoryState,
+    pub(super) web_members: super::web_members::MemoryState,
 }
 
 #[derive(Debug, Default)]
@@ -66,6 +67,16 @@ struct Row {
 impl MemoryStore {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// See `Inner::replace_pubkey` (web-managed members, `store/web_members.rs`).
+    pub(super) fn replace_member_pubkey(
+        &self,
+        mesh_id: &str,
+        member_id: &str,
+        pubkey: &str,
+    ) -> StoreResult<(Member, bool)> {
+        self.lock().replace_pubkey(mesh_id, member_id, pubkey)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -114,6 +125,7 @@ impl MemoryStore {
         self.webhooks.forget_mesh(mesh_id);
         self.watches.forget_mesh(mesh_id);
         self.accounts.forget_mesh(mesh_id);
+        self.web_members.forget_mesh(mesh_id);
     }
 
     /// What `delete_member` removes from the families' own state, exactly what the
@@ -161,6 +173,29 @@ impl Inner {
         let member = new_member(mesh_id, m);
         members.insert(member.id.clone(), member.clone());
         Ok(member)
+    }
+
+    /// Replaces a member's key (`WebMemberStore::set_web_member_pubkey`): the row and
+    /// whether it changed; [`StoreError::Conflict`] when another member has the key.
+    fn replace_pubkey(
+        &mut self,
+        mesh_id: &str,
+        member_id: &str,
+        pubkey: &str,
+    ) -> StoreResult<(Member, bool)> {
+        let taken = self
+            .members
+            .get(mesh_id)
+            .is_some_and(|m| m.values().any(|x| x.id != member_id && x.pubkey == pubkey));
+        if taken {
+            return Err(StoreError::Conflict(
+                "pubkey is already a member of this mesh".into(),
+            ));
+        }
+        let member = self.member_mut(mesh_id, member_id)?;
+        let changed = member.pubkey != pubkey;
+        member.pubkey = pubkey.to_string();
+        Ok((member.clone(), changed))
     }
 
     fn member_mut(&mut self, mesh_id: &str, member_id: &str) -> StoreResult<&mut Member> {
@@ -418,6 +453,29 @@ impl QueueStore for MemoryStore {
         Ok(out)
     }
 
+    async fn lease_pushed(
+        &self,
+        mesh_id: &str,
+        member_id: &str,
+        ids: &[String],
+        now_ms: i64,
+        until_ms: i64,
+    ) -> StoreResult<Vec<String>> {
+        let mut inner = self.lock();
+        let key = (mesh_id.to_string(), member_id.to_string());
+        let Some(queue) = inner.queue.get_mut(&key) else {
+            return Ok(Vec::new());
+        };
+        let mut leased = Vec::new();
+        for row in queue.values_mut() {
+            if row.claimed_until <= now_ms && ids.contains(&row.message.id) {
+                row.claimed_until = until_ms;
+                leased.push(row.message.id.clone());
+            }
+        }
+        Ok(leased)
+    }
+
     async fn mark_delivered(
         &self,
         mesh_id: &str,
@@ -509,6 +567,51 @@ impl AuditStore for MemoryStore {
             prev_hash,
             hash,
         });
+        Ok(())
+    }
+
+    /// The canonical text of every event is built before the store's lock is taken; under
+    /// it, each entry costs one SHA-256 of its predecessor's hash and that text.
+    async fn append_audit_batch(&self, events: Vec<super::AuditEvent>) -> StoreResult<()> {
+        let mut dates = crate::protocol::audit::IsoDates::default();
+        let prepared: Vec<(super::AuditEvent, Vec<u8>)> = events
+            .into_iter()
+            .map(|e| {
+                let suffix = crate::protocol::audit::entry_suffix(
+                    &e.mesh_id,
+                    e.event_type,
+                    e.actor.as_deref(),
+                    &e.payload,
+                    dates.format(e.created_at),
+                );
+                (e, suffix)
+            })
+            .collect();
+        let mut inner = self.lock();
+        for (e, suffix) in prepared {
+            if !inner.audit.contains_key(&e.mesh_id) {
+                inner.audit.insert(e.mesh_id.clone(), Vec::new());
+            }
+            let Some(chain) = inner.audit.get_mut(&e.mesh_id) else {
+                continue;
+            };
+            let prev_hash = chain
+                .last()
+                .map(|e| e.hash.clone())
+                .unwrap_or_else(|| crate::protocol::audit::GENESIS.to_string());
+            let hash = crate::protocol::audit::chain_hash(&prev_hash, &suffix);
+            let seq = chain.len() as i64 + 1;
+            chain.push(AuditEntry {
+                seq,
+                mesh_id: e.mesh_id,
+                event_type: e.event_type.to_string(),
+                actor_member_id: e.actor,
+                payload: e.payload,
+                created_at: e.created_at,
+                prev_hash,
+                hash,
+            });
+        }
         Ok(())
     }
 

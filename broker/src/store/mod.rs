@@ -49,6 +49,7 @@ pub mod tasks;
 pub mod topics;
 pub mod vault;
 pub mod watches;
+pub mod web_members;
 pub mod webhooks;
 
 use std::collections::BTreeMap;
@@ -212,6 +213,18 @@ pub struct AuditEntry {
     pub hash: String,
 }
 
+/// One event waiting to be appended to its mesh's audit chain
+/// ([`AuditStore::append_audit_batch`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditEvent {
+    pub mesh_id: String,
+    pub event_type: &'static str,
+    pub actor: Option<String>,
+    pub payload: Value,
+    /// Epoch milliseconds.
+    pub created_at: i64,
+}
+
 /// One page of a mesh's audit chain ([`AuditStore::audit_page`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct AuditPage {
@@ -315,6 +328,7 @@ pub trait Store:
     + webhooks::WebhookStore
     + watches::WatchStore
     + accounts::AccountStore
+    + web_members::WebMemberStore
 {
 }
 
@@ -342,6 +356,7 @@ impl<T> Store for T where
         + webhooks::WebhookStore
         + watches::WatchStore
         + accounts::AccountStore
+        + web_members::WebMemberStore
 {
 }
 
@@ -425,6 +440,19 @@ pub trait QueueStore: Send + Sync + 'static {
     async fn enqueue(&self, message: QueuedMessage) -> StoreResult<String>;
     /// Claims deliverable messages for one connection, in queue order.
     async fn claim(&self, claim: Claim<'_>) -> StoreResult<Vec<QueuedMessage>>;
+    /// Records the lease of messages pushed without a claim (a doorbell carried them):
+    /// each of these ids of the member still undelivered and unleased (or whose lease
+    /// ended by `now_ms`) is leased until `until_ms`, as a claim would have. Returns the
+    /// ids leased; any other was delivered meanwhile or claimed by another connection
+    /// (which pushes it too: a duplicate, never a loss).
+    async fn lease_pushed(
+        &self,
+        mesh_id: &str,
+        member_id: &str,
+        ids: &[String],
+        now_ms: i64,
+        until_ms: i64,
+    ) -> StoreResult<Vec<String>>;
     /// Marks a message of this recipient delivered; `false` when there was none to mark.
     async fn mark_delivered(
         &self,
@@ -450,6 +478,22 @@ pub trait AuditStore: Send + Sync + 'static {
         payload: Value,
         created_at: i64,
     ) -> StoreResult<()>;
+    /// Appends events, in order, to their meshes' chains: one entry per event, as if
+    /// appended one by one, but with one lock (or one transaction per mesh) per batch.
+    async fn append_audit_batch(&self, events: Vec<AuditEvent>) -> StoreResult<()> {
+        for e in events {
+            self.append_audit(
+                &e.mesh_id,
+                e.event_type,
+                e.actor.as_deref(),
+                e.payload,
+                e.created_at,
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
     /// The mesh's chain in order.
     async fn audit_entries(&self, mesh_id: &str) -> StoreResult<Vec<AuditEntry>>;
     /// One page of the mesh's chain, newest first (extensions §8): the entries of

@@ -26,6 +26,7 @@ pub async fn run(node: Arc<Node>, events: Events) -> WorkerResult {
             _ = node.kill.cancelled() => break,
             ev = events.recv() => match ev {
                 Some((mesh_id, event)) => {
+                    node.presence_cache.observe(&mesh_id, &event);
                     if state_order.admit(&node, &mesh_id, &event) {
                         apply(&node, &mesh_id, event, held_limit);
                     }
@@ -78,6 +79,25 @@ pub fn apply(node: &Node, mesh_id: &str, event: MeshEvent, held_limit: usize) {
             crate::rest::sse::delivered(mesh_id, &frame);
         }
         MeshEvent::Doorbell { member_id } => node.hub.ring(mesh_id, &member_id),
+        // The message itself: one local connection of the member pushes it without a
+        // claim (or none is here, and it waits in the queue for its recipient's drain).
+        MeshEvent::Direct {
+            member_id,
+            message,
+            frame,
+        } => {
+            let push = crate::hub::DirectPush {
+                id: message.id,
+                session_key: message.session_key,
+                priority: message.priority,
+                client_id: message.client_id,
+                trace: message.trace,
+                created_at: message.created_at,
+                frame,
+            };
+            node.hub
+                .direct(mesh_id, &member_id, push, node.config.outbound_queue_bytes);
+        }
         MeshEvent::Close {
             conn_ids,
             code,

@@ -12,6 +12,8 @@
 pub mod cluster;
 pub mod pg;
 pub mod redis;
+pub mod redis_cluster;
+pub mod s3;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;

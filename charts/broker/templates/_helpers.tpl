@@ -55,6 +55,11 @@ app.kubernetes.io/component: broker
 {{- default (include "broker.fullname" .) .Values.secret.existingSecret }}
 {{- end }}
 
+{{/* The Secret holding the object store's access keys: its own, else the release's. */}}
+{{- define "broker.filesS3SecretName" -}}
+{{- default (include "broker.secretName" .) .Values.filesS3.credentials.existingSecret }}
+{{- end }}
+
 {{/* Ingress controller flavour: nginx, traefik or "" (no controller-specific annotations). */}}
 {{- define "broker.ingressController" -}}
 {{- if .Values.ingress.controller }}
@@ -110,8 +115,21 @@ app.kubernetes.io/component: broker
 {{- fail "shutdown.drainMs must not exceed shutdown.deadlineMs" }}
 {{- end }}
 {{- range $key, $_ := .Values.config }}
-{{- if has $key (list "BROKER_HOST" "BROKER_PORT" "BROKER_NODE_ID" "BROKER_ADMIN_TOKEN" "BROKER_SESSION_SECRET" "DATABASE_URL" "REDIS_URL" "SHUTDOWN_DRAIN_MS" "SHUTDOWN_DEADLINE_MS" "BROKER_INTERNAL_PORT" "BROKER_INTERNAL_HOST" "BROKER_PUBLIC_URL") }}
-{{- fail (printf "config.%s is set by the chart (see values.yaml: secret, shutdown, internal, publicUrl)" $key) }}
+{{- if has $key (list "BROKER_HOST" "BROKER_PORT" "BROKER_NODE_ID" "BROKER_ADMIN_TOKEN" "BROKER_SESSION_SECRET" "DATABASE_URL" "REDIS_URL" "SHUTDOWN_DRAIN_MS" "SHUTDOWN_DEADLINE_MS" "BROKER_INTERNAL_PORT" "BROKER_INTERNAL_HOST" "BROKER_PUBLIC_URL" "FILES_S3_ENDPOINT" "FILES_S3_BUCKET" "FILES_S3_REGION" "FILES_S3_ACCESS_KEY_ID" "FILES_S3_SECRET_ACCESS_KEY" "FILES_S3_PATH_STYLE" "FILES_S3_PRESIGN" "FILES_S3_PREFIX") }}
+{{- fail (printf "config.%s is set by the chart (see values.yaml: secret, shutdown, internal, publicUrl, filesS3)" $key) }}
+{{- end }}
+{{- end }}
+{{- with .Values.filesS3 }}
+{{- if .enabled }}
+{{- if not (or (hasPrefix "http://" .endpoint) (hasPrefix "https://" .endpoint)) }}
+{{- fail "filesS3.endpoint must be an http:// or https:// URL when filesS3.enabled" }}
+{{- end }}
+{{- if not .bucket }}
+{{- fail "filesS3.bucket is required when filesS3.enabled" }}
+{{- end }}
+{{- if and (not $.Values.secret.existingSecret) (not .credentials.existingSecret) (or (not .credentials.accessKeyId) (not .credentials.secretAccessKey)) }}
+{{- fail "filesS3.credentials.accessKeyId and secretAccessKey are required for the chart-created Secret (or set filesS3.credentials.existingSecret or secret.existingSecret)" }}
+{{- end }}
 {{- end }}
 {{- end }}
 {{- $controller := include "broker.ingressController" . }}

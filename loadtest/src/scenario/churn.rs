@@ -29,6 +29,8 @@ struct Tally {
     handshake_us: Histogram<u64>,
     ok: u64,
     failed: BTreeMap<String, u64>,
+    /// Attempts refused `overloaded`, retried after the delay they asked for.
+    overloaded: crate::peer::Overloaded,
     series: Option<Series>,
 }
 
@@ -71,6 +73,7 @@ pub async fn run(x: &Ctx, a: &Churn) -> Result<Report> {
             handshake_us: Histogram::new_with_bounds(1, 3_600_000_000, 3)?,
             ok: 0,
             failed: BTreeMap::new(),
+            overloaded: Default::default(),
             series,
         }),
         start: Instant::now(),
@@ -92,6 +95,7 @@ pub async fn run(x: &Ctx, a: &Churn) -> Result<Report> {
     let before = Sample::take(&c.broker_pids);
     let pb = bar(cycles, "handshakes");
     let start = sh.start;
+    let max_retry_after = c.max_retry_after();
     let mut tasks = JoinSet::new();
     for k in 0..cycles {
         let at = schedule.due(k).unwrap_or(0.0);
@@ -106,22 +110,34 @@ pub async fn run(x: &Ctx, a: &Churn) -> Result<Report> {
             peers[i].session_id.clone()
         };
         tasks.spawn(async move {
-            let t0 = Instant::now();
             let p = &peers[i];
-            let res = async {
-                let mut ws = client::connect(&dial, None).await?;
-                let hello = client::hello_frame(
-                    &p.mesh_id,
-                    &p.member_id,
-                    &p.identity,
-                    &session,
-                    broker::ids::now_ms(),
-                );
-                client::handshake(&mut ws, hello, Duration::from_secs(10)).await?;
-                Ok::<_, client::ConnectError>(ws)
-            }
-            .await;
-            let took = t0.elapsed();
+            // An `overloaded` refusal is tried again after the delay it asks for; the
+            // latency is the accepted attempt's.
+            let (res, took) = loop {
+                let t0 = Instant::now();
+                let res = async {
+                    let mut ws = client::connect(&dial, None).await?;
+                    let hello = client::hello_frame(
+                        &p.mesh_id,
+                        &p.member_id,
+                        &p.identity,
+                        &session,
+                        broker::ids::now_ms(),
+                    );
+                    client::handshake(&mut ws, hello, Duration::from_secs(10)).await?;
+                    Ok::<_, client::ConnectError>(ws)
+                }
+                .await;
+                let took = t0.elapsed();
+                let wait = match &res {
+                    Err(e) => sh.tally().overloaded.record(e, max_retry_after),
+                    Ok(_) => None,
+                };
+                match wait {
+                    Some(wait) => tokio::time::sleep(wait).await,
+                    None => break (res, took),
+                }
+            };
             {
                 let now = series::Source::now_us(&*sh);
                 let mut t = sh.tally();
@@ -203,6 +219,7 @@ pub async fn run(x: &Ctx, a: &Churn) -> Result<Report> {
     r.set("handshake_max_ms", max_ms(&t.handshake_us));
     r.set("fresh_sessions", a.fresh_sessions);
     broker_fields(&mut r, &c.broker_pids, &before, &after, t.ok, "handshake");
+    super::overloaded_fields(&mut r, &t.overloaded);
     let failed: u64 = t.failed.values().sum();
     let refused: u64 = t
         .failed

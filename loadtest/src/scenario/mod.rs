@@ -174,6 +174,7 @@ pub async fn shared(x: &Ctx, spec: SharedSpec) -> Result<Arc<Shared>> {
         system_pushes: Default::default(),
         sources: spec.sources,
         per_mesh: spec.per_mesh,
+        max_retry_after: x.common.max_retry_after(),
     }))
 }
 
@@ -218,10 +219,13 @@ fn check_stall(sh: &Shared, last: &mut (usize, Instant), timeout: Duration) -> R
         return Ok(());
     }
     if last.1.elapsed() >= timeout {
-        let failures = sh.conn_stats().connect_failures.clone();
+        let (failures, overloaded) = {
+            let c = sh.conn_stats();
+            (c.connect_failures.clone(), c.overloaded.by.clone())
+        };
         sh.stop.cancel();
         bail!(
-            "only {now} of the peers connected, with no progress for {:?}; connect failures: {failures:?}",
+            "only {now} of the peers connected, with no progress for {:?}; connect failures: {failures:?}, overloaded refusals: {overloaded:?}",
             last.1.elapsed()
         );
     }
@@ -396,7 +400,28 @@ pub fn stop_fields(r: &mut Report, sh: &Shared) {
     }
 }
 
+/// The `overloaded` refusals of handshakes: counted apart, never in `refused` (the peer
+/// waited what the broker asked and tried again; a peer that never got in fails the run
+/// by other checks).
+pub fn overloaded_fields(r: &mut Report, o: &peer::Overloaded) {
+    r.set("overloaded_refusals", o.total());
+    if o.total() == 0 {
+        return;
+    }
+    r.set("overloaded_refusals_by", json!(o.by));
+    r.set("overloaded_wait_ms", round3(o.waited_us as f64 / 1000.0));
+    r.set(
+        "overloaded_retry_after_max_ms",
+        round3(o.asked_max_us as f64 / 1000.0),
+    );
+    r.set("overloaded_waits_capped", o.capped);
+    if o.without_delay > 0 {
+        r.set("overloaded_without_delay", o.without_delay);
+    }
+}
+
 fn conn_counts(r: &mut Report, c: &ConnStats) {
+    overloaded_fields(r, &c.overloaded);
     let refused_handshakes: std::collections::BTreeMap<&str, u64> = c
         .connect_failures
         .iter()

@@ -1,6 +1,7 @@
 -- Insert a presence record or take it over (reattach); returns {old record, old owner}.
 -- KEYS: presence hash, owner hash, grace zset, node set of the new owner, mesh's live set,
---       [the status hook's process index: zset "mesh|presence" by connectedAt]
+--       mesh's lookup index, [the status hook's process index: zset "mesh|presence" by
+--       connectedAt; not with Redis Cluster, where it is another slot]
 -- ARGV: presence id, record JSON, conn id, "mesh|presence", node-set key prefix, cap,
 --       [the index's TTL in ms, the record's connectedAt]
 -- With a cap > 0, a record that is not already live is refused (nil, nothing written)
@@ -21,10 +22,12 @@ if old_owner then
 end
 redis.call('SADD', KEYS[4], ARGV[4])
 redis.call('SADD', KEYS[5], ARGV[1])
+if old then idx_del(KEYS[6], old, ARGV[1]) end
+idx_add(KEYS[6], ARGV[2], ARGV[1])
 -- Index the record under its process (pid, cwd); the 16 newest are kept.
-if KEYS[6] then
-  redis.call('ZADD', KEYS[6], ARGV[8], ARGV[4])
-  redis.call('ZREMRANGEBYRANK', KEYS[6], 0, -17)
-  redis.call('PEXPIRE', KEYS[6], ARGV[7])
+if KEYS[7] then
+  redis.call('ZADD', KEYS[7], ARGV[8], ARGV[4])
+  redis.call('ZREMRANGEBYRANK', KEYS[7], 0, -17)
+  redis.call('PEXPIRE', KEYS[7], ARGV[7])
 end
 return {old or false, old_owner or false}

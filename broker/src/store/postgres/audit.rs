@@ -5,8 +5,7 @@ use async_trait::async_trait;
 use serde_json::Value;
 
 use super::{PgStore, pg_error};
-use crate::ids::iso8601_ms;
-use crate::protocol::audit::{GENESIS, canonical_json, entry_hash};
+use crate::protocol::audit::{GENESIS, IsoDates, canonical_json, entry_hash};
 use crate::store::{AuditEntry, AuditPage, AuditStore, StoreResult};
 
 /// First key of the advisory lock (the second is the hash of the mesh id).
@@ -63,6 +62,7 @@ pub(super) async fn append_batch(
             None => (0, GENESIS.to_string()),
         };
         let mut rows = Columns::default();
+        let mut dates = IsoDates::default();
         for item in batch.iter().filter(|i| i.mesh_id == mesh_id) {
             let hash = entry_hash(
                 &prev,
@@ -70,7 +70,7 @@ pub(super) async fn append_batch(
                 &item.event_type,
                 item.actor.as_deref(),
                 &item.payload,
-                &iso8601_ms(item.created_at),
+                dates.format(item.created_at),
             );
             seq += 1;
             rows.seq.push(seq);
@@ -176,6 +176,22 @@ impl AuditStore for PgStore {
             created_at,
         };
         self.auditor.submit(item).await
+    }
+
+    /// One call of [`append_batch`] (a transaction per mesh) on a pooled connection,
+    /// without going through the one-event batcher.
+    async fn append_audit_batch(&self, events: Vec<crate::store::AuditEvent>) -> StoreResult<()> {
+        let batch = events
+            .into_iter()
+            .map(|e| AuditItem {
+                mesh_id: e.mesh_id,
+                event_type: e.event_type.to_string(),
+                actor: e.actor,
+                payload: e.payload,
+                created_at: e.created_at,
+            })
+            .collect();
+        append_batch(self.conn().await?, batch).await.map(drop)
     }
 
     async fn audit_entries(&self, mesh_id: &str) -> StoreResult<Vec<AuditEntry>> {

@@ -43,7 +43,7 @@ use crate::protocol::Group;
 use crate::store::{QueuedMessage, StoreBackend, StoreError, StoreResult};
 
 /// The newest migration this broker was built for (`migrator/migrations/V{n}__*.sql`).
-pub const SCHEMA_VERSION: i64 = 14;
+pub const SCHEMA_VERSION: i64 = 15;
 
 /// How long a query may wait for a pooled connection or a new one before it fails.
 const POOL_TIMEOUT: Duration = Duration::from_secs(2);
@@ -62,6 +62,7 @@ pub struct PgStore {
     metrics: queue::Metrics,
     enqueuer: queue::Batcher<QueuedMessage, Option<String>>,
     acker: queue::Batcher<queue::AckItem, bool>,
+    leaser: queue::Batcher<queue::LeaseItem, bool>,
     auditor: queue::Batcher<audit::AuditItem, ()>,
     /// Delivery-status records of fan-outs (extensions §7), group-committed.
     fanouts: queue::Batcher<crate::store::msg_status::SentMessage, ()>,
@@ -116,6 +117,7 @@ impl PgStore {
         Ok(PgStore {
             enqueuer: queue::Batcher::spawn(pool.clone(), metrics.clone(), queue::insert_batch),
             acker: queue::Batcher::spawn(pool.clone(), metrics.clone(), queue::ack_batch),
+            leaser: queue::Batcher::spawn(pool.clone(), metrics.clone(), queue::lease_batch),
             auditor: queue::Batcher::spawn(pool.clone(), metrics.clone(), audit::append_batch),
             fanouts: queue::Batcher::spawn(pool.clone(), metrics.clone(), msg_status::fanout_batch),
             pool,

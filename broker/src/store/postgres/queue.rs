@@ -119,6 +119,29 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
         Batcher { tx }
     }
 
+    /// Submits several items at once (they go into the same batch unless it is full) and
+    /// waits for each result, in order.
+    pub(super) async fn submit_all(&self, items: Vec<T>) -> Vec<StoreResult<R>> {
+        let stopped = || StoreError::Unavailable("store writer has stopped".into());
+        let mut waiting = Vec::with_capacity(items.len());
+        for item in items {
+            let (reply, rx) = oneshot::channel();
+            let sent = self
+                .tx
+                .send((item, reply, crate::telemetry::submitter()))
+                .await;
+            waiting.push(sent.ok().map(|()| rx));
+        }
+        let mut results = Vec::with_capacity(waiting.len());
+        for rx in waiting {
+            results.push(match rx {
+                Some(rx) => rx.await.unwrap_or_else(|_| Err(stopped())),
+                None => Err(stopped()),
+            });
+        }
+        results
+    }
+
     pub(super) async fn submit(&self, item: T) -> StoreResult<R> {
         let (reply, rx) = oneshot::channel();
         self.tx
@@ -253,6 +276,36 @@ pub(super) async fn ack_batch(
         .collect())
 }
 
+/// One pushed message whose lease is to be recorded.
+pub(super) struct LeaseItem {
+    pub member_id: String,
+    pub id: String,
+    pub now_ms: i64,
+    pub until_ms: i64,
+}
+
+/// Records the leases of a batch of messages pushed without a claim, in one statement;
+/// `true` for each item leased.
+pub(super) async fn lease_batch(
+    c: deadpool_postgres::Object,
+    batch: Vec<LeaseItem>,
+) -> StoreResult<Vec<bool>> {
+    let stmt = c
+        .prepare_cached(include_str!("sql/lease_pushed.sql"))
+        .await
+        .map_err(pg_error)?;
+    let ids: Vec<&str> = batch.iter().map(|l| l.id.as_str()).collect();
+    let members: Vec<&str> = batch.iter().map(|l| l.member_id.as_str()).collect();
+    let now: Vec<i64> = batch.iter().map(|l| l.now_ms).collect();
+    let until: Vec<i64> = batch.iter().map(|l| l.until_ms).collect();
+    let rows = c
+        .query(&stmt, &[&ids, &members, &now, &until])
+        .await
+        .map_err(pg_error)?;
+    let leased: HashSet<String> = rows.iter().map(|r| r.get::<_, String>(0)).collect();
+    Ok(batch.iter().map(|l| leased.contains(&l.id)).collect())
+}
+
 pub(super) async fn claim(store: &PgStore, c: Claim<'_>) -> StoreResult<Vec<QueuedMessage>> {
     let limit = c.limit as i64;
     let lease_end = c.now_ms + c.lease_ms;
@@ -344,6 +397,33 @@ impl QueueStore for PgStore {
 
     async fn claim(&self, c: Claim<'_>) -> StoreResult<Vec<QueuedMessage>> {
         claim(self, c).await
+    }
+
+    async fn lease_pushed(
+        &self,
+        _mesh_id: &str,
+        member_id: &str,
+        ids: &[String],
+        now_ms: i64,
+        until_ms: i64,
+    ) -> StoreResult<Vec<String>> {
+        let items = ids
+            .iter()
+            .map(|id| LeaseItem {
+                member_id: member_id.into(),
+                id: id.clone(),
+                now_ms,
+                until_ms,
+            })
+            .collect();
+        let results = self.leaser.submit_all(items).await;
+        let mut leased = Vec::new();
+        for (id, r) in ids.iter().zip(results) {
+            if r? {
+                leased.push(id.clone());
+            }
+        }
+        Ok(leased)
     }
 
     async fn mark_delivered(
