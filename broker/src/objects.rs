@@ -19,7 +19,7 @@
 //! uploads a crash abandons are the bucket's business: a lifecycle rule
 //! `AbortIncompleteMultipartUpload` (docs/protocol.md, files).
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -29,10 +29,10 @@ use hyper::header::{CONTENT_LENGTH, HOST};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle, actions};
-use tokio::io::{AsyncRead, AsyncWrite};
 use url::Url;
 
 use crate::node::Node;
+use crate::service::watches::{Io, tls};
 use crate::store::Store;
 use crate::workers::WorkerResult;
 
@@ -104,30 +104,6 @@ pub struct Listed {
     pub key: String,
     /// Unix ms (0 when the store did not say).
     pub last_modified: i64,
-}
-
-trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
-
-fn tls() -> Result<tokio_rustls::TlsConnector, String> {
-    static TLS: OnceLock<Result<tokio_rustls::TlsConnector, String>> = OnceLock::new();
-    TLS.get_or_init(|| {
-        let mut roots = rustls::RootCertStore::empty();
-        let found = rustls_native_certs::load_native_certs();
-        let (added, _) = roots.add_parsable_certificates(found.certs);
-        if added == 0 {
-            return Err("no system CA certificates".to_string());
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
-    })
-    .clone()
 }
 
 /// A client of the bucket (cheap to build: no connection is kept).

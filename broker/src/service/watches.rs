@@ -505,11 +505,13 @@ pub enum FetchError {
     Failed(String),
 }
 
-trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+/// A byte stream an outbound HTTP/1 request runs over (plain TCP or TLS).
+pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
-/// The TLS client configuration of watches (the system's CA certificates), built once.
-fn tls() -> Result<tokio_rustls::TlsConnector, String> {
+/// The TLS client configuration of the broker's outbound HTTPS (watches and the files
+/// object store): the system's CA certificates, built once.
+pub(crate) fn tls() -> Result<tokio_rustls::TlsConnector, String> {
     static TLS: OnceLock<Result<tokio_rustls::TlsConnector, String>> = OnceLock::new();
     TLS.get_or_init(|| {
         let mut roots = rustls::RootCertStore::empty();
