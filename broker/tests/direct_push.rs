@@ -114,6 +114,8 @@ async fn a_doorbell_push_unconfirmed_when_its_replica_dies_is_delivered_again_on
     let (mut ac, _) = Client::join(&a.ws_url(), alice.hello(&mesh, json!({}))).await;
     let (mut bc, _) = Client::join(&b.ws_url(), bob.hello(&mesh, json!({}))).await;
     ac.expect_system("peer_joined").await;
+    // After bob's post-attach drain (his session answers only after it).
+    bc.request(json!({"type": "list_peers"})).await;
 
     let ack = ac.send_msg(&bob.identity.pubkey, "now", "in-flight").await;
     assert_eq!(ack["queued"], true, "{ack}");
