@@ -219,41 +219,28 @@ impl Session {
                 continue;
             }
             let frame = protocol::encode(&Push::from_queued(&m));
-            let span = match m.trace.as_deref() {
-                Some(tp) if crate::telemetry::on() => {
-                    let span = tracing::info_span!(
-                        parent: None,
-                        "push",
-                        otel.kind = "producer",
-                        mesh.id = m.mesh_id.as_str(),
-                        messaging.system = "claudemesh",
-                        messaging.operation.type = "send",
-                        messaging.operation.name = "push",
-                        messaging.destination.name = "direct",
-                        messaging.message.id = m.id.as_str(),
-                        messaging.message.body.size = frame.len(),
-                        push.steal = steal,
-                    );
-                    crate::telemetry::follow(&span, Some(tp));
-                    crate::telemetry::link(&span, conn.as_ref());
-                    // And the drain that claimed it.
-                    crate::telemetry::link(&span, drain.as_ref());
-                    span
-                }
-                _ => tracing::Span::none(),
-            };
+            let span = push_span(
+                m.trace.as_deref(),
+                &m.mesh_id,
+                &m.id,
+                frame.len(),
+                conn.as_ref(),
+                PushPath::Claim {
+                    steal,
+                    drain: drain.as_ref(),
+                },
+            );
             let _entered = span.enter();
             if !self.out.text(frame) {
                 // The socket is closing; the lease runs out and another connection retakes it.
                 break;
             }
-            node.metrics.pushes_total.inc();
-            node.metrics.direct_push("claim");
-            node.metrics
-                .delivery_seconds
-                .observe((now_ms() - m.created_at).max(0) as f64 / 1000.0);
-            a.unacked.insert(
+            pushed_one(
+                &node,
+                &mut a.unacked,
+                "claim",
                 m.id,
+                m.created_at,
                 super::Pushed {
                     until: drained.lease_until,
                     client_id: m.client_message_id,
@@ -298,39 +285,25 @@ impl Session {
             if !addressed || pushed || !status.admits(d.priority) {
                 continue;
             }
-            let span = match d.trace.as_deref() {
-                Some(tp) if crate::telemetry::on() => {
-                    let span = tracing::info_span!(
-                        parent: None,
-                        "push",
-                        otel.kind = "producer",
-                        mesh.id = a.principal.mesh.id.as_str(),
-                        messaging.system = "claudemesh",
-                        messaging.operation.type = "send",
-                        messaging.operation.name = "push",
-                        messaging.destination.name = "direct",
-                        messaging.message.id = d.id.as_str(),
-                        messaging.message.body.size = d.frame.len(),
-                        push.path = "doorbell",
-                    );
-                    crate::telemetry::follow(&span, Some(tp));
-                    crate::telemetry::link(&span, conn.as_ref());
-                    span
-                }
-                _ => tracing::Span::none(),
-            };
+            let span = push_span(
+                d.trace.as_deref(),
+                &a.principal.mesh.id,
+                &d.id,
+                d.frame.len(),
+                conn.as_ref(),
+                PushPath::Doorbell,
+            );
             let _entered = span.enter();
             if !self.out.text(d.frame) {
                 // The socket is closing: the message stays queued for the next connection.
                 break;
             }
-            node.metrics.pushes_total.inc();
-            node.metrics.direct_push("doorbell");
-            node.metrics
-                .delivery_seconds
-                .observe((now - d.created_at).max(0) as f64 / 1000.0);
-            a.unacked.insert(
+            pushed_one(
+                &node,
+                &mut a.unacked,
+                "doorbell",
                 d.id.clone(),
+                d.created_at,
                 super::Pushed {
                     until: lease_until,
                     client_id: d.client_id,
@@ -584,4 +557,74 @@ impl Session {
             .change_presence(PresenceChange::JoinGroup(group), req_id)
             .await;
     }
+}
+
+/// How a direct message reached [`push_span`]: claimed by a drain (which the span links
+/// to), or carried by its doorbell.
+enum PushPath<'a> {
+    Claim {
+        steal: bool,
+        drain: Option<&'a opentelemetry::trace::SpanContext>,
+    },
+    Doorbell,
+}
+
+/// The `push` span of one direct message, in its send's trace (`trace`, the context its
+/// row or doorbell carries) and linked to the connection span; none without a trace or
+/// without export.
+fn push_span(
+    trace: Option<&str>,
+    mesh_id: &str,
+    message_id: &str,
+    size: usize,
+    conn: Option<&opentelemetry::trace::SpanContext>,
+    path: PushPath<'_>,
+) -> tracing::Span {
+    let Some(tp) = trace.filter(|_| crate::telemetry::on()) else {
+        return tracing::Span::none();
+    };
+    let span = tracing::info_span!(
+        parent: None,
+        "push",
+        otel.kind = "producer",
+        mesh.id = mesh_id,
+        messaging.system = "claudemesh",
+        messaging.operation.type = "send",
+        messaging.operation.name = "push",
+        messaging.destination.name = "direct",
+        messaging.message.id = message_id,
+        messaging.message.body.size = size,
+        push.steal = tracing::field::Empty,
+        push.path = tracing::field::Empty,
+    );
+    crate::telemetry::follow(&span, Some(tp));
+    crate::telemetry::link(&span, conn);
+    match path {
+        PushPath::Claim { steal, drain } => {
+            span.record("push.steal", steal);
+            crate::telemetry::link(&span, drain);
+        }
+        PushPath::Doorbell => {
+            span.record("push.path", "doorbell");
+        }
+    }
+    span
+}
+
+/// The bookkeeping of one direct message just queued on the socket: the push counters,
+/// its delivery latency, and its `unacked` entry (for `client_ack` and the re-push).
+fn pushed_one(
+    node: &crate::node::Node,
+    unacked: &mut std::collections::HashMap<String, super::Pushed>,
+    path: &'static str,
+    id: String,
+    created_at: i64,
+    pushed: super::Pushed,
+) {
+    node.metrics.pushes_total.inc();
+    node.metrics.direct_push(path);
+    node.metrics
+        .delivery_seconds
+        .observe((now_ms() - created_at).max(0) as f64 / 1000.0);
+    unacked.insert(id, pushed);
 }
